@@ -1,0 +1,42 @@
+"""The one interface every head-end adapter implements, and the one the gateway offers back.
+
+An adapter is what stands between hangw and the meters of one TDSP: the in-process simulator,
+the adapter protocol listener (head-ends dial in), or a ZigBee coordinator. Adapters are found
+through the setuptools entry-point group ``hangw.adapters`` and built with
+``factory(config: AdapterConfig, clock: IReactorTime)``.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IAdapterEvents(Interface):
+    """What the gateway offers an adapter: where head-end reports go."""
+
+    def provisioning_report(report):  # type: ignore[no-untyped-def]
+        """Apply a ``adapters.commands.ProvisioningReport``.
+
+        Returns a Deferred that fires once the report is durably recorded (or refused as illegal
+        in the device's current status, which is logged and not an error for the adapter).
+        """
+
+
+class IHeadEndAdapter(Interface):
+    """A path to the meters of one TDSP."""
+
+    tdsp_duns = Attribute("The DUNS number of the TDSP whose meters this adapter reaches.")
+
+    def start(events):  # type: ignore[no-untyped-def]
+        """Begin serving; ``events`` provides IAdapterEvents. Returns a Deferred."""
+
+    def stop():  # type: ignore[no-untyped-def]
+        """Stop serving and cancel every pending timer. Returns a Deferred."""
+
+    def send(command):  # type: ignore[no-untyped-def]
+        """Hand over one ``adapters.commands.Command``.
+
+        Returns a Deferred that fires when the head-end has accepted the command (the TDSP
+        acknowledgement); it fails if the head-end cannot be reached. Delivery is at-least-once:
+        the same ``command_id`` may be sent again after a restart and must not be applied twice.
+        """

@@ -1,0 +1,127 @@
+"""Every table of the store, in SQLAlchemy Core (the Alembic migrations follow this file)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from hangw.provisioning import SLOT_HOLDING
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+    }
+)
+
+#: Market participants and customers that may call the API, each known by its certificate.
+parties = sa.Table(
+    "parties",
+    metadata,
+    sa.Column("party_id", sa.String(64), primary_key=True),  # DUNS, or a customer number
+    sa.Column("role", sa.String(16), nullable=False),  # tdsp | rep | hsp | customer
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("cert_fingerprint", sa.String(64), nullable=False, unique=True),  # SHA-256 hex
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+#: The meter registry: one row per ESI ID.
+meters = sa.Table(
+    "meters",
+    metadata,
+    sa.Column("esiid", sa.String(64), primary_key=True),
+    sa.Column("meter_serial", sa.String(64), nullable=False),
+    sa.Column("tdsp_duns", sa.String(16), nullable=False, index=True),
+    sa.Column("ror_duns", sa.String(16), nullable=False, index=True),
+    sa.Column("customer_id", sa.String(64), nullable=True, index=True),
+    sa.Column("hardware_version", sa.String(32), nullable=False),
+    sa.Column("firmware_version", sa.String(32), nullable=False),
+    sa.Column("han_capable", sa.Boolean, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False),
+)
+
+#: HAN devices; ``status`` is a DeviceStatus display name and changes only through the table.
+han_devices = sa.Table(
+    "han_devices",
+    metadata,
+    sa.Column("device_id", sa.String(32), primary_key=True),
+    sa.Column("esiid", sa.String(64), sa.ForeignKey("meters.esiid"), nullable=False, index=True),
+    sa.Column("mac", sa.String(16), nullable=False),  # EUI-64, 16 upper-case hex digits
+    sa.Column("install_code_enc", sa.LargeBinary, nullable=False),  # AES-GCM, never logged
+    sa.Column("link_key_enc", sa.LargeBinary, nullable=False),  # AES-GCM, never logged
+    sa.Column("device_type", sa.String(32), nullable=False),
+    sa.Column("description", sa.String(200), nullable=False),
+    sa.Column("owner_party_id", sa.String(64), nullable=False),
+    sa.Column("owner_role", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("status_at", sa.Float, nullable=False),
+    sa.Column("reason", sa.String(500), nullable=False, server_default=""),
+    sa.Column("deadline", sa.Float, nullable=True, index=True),  # when the running timer fires
+    sa.Column("created_at", sa.Float, nullable=False),
+    # one slot-holding device per MAC across the whole market
+    sa.Index(
+        "uq_han_devices_live_mac",
+        "mac",
+        unique=True,
+        sqlite_where=sa.text("status IN (%s)" % ", ".join(f"'{s.value}'" for s in sorted(SLOT_HOLDING))),
+        postgresql_where=sa.text(
+            "status IN (%s)" % ", ".join(f"'{s.value}'" for s in sorted(SLOT_HOLDING))
+        ),
+    ),
+)
+
+#: One row per status change (and per TDSP acknowledgement, which keeps the status).
+device_history = sa.Table(
+    "device_history",
+    metadata,
+    sa.Column("history_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("device_id", sa.String(32), sa.ForeignKey("han_devices.device_id"), nullable=False),
+    sa.Column("esiid", sa.String(64), nullable=False, index=True),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("event", sa.String(32), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("actor", sa.String(64), nullable=False),
+    sa.Column("reason", sa.String(500), nullable=False, server_default=""),
+    sa.Index("ix_device_history_device_id_history_id", "device_id", "history_id"),
+)
+
+#: A customer's grant of HAN access on one ESI ID to a HAN service provider.
+grants = sa.Table(
+    "grants",
+    metadata,
+    sa.Column("grant_id", sa.String(32), primary_key=True),
+    sa.Column("esiid", sa.String(64), sa.ForeignKey("meters.esiid"), nullable=False, index=True),
+    sa.Column("hsp_party_id", sa.String(64), nullable=False, index=True),
+    sa.Column("granted_by", sa.String(64), nullable=False),
+    sa.Column("granted_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+)
+
+#: Answers already given to POSTs that carried an Idempotency-Key.
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("party_id", sa.String(64), primary_key=True),
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("status_code", sa.Integer, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+#: Commands waiting for their adapter; written in the same transaction as the state change.
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("outbox_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("tdsp_duns", sa.String(16), nullable=False),
+    sa.Column("command_id", sa.String(40), nullable=False, unique=True),
+    sa.Column("device_id", sa.String(32), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # provision | deprovision
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("retired_at", sa.Float, nullable=True),
+    sa.Index("ix_outbox_pending", "tdsp_duns", "retired_at", "outbox_id"),
+)
