@@ -113,7 +113,9 @@ class IllegalTransition(Exception):
     event: Event
 
     def __str__(self) -> str:
-        return f"a device in status {self.status.value!r} cannot take the event {self.event.value!r}"
+        return (
+            f"a device in status {self.status.value!r} cannot take the event {self.event.value!r}"
+        )
 
 
 def next_status(status: DeviceStatus, event: Event) -> DeviceStatus:

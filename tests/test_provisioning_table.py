@@ -1,4 +1,4 @@
-"""The provisioning transition table: shape checks (the full matrix lives in test_provisioning.py)."""
+"""The provisioning transition table: its shape and its refusals."""
 
 from hangw.provisioning import (
     INITIAL_STATUS,

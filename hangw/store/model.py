@@ -42,6 +42,10 @@ meters = sa.Table(
     sa.Column("active", sa.Boolean, nullable=False),
 )
 
+_LIVE_STATUS = sa.text(
+    "status IN ({})".format(", ".join(f"'{status.value}'" for status in sorted(SLOT_HOLDING)))
+)
+
 #: HAN devices; ``status`` is a DeviceStatus display name and changes only through the table.
 han_devices = sa.Table(
     "han_devices",
@@ -65,10 +69,8 @@ han_devices = sa.Table(
         "uq_han_devices_live_mac",
         "mac",
         unique=True,
-        sqlite_where=sa.text("status IN (%s)" % ", ".join(f"'{s.value}'" for s in sorted(SLOT_HOLDING))),
-        postgresql_where=sa.text(
-            "status IN (%s)" % ", ".join(f"'{s.value}'" for s in sorted(SLOT_HOLDING))
-        ),
+        sqlite_where=_LIVE_STATUS,
+        postgresql_where=_LIVE_STATUS,
     ),
 )
 
