@@ -1,0 +1,700 @@
+"""An in-process simulated TDSP head-end with simulated meters and fault injection.
+
+``SimulatedHeadEnd`` answers provisioning commands the way a TDSP head-end does: it acknowledges
+the command, then reports pending, meter ready and device joined (or, when removing, pending and
+device removed), each step a configured delay after the previous one, on the clock it is given.
+
+Faults (``Fault``) may be set for the whole simulator, per MAC address and per ESI ID, or drawn
+with configured probabilities from a seeded random generator:
+
+- ``reject``: the TDSP rejects the request (Add Rejected / Remove Rejected) instead of pending;
+- ``fail``: the request fails after pending (Add Failed / Remove Failed);
+- ``no_answer``: acknowledged, then silence, so the gateway's command timeout fires;
+- ``never_join``: the meter is ready but the device never joins (adds only; a removal is normal);
+- ``unreachable``: ``send`` fails with ``HeadEndUnreachable`` (a ``ConnectionError``).
+
+Commands are deduplicated by ``command_id``: a command sent again is acknowledged again and
+applied once. With a journal (a small SQLite file) the head-end survives a gateway restart:
+accepted commands and the step each reached are recorded, and ``start`` resumes unfinished ones.
+The journal never holds install codes or link keys; the simulator never logs them.
+
+Configuration comes from the ``[adapters.<tdsp_duns>]`` table (``kind = "simulator"``) through
+``SimulatorConfig.from_mapping``; every key and its default is a field of ``SimulatorConfig``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+import sqlite3
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Protocol
+
+import structlog
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from adapters.commands import (
+    Command,
+    DeprovisionDevice,
+    HeadEndStatus,
+    ProvisionDevice,
+    ProvisioningReport,
+)
+from adapters.interfaces import IAdapterEvents, IHeadEndAdapter
+
+__all__ = [
+    "Fault",
+    "HeadEndUnreachable",
+    "SimulatedHeadEnd",
+    "SimulatorConfig",
+    "SimulatorConfigError",
+    "Step",
+    "planned_steps",
+]
+
+log = structlog.get_logger(__name__)
+
+
+class Fault(enum.StrEnum):
+    """What goes wrong with a command (``none``: nothing)."""
+
+    NONE = "none"
+    REJECT = "reject"
+    FAIL = "fail"
+    NO_ANSWER = "no_answer"
+    NEVER_JOIN = "never_join"
+    UNREACHABLE = "unreachable"
+
+
+class SimulatorConfigError(ValueError):
+    """A simulator option is unknown or has a bad value; the message names the key."""
+
+
+class HeadEndUnreachable(ConnectionError):
+    """The simulated head-end cannot be reached: the command was not accepted."""
+
+
+_DELAYS = (
+    "ack_delay_s",
+    "pending_delay_s",
+    "meter_ready_delay_s",
+    "join_delay_s",
+    "remove_delay_s",
+    "report_retry_delay_s",
+)
+#: Probabilities of the faults that shape an accepted command; their sum is at most 1.
+_COMMAND_RATES = {
+    "reject_rate": Fault.REJECT,
+    "fail_rate": Fault.FAIL,
+    "no_answer_rate": Fault.NO_ANSWER,
+    "never_join_rate": Fault.NEVER_JOIN,
+}
+
+
+def normalize_mac(mac: str) -> str:
+    """A MAC address (EUI-64) as 16 upper-case hex digits, separators removed."""
+    return mac.replace(":", "").replace("-", "").replace(" ", "").upper()
+
+
+def _is_mac(mac: str) -> bool:
+    return len(mac) == 16 and all(c in "0123456789ABCDEF" for c in mac)
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """The options of one simulated head-end; the defaults make a demo finish within seconds."""
+
+    #: The DUNS number of the simulated TDSP.
+    tdsp_duns: str
+    #: Seconds from ``send`` to the TDSP acknowledgement (``send``'s Deferred fires).
+    ack_delay_s: float = 0.2
+    #: Seconds from the acknowledgement to Add Pending / Remove Pending (or the rejection).
+    pending_delay_s: float = 0.5
+    #: Seconds from Add Pending to Meter Ready (or the failure).
+    meter_ready_delay_s: float = 0.5
+    #: Seconds from Meter Ready to the device joining.
+    join_delay_s: float = 1.0
+    #: Seconds from Remove Pending to Device Removed (or the failure).
+    remove_delay_s: float = 0.5
+    #: The fault of every command not matched by the tables below (``none``: draw by the rates).
+    fault: Fault = Fault.NONE
+    #: Faults by device MAC address (16 hex digits; separators allowed); wins over the ESI ID.
+    faults_by_mac: Mapping[str, Fault] = field(default_factory=dict, hash=False)
+    #: Faults by ESI ID.
+    faults_by_esiid: Mapping[str, Fault] = field(default_factory=dict, hash=False)
+    #: Probabilities (0 to 1) of each fault for commands without a configured one.
+    reject_rate: float = 0.0
+    fail_rate: float = 0.0
+    no_answer_rate: float = 0.0
+    never_join_rate: float = 0.0
+    #: Probability that one ``send`` finds the head-end down (drawn on every send).
+    unreachable_rate: float = 0.0
+    #: Seed of the random generator behind the rates, so a QA run can be repeated.
+    seed: int = 0
+    #: SQLite journal; unset: ``<state_dir>/simulator-<tdsp_duns>.sqlite`` when the gateway gives
+    #: a state directory, else in memory.
+    journal_path: str | None = None
+    #: When the gateway fails to record a report: wait this long, at most this many times.
+    report_retry_delay_s: float = 1.0
+    report_max_retries: int = 5
+
+    def __post_init__(self) -> None:
+        checked = _check("simulator", {f.name: getattr(self, f.name) for f in fields(self)})
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def from_mapping(
+        cls, mapping: Mapping[str, Any], *, section: str = "simulator"
+    ) -> SimulatorConfig:
+        """Validate options (e.g. a parsed TOML table); errors name ``<section>.<key>``."""
+        if not isinstance(mapping, Mapping):
+            raise SimulatorConfigError(f"{section} must be a table, got {mapping!r}")
+        names = {f.name for f in fields(cls)}
+        values = dict(mapping)
+        kind = values.pop("kind", "simulator")
+        if kind != "simulator":
+            raise SimulatorConfigError(f"{section}.kind must be 'simulator', got {kind!r}")
+        for key in values:
+            if key not in names:
+                raise SimulatorConfigError(
+                    f"{section}.{key} is not a simulator option (known: {', '.join(sorted(names))})"
+                )
+        if "tdsp_duns" not in values:
+            raise SimulatorConfigError(f"{section}.tdsp_duns is required")
+        return cls(**_check(section, values))
+
+
+def _check(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Checked and normalized values for the given keys; raises SimulatorConfigError."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{section}.{key}"
+        if key == "tdsp_duns":
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                value = str(value)
+            if not isinstance(value, str) or not value.isdigit():
+                raise SimulatorConfigError(
+                    f"{name} must be the TDSP's DUNS number (digits), got {value!r}"
+                )
+        elif key in _DELAYS:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise SimulatorConfigError(f"{name} must be a number >= 0, got {value!r}")
+            value = float(value)
+        elif key in _COMMAND_RATES or key == "unreachable_rate":
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+                raise SimulatorConfigError(f"{name} must be a number from 0 to 1, got {value!r}")
+            value = float(value)
+        elif key == "fault":
+            value = _fault(name, value)
+        elif key in ("faults_by_mac", "faults_by_esiid"):
+            value = _fault_table(name, value, macs=key == "faults_by_mac")
+        elif key in ("seed", "report_max_retries"):
+            low = 0 if key == "report_max_retries" else -(2**63)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                wanted = "an integer >= 0" if low == 0 else "an integer"
+                raise SimulatorConfigError(f"{name} must be {wanted}, got {value!r}")
+        elif key == "journal_path":
+            if value is not None and (not isinstance(value, str) or not value):
+                raise SimulatorConfigError(f"{name} must be a file path, got {value!r}")
+        out[key] = value
+    rates = [float(out.get(key, values.get(key, 0.0)) or 0.0) for key in _COMMAND_RATES]
+    if sum(rates) > 1.0 + 1e-9:
+        raise SimulatorConfigError(
+            f"{section}.reject_rate + fail_rate + no_answer_rate + never_join_rate "
+            f"must be at most 1, got {sum(rates):g}"
+        )
+    return out
+
+
+def _fault(name: str, value: Any) -> Fault:
+    try:
+        return Fault(value)
+    except ValueError:
+        choices = ", ".join(f.value for f in Fault)
+        raise SimulatorConfigError(f"{name} must be one of {choices}, got {value!r}") from None
+
+
+def _fault_table(name: str, value: Any, *, macs: bool) -> Mapping[str, Fault]:
+    if not isinstance(value, Mapping):
+        raise SimulatorConfigError(f"{name} must be a table, got {value!r}")
+    table: dict[str, Fault] = {}
+    for key, fault in value.items():
+        if not isinstance(key, str) or not key:
+            raise SimulatorConfigError(f"{name} has a bad key {key!r}")
+        if macs:
+            mac = normalize_mac(key)
+            if not _is_mac(mac):
+                raise SimulatorConfigError(f"{name}: {key!r} is not a MAC address (16 hex digits)")
+            key = mac
+        table[key] = _fault(f"{name}.{key}", fault)
+    return MappingProxyType(table)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One report the head-end makes, ``delay_s`` after the previous step."""
+
+    status: HeadEndStatus
+    delay_s: float
+    reason: str = ""
+
+
+ADD = "add"
+REMOVE = "remove"
+
+_REASONS = {
+    (ADD, Fault.REJECT): "simulated: the TDSP rejected the provisioning request",
+    (ADD, Fault.FAIL): "simulated: the meter did not accept the install code",
+    (REMOVE, Fault.REJECT): "simulated: the TDSP rejected the de-provisioning request",
+    (REMOVE, Fault.FAIL): "simulated: the meter did not remove the device",
+}
+
+
+def planned_steps(action: str, fault: Fault, config: SimulatorConfig) -> tuple[Step, ...]:
+    """The reports a command makes (``action``: ``"add"`` or ``"remove"``); the first is the ack."""
+    ack = Step(HeadEndStatus.ACKNOWLEDGED, config.ack_delay_s)
+    if fault is Fault.NO_ANSWER:
+        return (ack,)
+    reason = _REASONS.get((action, fault), "")
+    if action == ADD:
+        pending = Step(HeadEndStatus.ADD_PENDING, config.pending_delay_s)
+        ready = Step(HeadEndStatus.METER_READY, config.meter_ready_delay_s)
+        if fault is Fault.REJECT:
+            return ack, Step(HeadEndStatus.ADD_REJECTED, config.pending_delay_s, reason)
+        if fault is Fault.FAIL:
+            return ack, pending, Step(HeadEndStatus.ADD_FAILED, config.meter_ready_delay_s, reason)
+        if fault is Fault.NEVER_JOIN:
+            return ack, pending, ready
+        return ack, pending, ready, Step(HeadEndStatus.DEVICE_JOINED, config.join_delay_s)
+    pending = Step(HeadEndStatus.REMOVE_PENDING, config.pending_delay_s)
+    if fault is Fault.REJECT:
+        return ack, Step(HeadEndStatus.REMOVE_REJECTED, config.pending_delay_s, reason)
+    if fault is Fault.FAIL:
+        return ack, pending, Step(HeadEndStatus.REMOVE_FAILED, config.remove_delay_s, reason)
+    return ack, pending, Step(HeadEndStatus.DEVICE_REMOVED, config.remove_delay_s)
+
+
+@dataclass(eq=False)
+class _Job:
+    """One accepted command on its way through its steps (no secrets kept)."""
+
+    command_id: str
+    action: str
+    esiid: str
+    device_id: str
+    mac: str
+    fault: Fault
+    next_step: int = 0
+    #: When the previous step finished (or the command was accepted), on the simulator's clock.
+    step_at: float = 0.0
+    call: IDelayedCall | None = None
+    delivering: bool = False
+    #: ``send`` Deferreds waiting for the acknowledgement step.
+    waiting: list[Deferred[None]] = field(default_factory=list)
+
+
+class _Journal:
+    """Accepted commands and the step each reached, in a small SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS commands ("
+            " command_id TEXT PRIMARY KEY, action TEXT NOT NULL, esiid TEXT NOT NULL,"
+            " device_id TEXT NOT NULL, mac TEXT NOT NULL, fault TEXT NOT NULL,"
+            " next_step INTEGER NOT NULL, step_at REAL NOT NULL, finished INTEGER NOT NULL)"
+        )
+
+    def known(self, command_id: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM commands WHERE command_id = ?", (command_id,)
+        ).fetchone()
+        return row is not None
+
+    def record(self, job: _Job) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO commands VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+            (
+                job.command_id,
+                job.action,
+                job.esiid,
+                job.device_id,
+                job.mac,
+                job.fault.value,
+                job.next_step,
+                job.step_at,
+            ),
+        )
+
+    def advance(self, job: _Job, finished: bool) -> None:
+        self._db.execute(
+            "UPDATE commands SET next_step = ?, step_at = ?, finished = ? WHERE command_id = ?",
+            (job.next_step, job.step_at, int(finished), job.command_id),
+        )
+
+    def unfinished(self) -> list[_Job]:
+        rows = self._db.execute(
+            "SELECT command_id, action, esiid, device_id, mac, fault, next_step, step_at"
+            " FROM commands WHERE finished = 0 ORDER BY rowid"
+        ).fetchall()
+        return [
+            _Job(cid, action, esiid, device_id, mac, Fault(fault), next_step, step_at)
+            for cid, action, esiid, device_id, mac, fault, next_step, step_at in rows
+        ]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class _AdapterConfigLike(Protocol):
+    """What the gateway hands an adapter factory (hangw.config.AdapterConfig)."""
+
+    @property
+    def tdsp_duns(self) -> str: ...
+
+    @property
+    def options(self) -> Mapping[str, Any]: ...
+
+
+@implementer(IHeadEndAdapter)
+class SimulatedHeadEnd:
+    """A TDSP head-end with simulated meters, in the gateway's process.
+
+    ``config`` is a ``SimulatorConfig`` or the gateway's adapter configuration (its ``options``
+    are read with ``SimulatorConfig.from_mapping``). ``state_dir``, when given and no
+    ``journal_path`` is configured, holds the journal ``simulator-<tdsp_duns>.sqlite``.
+    """
+
+    def __init__(
+        self,
+        config: SimulatorConfig | _AdapterConfigLike,
+        clock: IReactorTime,
+        state_dir: Path | str | None = None,
+    ) -> None:
+        if not isinstance(config, SimulatorConfig):
+            config = _from_adapter_config(config)
+        self.config = config
+        self.tdsp_duns = config.tdsp_duns
+        self._clock = clock
+        if config.journal_path is not None:
+            self.journal_path: Path | None = Path(config.journal_path)
+        elif state_dir is not None:
+            self.journal_path = Path(state_dir) / f"simulator-{config.tdsp_duns}.sqlite"
+        else:
+            self.journal_path = None
+        self._random = random.Random(config.seed)
+        self._fault = config.fault
+        self._faults_by_mac = dict(config.faults_by_mac)
+        self._faults_by_esiid = dict(config.faults_by_esiid)
+        self._events: IAdapterEvents | None = None
+        self._running = False
+        self._journal: _Journal | None = None
+        self._jobs: dict[str, _Job] = {}  # unfinished, by command id
+        self._seen: set[str] = set()  # every command id accepted while this object lived
+        self._acks: dict[Deferred[None], IDelayedCall] = {}  # acknowledgements of duplicates
+        self._sent: Counter[str] = Counter()
+        self._applied: Counter[str] = Counter()
+        #: Every command accepted by this simulator, each ``command_id`` once, in order.
+        self.received: list[Command] = []
+        self._log = log.bind(tdsp_duns=config.tdsp_duns)
+
+    # -- what tests and QA read and set --------------------------------------------------------
+
+    def applied_count(self, command_id: str) -> int:
+        """How many times the command was applied (accepted and started on its steps)."""
+        return self._applied[command_id]
+
+    def send_count(self, command_id: str) -> int:
+        """How many times the command was handed to ``send`` (duplicates included)."""
+        return self._sent[command_id]
+
+    @property
+    def unfinished(self) -> list[str]:
+        """Command ids that have steps still to report."""
+        return list(self._jobs)
+
+    def set_fault(
+        self, fault: Fault | str, *, mac: str | None = None, esiid: str | None = None
+    ) -> None:
+        """Change a fault while running, for the simulator, one MAC address or one ESI ID.
+
+        Applies to commands sent from now on; ``unreachable`` for the whole simulator takes the
+        head-end down, ``none`` brings it back.
+        """
+        value = _fault("fault", fault)
+        if mac is not None:
+            self._faults_by_mac[normalize_mac(mac)] = value
+        elif esiid is not None:
+            self._faults_by_esiid[esiid] = value
+        else:
+            self._fault = value
+
+    # -- IHeadEndAdapter ----------------------------------------------------------------------
+
+    def start(self, events: IAdapterEvents) -> Deferred[None]:
+        """Keep ``events``, open the journal and resume every unfinished command."""
+        self._events = events
+        if self._running:
+            return succeed(None)
+        self._running = True
+        if self.journal_path is not None and self._journal is None:
+            self._journal = _Journal(self.journal_path)
+        resumed = 0
+        if self._journal is not None:
+            for job in self._journal.unfinished():
+                if job.command_id not in self._jobs and job.command_id not in self._seen:
+                    self._jobs[job.command_id] = job
+                    self._seen.add(job.command_id)
+                    self._applied[job.command_id] = max(1, self._applied[job.command_id])
+        for job in self._jobs.values():
+            if job.call is None and not job.delivering:
+                self._schedule(job)
+                resumed += 1
+        self._log.info(
+            "simulator.started",
+            journal=str(self.journal_path) if self.journal_path else None,
+            resumed=resumed,
+        )
+        return succeed(None)
+
+    def stop(self) -> Deferred[None]:
+        """Cancel every delayed call; ``send`` Deferreds still waiting fail as unreachable."""
+        self._running = False
+        stopped = HeadEndUnreachable(f"the simulated head-end of TDSP {self.tdsp_duns} stopped")
+        waiting: list[Deferred[None]] = []
+        for job in self._jobs.values():
+            if job.call is not None:
+                if job.call.active():
+                    job.call.cancel()
+                job.call = None
+            waiting.extend(job.waiting)
+            job.waiting = []
+        acks, self._acks = self._acks, {}
+        for d, call in acks.items():
+            if call.active():
+                call.cancel()
+            waiting.append(d)
+        for d in waiting:
+            d.errback(Failure(stopped))
+        self._close_journal_when_idle()
+        self._log.info("simulator.stopped", unfinished=len(self._jobs))
+        return succeed(None)
+
+    def send(self, command: Command) -> Deferred[None]:
+        """Accept a command: the Deferred fires at the acknowledgement, or fails if unreachable."""
+        self._sent[command.command_id] += 1
+        bound = self._log.bind(
+            command_id=command.command_id,
+            esiid=command.esiid,
+            device_id=command.device_id,
+            mac=command.mac,
+        )
+        if not self._running:
+            bound.warning("simulator.unreachable", why="not running")
+            return fail(
+                HeadEndUnreachable(
+                    f"the simulated head-end of TDSP {self.tdsp_duns} is not running"
+                )
+            )
+        configured = self._configured_fault(command)
+        if configured is Fault.UNREACHABLE or (
+            configured is None
+            and self.config.unreachable_rate > 0
+            and self._random.random() < self.config.unreachable_rate
+        ):
+            bound.warning("simulator.unreachable", why="fault")
+            return fail(
+                HeadEndUnreachable(f"the simulated head-end of TDSP {self.tdsp_duns} is down")
+            )
+        if self._known(command.command_id):
+            bound.info("simulator.duplicate", sends=self._sent[command.command_id])
+            return self._acknowledge_again()
+        if isinstance(command, ProvisionDevice):
+            action = ADD
+        elif isinstance(command, DeprovisionDevice):
+            action = REMOVE
+        else:
+            return fail(TypeError(f"the simulated head-end cannot carry {type(command).__name__}"))
+        fault = configured if configured is not None else self._draw_fault()
+        job = _Job(
+            command.command_id,
+            action,
+            command.esiid,
+            command.device_id,
+            normalize_mac(command.mac),
+            fault,
+            step_at=self._clock.seconds(),
+        )
+        if self._journal is not None:
+            self._journal.record(job)
+        self._jobs[job.command_id] = job
+        self._seen.add(job.command_id)
+        self._applied[job.command_id] += 1
+        self.received.append(command)
+        bound.info("simulator.accepted", action=action, fault=fault.value)
+        acknowledged: Deferred[None] = Deferred()
+        job.waiting.append(acknowledged)
+        self._schedule(job)
+        return acknowledged
+
+    # -- inside --------------------------------------------------------------------------------
+
+    def _configured_fault(self, command: Command) -> Fault | None:
+        """The fault set for this command's MAC, ESI ID or the simulator; None: use the rates."""
+        mac = normalize_mac(command.mac)
+        if mac in self._faults_by_mac:
+            return self._faults_by_mac[mac]
+        if command.esiid in self._faults_by_esiid:
+            return self._faults_by_esiid[command.esiid]
+        if self._fault is not Fault.NONE:
+            return self._fault
+        return None
+
+    def _draw_fault(self) -> Fault:
+        config = self.config
+        if not any(getattr(config, key) for key in _COMMAND_RATES):
+            return Fault.NONE
+        draw = self._random.random()
+        for key, fault in _COMMAND_RATES.items():
+            draw -= getattr(config, key)
+            if draw < 0:
+                return fault
+        return Fault.NONE
+
+    def _known(self, command_id: str) -> bool:
+        if command_id in self._seen:
+            return True
+        if self._journal is not None and self._journal.known(command_id):
+            self._seen.add(command_id)
+            return True
+        return False
+
+    def _acknowledge_again(self) -> Deferred[None]:
+        acknowledged: Deferred[None] = Deferred()
+
+        def fire() -> None:
+            self._acks.pop(acknowledged, None)
+            acknowledged.callback(None)
+
+        self._acks[acknowledged] = self._clock.callLater(self.config.ack_delay_s, fire)
+        return acknowledged
+
+    def _schedule(self, job: _Job) -> None:
+        """Call the next step its delay after the previous one (less any time already gone)."""
+        step = planned_steps(job.action, job.fault, self.config)[job.next_step]
+        remaining = job.step_at + step.delay_s - self._clock.seconds()
+        job.call = self._clock.callLater(min(step.delay_s, max(0.0, remaining)), self._fire, job)
+
+    def _fire(self, job: _Job) -> None:
+        job.call = None
+        step = planned_steps(job.action, job.fault, self.config)[job.next_step]
+        if job.next_step == 0:
+            waiting, job.waiting = job.waiting, []
+            for d in waiting:
+                d.callback(None)
+        report = ProvisioningReport(
+            job.command_id, job.esiid, job.device_id, step.status, step.reason
+        )
+        self._deliver(job, report, 1)
+
+    def _deliver(self, job: _Job, report: ProvisioningReport, attempt: int) -> None:
+        job.call = None
+        job.delivering = True
+        if self._events is None:
+            d: Deferred[Any] = fail(RuntimeError("no event sink: the simulator was never started"))
+        else:
+            d = maybeDeferred(self._events.provisioning_report, report)
+        d.addCallbacks(
+            self._delivered,
+            self._not_delivered,
+            callbackArgs=(job, report),
+            errbackArgs=(job, report, attempt),
+        )
+
+    def _delivered(self, _: object, job: _Job, report: ProvisioningReport) -> None:
+        job.delivering = False
+        self._log.info(
+            "simulator.reported",
+            command_id=job.command_id,
+            esiid=job.esiid,
+            device_id=job.device_id,
+            status=report.status.value,
+            reason=report.reason or None,
+        )
+        self._advance(job)
+
+    def _not_delivered(
+        self, failure: Failure, job: _Job, report: ProvisioningReport, attempt: int
+    ) -> None:
+        job.delivering = False
+        context = {
+            "command_id": job.command_id,
+            "esiid": job.esiid,
+            "device_id": job.device_id,
+            "status": report.status.value,
+            "attempt": attempt,
+            "error": failure.getErrorMessage(),
+        }
+        if attempt > self.config.report_max_retries:
+            self._log.error("simulator.report_abandoned", **context)
+            self._advance(job)
+            return
+        self._log.warning(
+            "simulator.report_failed", retry_in_s=self.config.report_retry_delay_s, **context
+        )
+        if self._running:
+            job.call = self._clock.callLater(
+                self.config.report_retry_delay_s, self._deliver, job, report, attempt + 1
+            )
+        else:
+            self._close_journal_when_idle()
+
+    def _advance(self, job: _Job) -> None:
+        job.next_step += 1
+        job.step_at = self._clock.seconds()
+        finished = job.next_step >= len(planned_steps(job.action, job.fault, self.config))
+        if self._journal is not None:
+            self._journal.advance(job, finished)
+        if finished:
+            self._jobs.pop(job.command_id, None)
+        elif self._running:
+            self._schedule(job)
+        if not self._running:
+            self._close_journal_when_idle()
+
+    def _close_journal_when_idle(self) -> None:
+        """Close the journal once stopped and no report is still on its way."""
+        if self._running or self._journal is None:
+            return
+        if any(job.delivering for job in self._jobs.values()):
+            return
+        self._journal.close()
+        self._journal = None
+
+
+def _from_adapter_config(adapter_config: _AdapterConfigLike) -> SimulatorConfig:
+    section = f"adapters.{adapter_config.tdsp_duns}"
+    options = dict(adapter_config.options)
+    duns = options.setdefault("tdsp_duns", adapter_config.tdsp_duns)
+    if str(duns) != str(adapter_config.tdsp_duns):
+        raise SimulatorConfigError(
+            f"{section}.tdsp_duns must be the table's DUNS {adapter_config.tdsp_duns}, got {duns!r}"
+        )
+    return SimulatorConfig.from_mapping(options, section=section)
