@@ -57,6 +57,7 @@ __all__ = [
     "SimulatorConfig",
     "SimulatorConfigError",
     "Step",
+    "normalize_mac",
     "planned_steps",
 ]
 
@@ -630,7 +631,7 @@ class SimulatedHeadEnd:
 
     def _delivered(self, _: object, job: _Job, report: ProvisioningReport) -> None:
         job.delivering = False
-        self._log.info(
+        self._log.debug(
             "simulator.reported",
             command_id=job.command_id,
             esiid=job.esiid,
