@@ -1,0 +1,228 @@
+"""The store's migrations build exactly the schema of hangw.store.model, on SQLite and PostgreSQL.
+
+PostgreSQL runs only when HANGW_TEST_POSTGRES_URL names a throwaway database (e.g.
+``postgresql+psycopg://user@localhost/hangw_test``): its store tables are dropped before and after
+each test.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+
+from hangw.provisioning import SLOT_FREEING, DeviceStatus
+from hangw.store import schema
+from hangw.store.model import han_devices, metadata, meters
+
+POSTGRES_URL = os.environ.get("HANGW_TEST_POSTGRES_URL")
+MAC = "0011223344556677"
+
+
+def _wipe(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        metadata.drop_all(conn)
+        conn.execute(sa.text("DROP TABLE IF EXISTS alembic_version"))
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param(
+            "postgresql",
+            marks=pytest.mark.skipif(
+                not POSTGRES_URL,
+                reason="HANGW_TEST_POSTGRES_URL is not set (a throwaway PostgreSQL database URL)",
+            ),
+        ),
+    ]
+)
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
+    if request.param == "sqlite":
+        made = schema.make_engine(f"sqlite:///{tmp_path / 'store' / 'hangw.sqlite'}")
+        yield made
+        made.dispose()
+        return
+    assert POSTGRES_URL is not None
+    made = schema.make_engine(POSTGRES_URL)
+    _wipe(made)
+    try:
+        yield made
+    finally:
+        _wipe(made)
+        made.dispose()
+
+
+def _table_names(engine: sa.Engine) -> set[str]:
+    with engine.connect() as conn:
+        return set(sa.inspect(conn).get_table_names())
+
+
+def _add_meter(conn: sa.Connection, esiid: str = "10443720000000001") -> str:
+    conn.execute(
+        meters.insert().values(
+            esiid=esiid,
+            meter_serial="M-1",
+            tdsp_duns="1039940674000",
+            ror_duns="0000000000001",
+            customer_id=None,
+            hardware_version="1.0",
+            firmware_version="2.0",
+            han_capable=True,
+            active=True,
+        )
+    )
+    return esiid
+
+
+def _add_device(conn: sa.Connection, device_id: str, esiid: str, status: DeviceStatus) -> None:
+    conn.execute(
+        han_devices.insert().values(
+            device_id=device_id,
+            esiid=esiid,
+            mac=MAC,
+            install_code_enc=b"\x00",
+            link_key_enc=b"\x00",
+            device_type="IHD",
+            description="kitchen display",
+            owner_party_id="0000000000001",
+            owner_role="rep",
+            status=status.value,
+            status_at=1.0,
+            created_at=1.0,
+        )
+    )
+
+
+def test_upgrade_of_empty_database_matches_model(engine: sa.Engine) -> None:
+    """Upgrading an empty database to head yields every model table and no schema differences."""
+    assert schema.current_revision(engine) is None
+    schema.upgrade(engine)
+    assert schema.current_revision(engine) == schema.head_revision()
+    assert set(metadata.tables) <= _table_names(engine)
+    assert schema.check_schema(engine) == []
+
+
+def test_upgrade_twice_is_harmless(engine: sa.Engine) -> None:
+    """A second upgrade to head changes nothing and keeps the rows already written."""
+    schema.upgrade(engine)
+    with engine.begin() as conn:
+        esiid = _add_meter(conn)
+    schema.upgrade(engine)
+    assert schema.current_revision(engine) == schema.head_revision()
+    assert schema.check_schema(engine) == []
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(meters.c.esiid)).scalars().all() == [esiid]
+
+
+def test_check_schema_reports_a_missing_index(engine: sa.Engine) -> None:
+    """check_schema names an index the model has and the database lacks."""
+    schema.upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP INDEX ix_meters_ror_duns"))
+    diffs = schema.check_schema(engine)
+    assert [(diff[0], diff[1].name) for diff in diffs] == [("add_index", "ix_meters_ror_duns")]
+
+
+def test_check_schema_reports_a_changed_partial_index_predicate(engine: sa.Engine) -> None:
+    """check_schema notices when the live-MAC index covers other statuses than the model's."""
+    schema.upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP INDEX uq_han_devices_live_mac"))
+        conn.execute(
+            sa.text(
+                "CREATE UNIQUE INDEX uq_han_devices_live_mac ON han_devices (mac) "
+                "WHERE status IN ('Device Added')"
+            )
+        )
+    diffs = schema.check_schema(engine)
+    assert [(diff[0], diff[1].name) for diff in diffs] == [
+        ("modify_index_where", "uq_han_devices_live_mac")
+    ]
+
+
+def test_live_mac_index_allows_one_slot_holding_device_per_mac(engine: sa.Engine) -> None:
+    """A second live device with a MAC is refused; devices in slot-freeing statuses don't count."""
+    schema.upgrade(engine)
+    with engine.begin() as conn:
+        esiid = _add_meter(conn)
+        for number, status in enumerate(sorted(SLOT_FREEING)):
+            _add_device(conn, f"freed-{number}", esiid, status)
+        _add_device(conn, "live-1", esiid, DeviceStatus.DEVICE_ADDED)
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        _add_device(conn, "live-2", esiid, DeviceStatus.ADD_ACKNOWLEDGED)
+    with engine.begin() as conn:
+        conn.execute(
+            han_devices.update()
+            .where(han_devices.c.device_id == "live-1")
+            .values(status=DeviceStatus.DEVICE_REMOVED.value)
+        )
+        _add_device(conn, "live-2", esiid, DeviceStatus.ADD_ACKNOWLEDGED)
+    with engine.connect() as conn:
+        live = conn.execute(
+            sa.select(han_devices.c.device_id).where(
+                han_devices.c.status != DeviceStatus.DEVICE_REMOVED.value,
+                han_devices.c.device_id.like("live-%"),
+            )
+        )
+        assert live.scalars().all() == ["live-2"]
+
+
+def test_foreign_key_to_meters_is_enforced(engine: sa.Engine) -> None:
+    """A HAN device on an ESI ID that is not in the meter registry is refused."""
+    schema.upgrade(engine)
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        _add_device(conn, "orphan", "no-such-esiid", DeviceStatus.ADD_ACKNOWLEDGED)
+
+
+def test_downgrade_to_base_drops_every_table(engine: sa.Engine) -> None:
+    """Downgrading to base removes every store table and forgets the revision."""
+    schema.upgrade(engine)
+    schema.downgrade(engine, "base")
+    assert _table_names(engine) - {"alembic_version"} == set()
+    assert schema.current_revision(engine) is None
+
+
+def test_sqlite_file_is_in_wal_mode(tmp_path: Path) -> None:
+    """A migrated SQLite file is left in WAL journal mode, seen even by a plain connection."""
+    path = tmp_path / "deeper" / "hangw.sqlite"
+    schema.upgrade(f"sqlite:///{path}")
+    assert path.is_file()
+    plain = sqlite3.connect(path)
+    try:
+        assert plain.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        plain.close()
+
+
+def test_environment_migrates_from_a_url_alone(tmp_path: Path) -> None:
+    """The packaged environment upgrades a database named only by the URL in its config."""
+    url = f"sqlite:///{tmp_path / 'by-url' / 'hangw.sqlite'}"
+    command.upgrade(schema.alembic_config(url), "head")
+    engine = schema.make_engine(url)
+    try:
+        assert schema.current_revision(engine) == schema.head_revision()
+        assert schema.check_schema(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_connections_get_the_pragmas(tmp_path: Path) -> None:
+    """Each connection of make_engine's SQLite engine has foreign keys, NORMAL sync, a timeout."""
+    engine = schema.make_engine(f"sqlite:///{tmp_path / 'new-dir' / 'hangw.sqlite'}")
+    schema.configure_sqlite(engine)  # a second call must not stack a second listener
+    try:
+        with engine.connect() as conn:
+            pragma = conn.exec_driver_sql
+            assert pragma("PRAGMA journal_mode").scalar() == "wal"
+            assert pragma("PRAGMA foreign_keys").scalar() == 1
+            assert pragma("PRAGMA synchronous").scalar() == 1  # NORMAL
+            assert pragma("PRAGMA busy_timeout").scalar() == 5000
+    finally:
+        engine.dispose()
+    assert (tmp_path / "new-dir").is_dir()
