@@ -14,7 +14,7 @@ from zope.interface import Attribute, Interface
 class IAdapterEvents(Interface):
     """What the gateway offers an adapter: where head-end reports go."""
 
-    def provisioning_report(report):  # type: ignore[no-untyped-def]
+    def provisioning_report(report):
         """Apply a ``adapters.commands.ProvisioningReport``.
 
         Returns a Deferred that fires once the report is durably recorded (or refused as illegal
@@ -27,13 +27,13 @@ class IHeadEndAdapter(Interface):
 
     tdsp_duns = Attribute("The DUNS number of the TDSP whose meters this adapter reaches.")
 
-    def start(events):  # type: ignore[no-untyped-def]
+    def start(events):
         """Begin serving; ``events`` provides IAdapterEvents. Returns a Deferred."""
 
-    def stop():  # type: ignore[no-untyped-def]
+    def stop():
         """Stop serving and cancel every pending timer. Returns a Deferred."""
 
-    def send(command):  # type: ignore[no-untyped-def]
+    def send(command):
         """Hand over one ``adapters.commands.Command``.
 
         Returns a Deferred that fires when the head-end has accepted the command (the TDSP

@@ -133,12 +133,13 @@ def legal_events(status: DeviceStatus) -> list[Event]:
 
 def to_mermaid() -> str:
     """The transition table drawn as a Mermaid state diagram (docs/provisioning-states.md)."""
+
     def node(status: DeviceStatus) -> str:
         return status.name
 
     lines = ["stateDiagram-v2"]
     for status in DeviceStatus:
-        lines.append(f"    state \"{status.value}\" as {node(status)}")
+        lines.append(f'    state "{status.value}" as {node(status)}')
     lines.append(f"    [*] --> {node(INITIAL_STATUS)}: add requested")
     for (source, event), target in TRANSITIONS.items():
         lines.append(f"    {node(source)} --> {node(target)}: {event.value}")

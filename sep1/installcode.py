@@ -1,0 +1,95 @@
+"""Install codes and the link keys derived from them (ZigBee Smart Energy 1.0, Annex B.6).
+
+An install code is 6, 8, 12 or 16 bytes followed by its CRC-16/X-25, stored little-endian. The
+preconfigured link key is the AES-MMO (Matyas-Meyer-Oseas over AES-128) hash of the code
+including its CRC. Pure functions: bytes in, bytes out; the code itself is never put into an
+exception message.
+"""
+
+from __future__ import annotations
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+__all__ = [
+    "CODE_LENGTHS",
+    "InstallCodeCRCError",
+    "InstallCodeLengthError",
+    "aes_mmo_hash",
+    "check_install_code",
+    "crc16_x25",
+    "derive_link_key",
+]
+
+#: Lengths of the code body, without its two CRC bytes.
+CODE_LENGTHS = (6, 8, 12, 16)
+BLOCK = 16
+
+
+class InstallCodeLengthError(ValueError):
+    """The code is not 6, 8, 12 or 16 bytes followed by two CRC bytes."""
+
+
+class InstallCodeCRCError(ValueError):
+    """The two trailing bytes are not the CRC-16/X-25 of the code."""
+
+
+def _crc_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x8408 if crc & 1 else crc >> 1
+        table.append(crc)
+    return tuple(table)
+
+
+_TABLE = _crc_table()
+
+
+def crc16_x25(data: bytes) -> int:
+    """CRC-16/X-25: polynomial 0x1021 reflected (0x8408), init 0xFFFF, xorout 0xFFFF."""
+    crc = 0xFFFF
+    for byte in data:
+        crc = (crc >> 8) ^ _TABLE[(crc ^ byte) & 0xFF]
+    return crc ^ 0xFFFF
+
+
+def check_install_code(code: bytes) -> None:
+    """Raise unless ``code`` is a valid code body followed by its little-endian CRC."""
+    if len(code) - 2 not in CODE_LENGTHS:
+        raise InstallCodeLengthError(
+            f"an install code is 6, 8, 12 or 16 bytes and a 2-byte CRC, not {len(code)} bytes"
+        )
+    if crc16_x25(code[:-2]) != int.from_bytes(code[-2:], "little"):
+        raise InstallCodeCRCError("the install code's CRC-16/X-25 does not match")
+
+
+def _pad(message: bytes) -> bytes:
+    """Annex B.6 padding: a 1 bit, zeros, and the bit length in the last 2 (or 6) bytes."""
+    bits = len(message) * 8
+    if bits < 1 << 16:
+        tail = bits.to_bytes(2, "big")
+    else:
+        tail = bits.to_bytes(4, "big") + b"\x00\x00"
+    padded = message + b"\x80"
+    while (len(padded) + len(tail)) % BLOCK:
+        padded += b"\x00"
+    return padded + tail
+
+
+def aes_mmo_hash(message: bytes) -> bytes:
+    """The AES-MMO hash: H0 = 0; Hi = AES(key=H(i-1), Mi) XOR Mi over the padded message."""
+    digest = bytes(BLOCK)
+    padded = _pad(message)
+    for start in range(0, len(padded), BLOCK):
+        block = padded[start : start + BLOCK]
+        encryptor = Cipher(algorithms.AES(digest), modes.ECB()).encryptor()
+        enciphered = encryptor.update(block) + encryptor.finalize()
+        digest = bytes(a ^ b for a, b in zip(enciphered, block, strict=True))
+    return digest
+
+
+def derive_link_key(code: bytes) -> bytes:
+    """The 16-byte preconfigured link key of a checked install code (CRC included)."""
+    check_install_code(code)
+    return aes_mmo_hash(code)
