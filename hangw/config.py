@@ -1,0 +1,219 @@
+"""Configuration: one TOML file parsed once at start into validated, frozen objects.
+
+A wrong key or value stops start-up with a ConfigError that names the key, e.g.
+``api.port: must be an integer from 1 to 65535, got 'x'``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+#: The file used when none is given: config/hangw.toml beside the packages.
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "hangw.toml"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key and what is wrong."""
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    state_dir: Path = Path(".state")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    url: str = ""
+    key_file: str = ""
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    host: str = "127.0.0.1"
+    port: int = 8443
+    cert_dir: str = ""
+    max_body_bytes: int = 65536
+    ops_port: int = 9464
+
+
+@dataclass(frozen=True)
+class ProvisioningConfig:
+    join_window_s: int = 600
+    command_timeout_s: int = 120
+    timer_interval_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+    format: str = "auto"
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Which adapter serves one TDSP's meters, and that adapter's own options (checked by it)."""
+
+    tdsp_duns: str
+    kind: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    gateway: GatewayConfig = GatewayConfig()
+    store: StoreConfig = StoreConfig()
+    api: ApiConfig = ApiConfig()
+    provisioning: ProvisioningConfig = ProvisioningConfig()
+    logging: LoggingConfig = LoggingConfig()
+    adapters: tuple[AdapterConfig, ...] = ()
+    source: str = "<defaults>"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.gateway.state_dir
+
+    @property
+    def store_url(self) -> str:
+        return self.store.url or f"sqlite:///{self.state_dir / 'hangw.sqlite'}"
+
+    @property
+    def store_key_path(self) -> Path:
+        return Path(self.store.key_file) if self.store.key_file else self.state_dir / "store.key"
+
+    @property
+    def cert_dir(self) -> Path:
+        return Path(self.api.cert_dir) if self.api.cert_dir else self.state_dir / "certs"
+
+    def adapter_for(self, tdsp_duns: str) -> AdapterConfig | None:
+        return next((a for a in self.adapters if a.tdsp_duns == tdsp_duns), None)
+
+
+_LEVELS = ("debug", "info", "warning", "error")
+_FORMATS = ("auto", "json", "console")
+
+
+def _integer(key: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{key}: must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def _number(key: str, value: Any, low: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < low:
+        raise ConfigError(f"{key}: must be a number of at least {low}, got {value!r}")
+    return float(value)
+
+
+def _string(key: str, value: Any, choices: tuple[str, ...] = ()) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: must be a string, got {value!r}")
+    if choices and value not in choices:
+        raise ConfigError(f"{key}: must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _table(key: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: must be a table, got {value!r}")
+    return value
+
+
+def _known(section: str, table: Mapping[str, Any], cls: type) -> None:
+    names = {f.name for f in fields(cls)}
+    for key in table:
+        if key not in names:
+            raise ConfigError(
+                f"{section}.{key}: unknown key (known keys: {', '.join(sorted(names))})"
+            )
+
+
+def from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> Config:
+    """Validate a parsed TOML document into a Config."""
+    sections = {"gateway", "store", "api", "provisioning", "logging", "adapters"}
+    for key in data:
+        if key not in sections:
+            raise ConfigError(f"{key}: unknown section (known: {', '.join(sorted(sections))})")
+
+    g = _table("gateway", data.get("gateway", {}))
+    _known("gateway", g, GatewayConfig)
+    gateway = GatewayConfig(
+        state_dir=Path(_string("gateway.state_dir", g.get("state_dir", ".state")))
+    )
+
+    s = _table("store", data.get("store", {}))
+    _known("store", s, StoreConfig)
+    store = StoreConfig(
+        url=_string("store.url", s.get("url", "")),
+        key_file=_string("store.key_file", s.get("key_file", "")),
+    )
+
+    a = _table("api", data.get("api", {}))
+    _known("api", a, ApiConfig)
+    api = ApiConfig(
+        host=_string("api.host", a.get("host", "127.0.0.1")),
+        port=_integer("api.port", a.get("port", 8443), 0, 65535),
+        cert_dir=_string("api.cert_dir", a.get("cert_dir", "")),
+        max_body_bytes=_integer(
+            "api.max_body_bytes", a.get("max_body_bytes", 65536), 1024, 1 << 30
+        ),
+        ops_port=_integer("api.ops_port", a.get("ops_port", 9464), 0, 65535),
+    )
+
+    p = _table("provisioning", data.get("provisioning", {}))
+    _known("provisioning", p, ProvisioningConfig)
+    provisioning = ProvisioningConfig(
+        join_window_s=_integer("provisioning.join_window_s", p.get("join_window_s", 600), 1, 86400),
+        command_timeout_s=_integer(
+            "provisioning.command_timeout_s", p.get("command_timeout_s", 120), 1, 86400
+        ),
+        timer_interval_s=_number(
+            "provisioning.timer_interval_s", p.get("timer_interval_s", 1.0), 0.01
+        ),
+    )
+
+    lg = _table("logging", data.get("logging", {}))
+    _known("logging", lg, LoggingConfig)
+    logging = LoggingConfig(
+        level=_string("logging.level", lg.get("level", "info"), _LEVELS),
+        format=_string("logging.format", lg.get("format", "auto"), _FORMATS),
+    )
+
+    adapters = []
+    for duns, table in _table("adapters", data.get("adapters", {})).items():
+        key = f"adapters.{duns}"
+        if not str(duns).isdigit():
+            raise ConfigError(f"{key}: the table name must be the TDSP's DUNS number (digits)")
+        table = _table(key, table)
+        kind = _string(f"{key}.kind", table.get("kind"))
+        options = {k: v for k, v in table.items() if k != "kind"}
+        adapters.append(AdapterConfig(tdsp_duns=str(duns), kind=kind, options=options))
+
+    return Config(
+        gateway=gateway,
+        store=store,
+        api=api,
+        provisioning=provisioning,
+        logging=logging,
+        adapters=tuple(adapters),
+        source=source,
+    )
+
+
+def load(path: Path | str | None = None) -> Config:
+    """Read and validate a TOML file (config/hangw.toml when none is given)."""
+    config_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    try:
+        with open(config_path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{config_path}: no such configuration file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{config_path}: not valid TOML: {error}") from None
+    try:
+        return from_mapping(data, source=str(config_path))
+    except ConfigError as error:
+        raise ConfigError(f"{config_path}: {error}") from None

@@ -1,0 +1,65 @@
+"""Structured logs: structlog JSON (or readable lines on a terminal), one pipeline for everything.
+
+Twisted's and the standard library's log records go through the same processors. Install codes,
+link keys and private keys are never logged; as a second line of defence any event key named like
+a secret is replaced with ``"<redacted>"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+SECRET_KEYS = frozenset({"install_code", "link_key", "private_key", "key", "secret", "password"})
+
+
+def redact_secrets(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for name in list(event):
+        if name.lower() in SECRET_KEYS:
+            event[name] = "<redacted>"
+    return event
+
+
+def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
+    """Set up structlog and route stdlib logging (Twisted, zigpy, SQLAlchemy) through it."""
+    stream = stream or sys.stderr
+    console = fmt == "console" or (fmt == "auto" and hasattr(stream, "isatty") and stream.isatty())
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_secrets,
+    ]
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
+
+
+def route_twisted_logs() -> None:
+    """Send Twisted's own log events into the stdlib pipeline configured above."""
+    from twisted.logger import STDLibLogObserver, globalLogBeginner
+
+    globalLogBeginner.beginLoggingTo([STDLibLogObserver(name="twisted")], redirectStandardIO=False)

@@ -1,0 +1,131 @@
+"""The meter registry: loading it from a TDSP's CSV file.
+
+Columns (header row required, order free): esiid, meter_serial, tdsp_duns, ror_duns,
+hardware_version, firmware_version, han_capable, active, and optionally customer_id.
+A file with any bad line is refused whole, with every bad line named; nothing is half-loaded.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from hangw.domain import Meter
+from hangw.store.model import meters
+
+REQUIRED = (
+    "esiid",
+    "meter_serial",
+    "tdsp_duns",
+    "ror_duns",
+    "hardware_version",
+    "firmware_version",
+    "han_capable",
+    "active",
+)
+OPTIONAL = ("customer_id",)
+_TRUE = {"true", "yes", "y", "1"}
+_FALSE = {"false", "no", "n", "0"}
+_ESIID = re.compile(r"[0-9A-Za-z]{1,64}")
+_DUNS = re.compile(r"[0-9]{9}([0-9]{4})?")
+
+
+class MeterFileError(Exception):
+    """The file cannot be loaded; ``problems`` lists (line number, message) for each bad line."""
+
+    def __init__(self, path: str, problems: list[tuple[int, str]]) -> None:
+        self.problems = problems
+        shown = "\n".join(f"  line {line}: {message}" for line, message in problems[:50])
+        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+        super().__init__(f"{path}: {len(problems)} problem(s), nothing loaded:\n{shown}{more}")
+
+
+@dataclass(frozen=True)
+class MeterImport:
+    meters: list[Meter]
+
+
+def parse_meter_csv(lines: Iterable[str], path: str = "<csv>") -> list[Meter]:
+    reader = csv.DictReader(lines)
+    header = reader.fieldnames or []
+    missing = [name for name in REQUIRED if name not in header]
+    if missing:
+        raise MeterFileError(path, [(1, f"missing column(s): {', '.join(missing)}")])
+    unknown = [name for name in header if name not in REQUIRED + OPTIONAL]
+    if unknown:
+        raise MeterFileError(path, [(1, f"unknown column(s): {', '.join(unknown)}")])
+    problems: list[tuple[int, str]] = []
+    seen: dict[str, int] = {}
+    loaded: list[Meter] = []
+    for row in reader:
+        line = reader.line_num
+        if None in row:
+            problems.append(
+                (line, f"{len(header) + len(row[None])} fields, the header has {len(header)}")
+            )
+            continue
+        values = {k: (v or "").strip() for k, v in row.items()}
+        errors = []
+        if not _ESIID.fullmatch(values["esiid"]):
+            errors.append(f"esiid {values['esiid']!r} is not 1 to 64 letters and digits")
+        elif values["esiid"] in seen:
+            errors.append(f"esiid {values['esiid']} is already on line {seen[values['esiid']]}")
+        for name in ("tdsp_duns", "ror_duns"):
+            if not _DUNS.fullmatch(values[name]):
+                errors.append(f"{name} {values[name]!r} is not a 9- or 13-digit DUNS number")
+        for name in ("meter_serial", "hardware_version", "firmware_version"):
+            if not values[name]:
+                errors.append(f"{name} is empty")
+        flags = {}
+        for name in ("han_capable", "active"):
+            text = values[name].lower()
+            if text not in _TRUE | _FALSE:
+                errors.append(f"{name} must be true or false, got {values[name]!r}")
+            flags[name] = text in _TRUE
+        if errors:
+            problems.append((line, "; ".join(errors)))
+            continue
+        seen[values["esiid"]] = line
+        loaded.append(
+            Meter(
+                esiid=values["esiid"],
+                meter_serial=values["meter_serial"],
+                tdsp_duns=values["tdsp_duns"],
+                ror_duns=values["ror_duns"],
+                customer_id=values.get("customer_id") or None,
+                hardware_version=values["hardware_version"],
+                firmware_version=values["firmware_version"],
+                han_capable=flags["han_capable"],
+                active=flags["active"],
+            )
+        )
+    if problems:
+        raise MeterFileError(path, problems)
+    return loaded
+
+
+def upsert_meters_thd(conn: sa.Connection, rows: list[Meter]) -> tuple[int, int]:
+    """Insert new meters and update known ones; returns (inserted, updated)."""
+    known = (
+        set(
+            conn.execute(
+                sa.select(meters.c.esiid).where(meters.c.esiid.in_([m.esiid for m in rows]))
+            )
+            .scalars()
+            .all()
+        )
+        if rows
+        else set()
+    )
+    values = [m.__dict__ for m in rows]
+    fresh = [v for v in values if v["esiid"] not in known]
+    stale = [v for v in values if v["esiid"] in known]
+    if fresh:
+        conn.execute(meters.insert(), fresh)
+    for v in stale:
+        conn.execute(meters.update().where(meters.c.esiid == v["esiid"]).values(**v))
+    return len(fresh), len(stale)

@@ -1,0 +1,102 @@
+"""Install codes and link keys: encrypted at rest, and never in a log line or an error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from structlog.testing import capture_logs
+
+from adapters.commands import ProvisionDevice
+from hangw.devices import AddDeviceRequest
+from hangw.installcodes import InstallCodeError, derive_link_key, parse_install_code
+from hangw.logs import redact_secrets
+from hangw.secrets import SecretBox, load_or_create_key
+from hangw.store.model import han_devices
+from tests.gateway_harness import E_OWN, INSTALL_CODE, TDSP
+from tests.service_harness import make_service, resolve
+from tests.test_provisioning_service import REP
+
+LINK_KEY_HEX = "66B6900981E1EE3CA4206B6B861C02BB"  # sep1-wire.md's vector for INSTALL_CODE
+
+
+def secrets_in(text: str) -> list[str]:
+    found = []
+    for secret in (INSTALL_CODE, LINK_KEY_HEX, INSTALL_CODE[:16], LINK_KEY_HEX[:16]):
+        if secret.lower() in text.lower():
+            found.append(secret)
+    return found
+
+
+def test_provisioning_logs_no_secret(tmp_path: Path) -> None:
+    """Adding a device and building its command logs neither the install code nor the link key."""
+    service, _ = make_service(tmp_path / "s.sqlite")
+    with capture_logs() as events:
+        device = resolve(
+            service.add_device(
+                REP, E_OWN, AddDeviceRequest("000D6F0000000001", INSTALL_CODE, "thermostat")
+            )
+        )
+        (command,) = service.store.transaction(service.pending_commands_thd, TDSP, 10, frozenset())
+    assert events, "provisioning logs something"
+    assert not secrets_in(json.dumps(events, default=str))
+    assert isinstance(command, ProvisionDevice)
+    assert command.install_code == bytes.fromhex(INSTALL_CODE)
+    assert command.link_key == bytes.fromhex(LINK_KEY_HEX)
+    assert not secrets_in(repr(command)) and not secrets_in(repr(device))
+
+
+def test_secrets_are_encrypted_at_rest(tmp_path: Path) -> None:
+    """The SQLite file holds neither the install code nor the link key in the clear."""
+    service, _ = make_service(tmp_path / "s.sqlite")
+    resolve(
+        service.add_device(
+            REP, E_OWN, AddDeviceRequest("000D6F0000000001", INSTALL_CODE, "thermostat")
+        )
+    )
+    row = service.store.transaction(lambda conn: conn.execute(sa.select(han_devices)).one())
+    assert bytes.fromhex(INSTALL_CODE) not in row.install_code_enc
+    service.store.engine.dispose()
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("s.sqlite*"))
+    assert bytes.fromhex(INSTALL_CODE) not in raw and bytes.fromhex(LINK_KEY_HEX) not in raw
+    assert INSTALL_CODE.encode() not in raw
+
+
+def test_sealed_value_opens_only_in_its_own_row() -> None:
+    """A sealed value copied to another device's row does not open."""
+    box = SecretBox(b"\x01" * 32)
+    sealed = box.seal(b"secret", "dev_a")
+    assert box.open(sealed, "dev_a") == b"secret"
+    with pytest.raises(Exception):  # noqa: B017 - cryptography's InvalidTag
+        box.open(sealed, "dev_b")
+    assert "01" not in repr(box)
+
+
+def test_bad_install_code_errors_do_not_echo_it() -> None:
+    """A refused install code is described, never quoted."""
+    bad = INSTALL_CODE[:-1] + "6"
+    for text in (bad, "ZZ" + INSTALL_CODE[2:], INSTALL_CODE[:10]):
+        with pytest.raises(InstallCodeError) as refusal:
+            parse_install_code(text)
+        assert INSTALL_CODE[:10].lower() not in str(refusal.value).lower()
+
+
+def test_install_code_vector_gives_the_published_link_key() -> None:
+    """The public vector of sep1-wire.md derives its published link key."""
+    assert derive_link_key(parse_install_code(INSTALL_CODE)).hex().upper() == LINK_KEY_HEX
+
+
+def test_key_file_is_private(tmp_path: Path) -> None:
+    """The store key is created once, mode 0600, and read back the same."""
+    path = tmp_path / "k" / "store.key"
+    key = load_or_create_key(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert load_or_create_key(path) == key
+
+
+def test_log_redaction_is_a_second_line_of_defence() -> None:
+    """An event key named like a secret is replaced before rendering."""
+    event = redact_secrets(None, "info", {"event": "x", "install_code": "AB", "link_key": "CD"})
+    assert event == {"event": "x", "install_code": "<redacted>", "link_key": "<redacted>"}
