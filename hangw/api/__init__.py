@@ -1,0 +1,1 @@
+"""The HTTPS JSON API (v1)."""

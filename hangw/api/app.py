@@ -1,0 +1,375 @@
+"""The v1 API as a Klein app: routes, JSON bodies, problem+json errors, Idempotency-Key.
+
+The app is mounted in hangw's own ``Site`` behind the mutual-TLS listener (hangw.api.listener);
+the party is the owner of the client certificate of the connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from klein import Klein
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import MethodNotAllowed
+from werkzeug.exceptions import NotFound as RouteNotFound
+
+from hangw import authz, metrics, tls
+from hangw.devices import AddDeviceRequest, DeviceService
+from hangw.domain import Device, Grant, HistoryEntry, Party
+from hangw.parties import PartyRegistry
+from hangw.problems import (
+    BadRequest,
+    IdempotencyKeyReused,
+    InvalidField,
+    NotFound,
+    PayloadTooLarge,
+    Problem,
+    Unauthenticated,
+    UnsupportedMediaType,
+)
+from hangw.store.model import idempotency_keys
+
+log = structlog.get_logger(__name__)
+
+PROBLEM_JSON = b"application/problem+json"
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def device_json(device: Device, viewer: Party) -> dict[str, Any]:
+    hidden = authz.hides_identifiers(viewer, device)
+    return {
+        "id": device.device_id,
+        "esiid": device.esiid,
+        "mac": None if hidden else device.mac,
+        "mac_hidden": hidden,
+        "device_type": device.device_type,
+        "description": device.description,
+        "status": device.status.value,
+        "status_at": iso(device.status_at),
+        "reason": device.reason,
+        "owner": {"party_id": device.owner_party_id, "role": device.owner_role.value},
+        "created_at": iso(device.created_at),
+        "links": {"self": f"/v1/han-devices/{device.device_id}"},
+    }
+
+
+def history_json(entry: HistoryEntry) -> dict[str, Any]:
+    return {
+        "device_id": entry.device_id,
+        "status": entry.status.value,
+        "event": entry.event,
+        "at": iso(entry.at),
+        "actor": entry.actor,
+        "reason": entry.reason,
+    }
+
+
+def grant_json(grant: Grant) -> dict[str, Any]:
+    return {
+        "id": grant.grant_id,
+        "esiid": grant.esiid,
+        "hsp_party_id": grant.hsp_party_id,
+        "granted_by": grant.granted_by,
+        "granted_at": iso(grant.granted_at),
+        "revoked_at": iso(grant.revoked_at),
+        "live": grant.revoked_at is None,
+    }
+
+
+def openapi_document() -> bytes:
+    return resources.files("hangw.api").joinpath("openapi.json").read_bytes()
+
+
+class Api:
+    app = Klein()
+
+    def __init__(
+        self, devices: DeviceService, registry: PartyRegistry, *, max_body_bytes: int = 65536
+    ) -> None:
+        self.devices = devices
+        self.registry = registry
+        self.max_body_bytes = max_body_bytes
+        self._openapi = openapi_document()
+
+    # ---- plumbing ------------------------------------------------------------------------------
+
+    def _party(self, request: IRequest) -> Party:
+        fingerprint = tls.peer_fingerprint(request)
+        party = self.registry.lookup(fingerprint)
+        if party is None:
+            raise Unauthenticated(
+                "the client certificate of this connection is not registered; "
+                "register it with `hangw party add CERT.pem --role ROLE --party-id ID`"
+            )
+        request.setHeader(b"x-hangw-party", party.party_id.encode())
+        return party
+
+    def _body(self, request: IRequest) -> dict[str, Any]:
+        length = request.getHeader(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            raise PayloadTooLarge(
+                f"the body is {int(length)} bytes; at most {self.max_body_bytes} are accepted"
+            )
+        raw = request.content.read(self.max_body_bytes + 1)
+        if len(raw) > self.max_body_bytes:
+            raise PayloadTooLarge(f"the body is over {self.max_body_bytes} bytes")
+        content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+        if content_type != b"application/json":
+            raise UnsupportedMediaType("send the body as JSON with Content-Type: application/json")
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise BadRequest(f"the body is not valid JSON: {error}") from None
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object")
+        return body
+
+    def _json(self, request: IRequest, status: int, body: Any) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    async def _idempotent(self, request: IRequest, party: Party, handler: Any) -> bytes:
+        """Run ``handler()`` once per Idempotency-Key; a repeat gets the first answer again."""
+        key_header = request.getHeader(b"idempotency-key")
+        if key_header is None:
+            return await handler()
+        key = key_header.decode("utf-8", "replace")
+        if not 1 <= len(key) <= 200:
+            raise InvalidField("Idempotency-Key", "Idempotency-Key must be 1 to 200 characters")
+        request.content.seek(0)
+        digest = hashlib.sha256(
+            request.method + b" " + request.uri + b"\n" + request.content.read()
+        ).hexdigest()
+        request.content.seek(0)
+        store = self.devices.store
+
+        def lookup(conn: sa.Connection) -> Any:
+            return conn.execute(
+                sa.select(idempotency_keys).where(
+                    idempotency_keys.c.party_id == party.party_id, idempotency_keys.c.key == key
+                )
+            ).first()
+
+        previous = await store.run(lookup)
+        if previous is not None:
+            if previous.request_hash != digest:
+                raise IdempotencyKeyReused(
+                    f"Idempotency-Key {key!r} was used for a different request; use a new key"
+                )
+            request.setResponseCode(previous.status_code)
+            request.setHeader(b"content-type", b"application/json")
+            request.setHeader(b"idempotent-replayed", b"true")
+            return previous.body
+        try:
+            body: bytes = await handler()
+        except Problem as problem:
+            body = json.dumps(problem.to_json()).encode()
+            request.setResponseCode(problem.status)
+            request.setHeader(b"content-type", PROBLEM_JSON)
+        status = request.code  # type: ignore[attr-defined]
+
+        def remember(conn: sa.Connection) -> None:
+            if lookup(conn) is None:
+                conn.execute(
+                    idempotency_keys.insert().values(
+                        party_id=party.party_id,
+                        key=key,
+                        request_hash=digest,
+                        status_code=status,
+                        body=body,
+                        created_at=time.time(),
+                    )
+                )
+
+        await store.run(remember)
+        return body
+
+    # ---- errors --------------------------------------------------------------------------------
+
+    @app.handle_errors(Problem)
+    def problem(self, request: IRequest, failure: Failure) -> bytes:
+        problem = failure.value
+        assert isinstance(problem, Problem)
+        request.setResponseCode(problem.status)
+        request.setHeader(b"content-type", PROBLEM_JSON)
+        log.info(
+            "api.refused", status=problem.status, problem=problem.slug, path=request.path.decode()
+        )
+        return json.dumps(problem.to_json(instance=request.path.decode())).encode()
+
+    @app.handle_errors(RouteNotFound)
+    def route_not_found(self, request: IRequest, failure: Failure) -> bytes:
+        return self.problem(
+            request,
+            Failure(NotFound(f"no such resource {request.path.decode()!r}; see /v1/openapi.json")),
+        )
+
+    @app.handle_errors(MethodNotAllowed)
+    def method_not_allowed(self, request: IRequest, failure: Failure) -> bytes:
+        request.setResponseCode(405)
+        request.setHeader(b"content-type", PROBLEM_JSON)
+        return json.dumps(
+            {
+                "type": "about:blank",
+                "title": "Method not allowed",
+                "status": 405,
+                "detail": f"{request.method.decode()} is not allowed on {request.path.decode()}",
+            }
+        ).encode()
+
+    @app.handle_errors(Exception)
+    def internal_error(self, request: IRequest, failure: Failure) -> bytes:
+        incident = uuid.uuid4().hex[:12]
+        log.error(
+            "api.internal_error",
+            incident=incident,
+            path=request.path.decode(),
+            error=failure.getErrorMessage(),
+            error_type=getattr(failure.type, "__name__", "?"),
+        )
+        request.setResponseCode(500)
+        request.setHeader(b"content-type", PROBLEM_JSON)
+        return json.dumps(
+            {
+                "type": "about:blank",
+                "title": "Internal error",
+                "status": 500,
+                "detail": "the gateway failed to answer; nothing was changed by this error. "
+                f"Incident {incident}",
+            }
+        ).encode()
+
+    # ---- documents -----------------------------------------------------------------------------
+
+    @app.route("/v1/openapi.json", methods=["GET"])
+    def openapi(self, request: IRequest) -> bytes:
+        self._party(request)
+        request.setHeader(b"content-type", b"application/json")
+        return self._openapi
+
+    # ---- HAN devices ---------------------------------------------------------------------------
+
+    @app.route("/v1/esiids/<esiid>/han-devices", methods=["POST"])
+    async def add_device(self, request: IRequest, esiid: str) -> bytes:
+        party = self._party(request)
+        body = self._body(request)
+
+        async def handle() -> bytes:
+            fields = {}
+            for name in ("mac", "install_code", "device_type"):
+                if not isinstance(body.get(name), str):
+                    raise InvalidField(name, f"{name} is required and must be a string")
+                fields[name] = body[name]
+            unknown = set(body) - {"mac", "install_code", "device_type", "description"}
+            if unknown:
+                raise InvalidField(
+                    sorted(unknown)[0], f"unknown field(s): {', '.join(sorted(unknown))}"
+                )
+            request_ = AddDeviceRequest(description=body.get("description", ""), **fields)
+            device = await self.devices.add_device(party, esiid, request_)
+            request.setHeader(b"location", f"/v1/han-devices/{device.device_id}".encode())
+            return self._json(request, 202, device_json(device, party))
+
+        return await self._idempotent(request, party, handle)
+
+    @app.route("/v1/esiids/<esiid>/han-devices", methods=["GET"])
+    async def list_devices(self, request: IRequest, esiid: str) -> bytes:
+        party = self._party(request)
+        devices = await self.devices.list_devices(party, esiid)
+        return self._json(
+            request, 200, {"esiid": esiid, "devices": [device_json(d, party) for d in devices]}
+        )
+
+    @app.route("/v1/han-devices/<device_id>", methods=["GET"])
+    async def get_device(self, request: IRequest, device_id: str) -> bytes:
+        party = self._party(request)
+        device, history = await self.devices.get_device(party, device_id)
+        body = device_json(device, party)
+        body["history"] = [history_json(entry) for entry in history]
+        return self._json(request, 200, body)
+
+    @app.route("/v1/han-devices/<device_id>", methods=["DELETE"])
+    async def remove_device(self, request: IRequest, device_id: str) -> bytes:
+        party = self._party(request)
+        reason = ""
+        if request.args.get(b"reason"):
+            reason = request.args[b"reason"][0].decode("utf-8", "replace")
+        device = await self.devices.remove_device(party, device_id, reason)
+        return self._json(request, 202, device_json(device, party))
+
+    @app.route("/v1/esiids/<esiid>/han-history", methods=["GET"])
+    async def esiid_history(self, request: IRequest, esiid: str) -> bytes:
+        party = self._party(request)
+        entries = await self.devices.esiid_history(party, esiid)
+        rows = []
+        for entry, device in entries:
+            row = history_json(entry)
+            row["mac"] = None if authz.hides_identifiers(party, device) else device.mac
+            row["device_type"] = device.device_type
+            rows.append(row)
+        return self._json(request, 200, {"esiid": esiid, "history": rows})
+
+    # ---- grants --------------------------------------------------------------------------------
+
+    @app.route("/v1/esiids/<esiid>/grants", methods=["POST"])
+    async def grant(self, request: IRequest, esiid: str) -> bytes:
+        party = self._party(request)
+        body = self._body(request)
+
+        async def handle() -> bytes:
+            hsp = body.get("hsp_party_id")
+            if not isinstance(hsp, str):
+                raise InvalidField("hsp_party_id", "hsp_party_id is required and must be a string")
+            grant = await self.devices.grant(party, esiid, hsp)
+            return self._json(request, 201, grant_json(grant))
+
+        return await self._idempotent(request, party, handle)
+
+    @app.route("/v1/esiids/<esiid>/grants", methods=["GET"])
+    async def list_grants(self, request: IRequest, esiid: str) -> bytes:
+        party = self._party(request)
+        grants = await self.devices.list_grants(party, esiid)
+        return self._json(request, 200, {"esiid": esiid, "grants": [grant_json(g) for g in grants]})
+
+    @app.route("/v1/esiids/<esiid>/grants/<hsp_party_id>", methods=["DELETE"])
+    async def revoke(self, request: IRequest, esiid: str, hsp_party_id: str) -> bytes:
+        party = self._party(request)
+        grant = await self.devices.revoke(party, esiid, hsp_party_id)
+        return self._json(request, 200, grant_json(grant))
+
+
+class OpsApi:
+    """/healthz and /metrics for operators, on a plain-HTTP loopback listener."""
+
+    app = Klein()
+
+    def __init__(self, health: Any) -> None:
+        self._health = health
+
+    @app.route("/healthz", methods=["GET"])
+    async def healthz(self, request: IRequest) -> bytes:
+        report = await self._health()
+        request.setResponseCode(200 if report["status"] == "ok" else 503)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(report).encode()
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: IRequest) -> bytes:
+        body, content_type = metrics.render()
+        request.setHeader(b"content-type", content_type.encode())
+        return body

@@ -1,0 +1,275 @@
+"""hangw: the command-line tool.
+
+Local administration works on the store directly (certificates, parties, the meter registry);
+everything a party does (provision, remove, list, history, grants) goes over the HTTPS API with
+that party's certificate, exactly as any other client would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from hangw import config as config_module
+
+
+def _store(config: config_module.Config) -> Any:
+    from hangw.store import schema
+    from hangw.store.db import Store
+
+    engine = schema.make_engine(config.store_url)
+    schema.upgrade(engine)
+    return Store(engine, reactor=None)  # type: ignore[arg-type]  # used synchronously only
+
+
+def cmd_certs_init(config: config_module.Config, args: argparse.Namespace) -> int:
+    from hangw import certs
+    from hangw.domain import Party, Role
+    from hangw.parties import register_party_thd
+
+    directory = config.cert_dir
+    issued = certs.init_dev_identity(directory, now=time.time())
+    store = _store(config)
+    for demo in issued:
+        party = Party(demo.party_id, Role(demo.role), demo.name, demo.fingerprint)
+        store.transaction(register_party_thd, party, time.time())
+    print(f"certificates in {directory}:")
+    for demo in issued:
+        print(f"  {demo.role:<9} {demo.party_id:<14} {demo.name:<14} {demo.cert_path}")
+    print("all registered as parties; the CA to trust is", directory / "ca.pem")
+    return 0
+
+
+def cmd_party_add(config: config_module.Config, args: argparse.Namespace) -> int:
+    from hangw import certs
+    from hangw.domain import Party, Role
+    from hangw.parties import register_party_thd
+
+    try:
+        pem = Path(args.certificate).read_bytes()
+        fingerprint = certs.fingerprint(pem)
+    except OSError as error:
+        print(f"hangw: cannot read {args.certificate}: {error.strerror}", file=sys.stderr)
+        return 1
+    except ValueError:
+        print(f"hangw: {args.certificate} is not a PEM certificate", file=sys.stderr)
+        return 1
+    party_id: str | None = None
+    role: str | None = None
+    name: str | None = None
+    try:
+        found = certs.party_from_cert(pem)
+        party_id, role, name = found.party_id, found.role, found.name
+    except ValueError:
+        pass  # a certificate from elsewhere: the flags must name the party
+    party_id = args.party_id or party_id
+    role = args.role or role
+    if not party_id or not role:
+        print(
+            "hangw: the certificate does not name its party; give --party-id and --role",
+            file=sys.stderr,
+        )
+        return 2
+    name = args.name or name or party_id
+    party = Party(party_id, Role(role), name, fingerprint)
+    _store(config).transaction(register_party_thd, party, time.time())
+    print(f"registered {role} {party_id} ({name}), certificate sha256 {fingerprint}")
+    return 0
+
+
+def cmd_party_list(config: config_module.Config, args: argparse.Namespace) -> int:
+    from hangw.parties import load_parties_thd
+
+    for party in _store(config).transaction(load_parties_thd):
+        print(
+            f"{party.role.value:<9} {party.party_id:<14} {party.name:<20} {party.cert_fingerprint}"
+        )
+    return 0
+
+
+def cmd_meters_import(config: config_module.Config, args: argparse.Namespace) -> int:
+    from hangw.meters import MeterFileError, parse_meter_csv, upsert_meters_thd
+
+    try:
+        with open(args.file, newline="", encoding="utf-8") as handle:
+            rows = parse_meter_csv(handle, args.file)
+    except MeterFileError as error:
+        print(f"hangw: {error}", file=sys.stderr)
+        return 1
+    except (OSError, UnicodeDecodeError) as error:
+        print(f"hangw: cannot read {args.file}: {error}", file=sys.stderr)
+        return 1
+    inserted, updated = _store(config).transaction(upsert_meters_thd, rows)
+    print(f"{args.file}: {inserted} meter(s) added, {updated} updated")
+    return 0
+
+
+def _client(config: config_module.Config, args: argparse.Namespace) -> Any:
+    from hangw.client import Client, Identity
+
+    cert_dir = config.cert_dir
+    cert = Path(args.cert) if args.cert else cert_dir / f"{args.as_party}.pem"
+    key = Path(args.key) if args.key else cert_dir / f"{args.as_party}-key.pem"
+    ca = Path(args.ca) if args.ca else cert_dir / "ca.pem"
+    for path in (cert, key, ca):
+        if not path.exists():
+            raise SystemExit(
+                f"hangw: {path} does not exist (run `hangw certs init`, or give --cert/--key/--ca)"
+            )
+    url = args.api or f"https://localhost:{config.api.port}"
+    return Client(url, Identity(cert, key, ca))
+
+
+def _print(data: Any, args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return
+    devices = data.get("devices") if isinstance(data, dict) else None
+    if devices is not None:
+        for d in devices:
+            print(f"{d['id']}  {d['mac'] or '(hidden)':<16}  {d['device_type']:<16} {d['status']}")
+        return
+    if isinstance(data, dict) and "history" in data:
+        for h in data["history"]:
+            print(f"{h['at']}  {h['device_id']}  {h['status']:<20} {h['actor']:<14} {h['reason']}")
+        if "id" in data:
+            print(f"{data['id']} is {data['status']}")
+        return
+    if isinstance(data, dict) and "status" in data and "id" in data:
+        print(
+            f"{data['id']} on {data['esiid']}: {data['status']}"
+            + (f" ({data['reason']})" if data.get("reason") else "")
+        )
+        return
+    print(json.dumps(data, indent=2))
+
+
+def cmd_api(config: config_module.Config, args: argparse.Namespace) -> int:
+    from hangw.client import ApiError
+
+    client = _client(config, args)
+    try:
+        if args.command == "provision":
+            body = {
+                "mac": args.mac,
+                "install_code": args.install_code,
+                "device_type": args.type,
+                "description": args.description,
+            }
+            data = client.post(f"/v1/esiids/{args.esiid}/han-devices", body, str(uuid.uuid4()))
+        elif args.command == "remove":
+            suffix = f"?reason={args.reason}" if args.reason else ""
+            data = client.delete(f"/v1/han-devices/{args.device_id}{suffix}")
+        elif args.command == "list":
+            data = client.get(f"/v1/esiids/{args.esiid}/han-devices")
+        elif args.command == "show":
+            data = client.get(f"/v1/han-devices/{args.device_id}")
+        elif args.command == "history":
+            data = client.get(f"/v1/esiids/{args.esiid}/han-history")
+        elif args.command == "grant":
+            data = client.post(f"/v1/esiids/{args.esiid}/grants", {"hsp_party_id": args.hsp})
+        elif args.command == "revoke":
+            data = client.delete(f"/v1/esiids/{args.esiid}/grants/{args.hsp}")
+        else:  # pragma: no cover - argparse only offers the commands above
+            raise AssertionError(args.command)
+    except ApiError as error:
+        print(f"hangw: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"hangw: cannot reach the API: {error}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    _print(data, args)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hangw", description="hangw HAN gateway tool")
+    parser.add_argument("--config", help="TOML configuration (default: config/hangw.toml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    certs = sub.add_parser("certs", help="development certificates").add_subparsers(
+        dest="action", required=True
+    )
+    certs.add_parser(
+        "init", help="create a dev CA, server and demo party certificates; register the parties"
+    )
+
+    party = sub.add_parser("party", help="API parties").add_subparsers(dest="action", required=True)
+    add = party.add_parser("add", help="register a party from its client certificate")
+    add.add_argument("certificate")
+    add.add_argument("--role", choices=["tdsp", "rep", "hsp", "customer"])
+    add.add_argument("--party-id", help="DUNS number (or customer number)")
+    add.add_argument("--name")
+    party.add_parser("list", help="list registered parties")
+
+    meters = sub.add_parser("meters", help="meter registry").add_subparsers(
+        dest="action", required=True
+    )
+    imp = meters.add_parser("import", help="load meters from a CSV file")
+    imp.add_argument("file")
+
+    def api_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument(
+            "--as",
+            dest="as_party",
+            default="demo-rep-a",
+            help="party name of a certificate in the cert dir (default demo-rep-a)",
+        )
+        p.add_argument("--cert")
+        p.add_argument("--key")
+        p.add_argument("--ca")
+        p.add_argument("--api", help="API base URL (default https://localhost:<api.port>)")
+        p.add_argument("--json", action="store_true", help="print the API's JSON")
+        return p
+
+    p = api_command("provision", "add a HAN device to an ESI ID")
+    p.add_argument("esiid")
+    p.add_argument("--mac", required=True)
+    p.add_argument("--install-code", required=True)
+    p.add_argument("--type", default="in_home_display")
+    p.add_argument("--description", default="")
+    p = api_command("remove", "remove a HAN device (or withdraw its pending add)")
+    p.add_argument("device_id")
+    p.add_argument("--reason", default="")
+    p = api_command("list", "list the HAN devices of an ESI ID")
+    p.add_argument("esiid")
+    p = api_command("show", "one device with its history")
+    p.add_argument("device_id")
+    p = api_command("history", "the consolidated HAN history of an ESI ID")
+    p.add_argument("esiid")
+    p = api_command("grant", "grant a HAN service provider access (customer)")
+    p.add_argument("esiid")
+    p.add_argument("hsp")
+    p = api_command("revoke", "revoke a HAN service provider's access (customer)")
+    p.add_argument("esiid")
+    p.add_argument("hsp")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_module.load(args.config)
+    except config_module.ConfigError as error:
+        print(f"hangw: {error}", file=sys.stderr)
+        return 2
+    handlers = {
+        ("certs", "init"): cmd_certs_init,
+        ("party", "add"): cmd_party_add,
+        ("party", "list"): cmd_party_list,
+        ("meters", "import"): cmd_meters_import,
+    }
+    handler = handlers.get((args.command, getattr(args, "action", "")), cmd_api)
+    return handler(config, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""hangwd: the gateway daemon. Installs the asyncio reactor first, so zigpy can share the loop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hangwd", description="Run the hangw gateway.")
+    parser.add_argument("--config", help="TOML configuration (default: config/hangw.toml)")
+    args = parser.parse_args(argv)
+
+    from twisted.internet import asyncioreactor
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    asyncioreactor.install(loop)
+
+    from hangw import config as config_module
+    from hangw import logs
+
+    try:
+        config = config_module.load(args.config)
+    except config_module.ConfigError as error:
+        print(f"hangwd: {error}", file=sys.stderr)
+        return 2
+    logs.configure(config.logging.level, config.logging.format)
+    logs.route_twisted_logs()
+
+    import structlog
+    from twisted.internet import reactor
+
+    from hangw.gateway import Gateway
+
+    log = structlog.get_logger("hangwd")
+    try:
+        gateway = Gateway(config, reactor)
+    except config_module.ConfigError as error:
+        print(f"hangwd: {error}", file=sys.stderr)
+        return 2
+
+    def started() -> None:
+        try:
+            gateway.startService()
+        except Exception as error:
+            log.error("hangwd.start_failed", error=str(error), error_type=type(error).__name__)
+            reactor.stop()
+            return
+        log.info(
+            "hangwd.started",
+            config=config.source,
+            api=f"https://{config.api.host}:{config.api.port}",
+            ops=f"http://{config.api.host}:{config.api.ops_port}",
+            store=config.store_url,
+            adapters=[f"{a.tdsp_duns}:{a.kind}" for a in config.adapters],
+        )
+
+    reactor.callWhenRunning(started)
+    reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)
+    reactor.run()
+    log.info("hangwd.stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

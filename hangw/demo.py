@@ -1,0 +1,228 @@
+"""The showing behind `bin/demo`: a gateway on its embedded defaults, used by a REP over HTTPS.
+
+It creates the development certificates, loads a few demo meters (fresh ESI IDs each run, as a
+TDSP would), starts hangwd with the in-process simulated head-end, then as a REP: provisions
+devices and prints their statuses as they change, shows a refusal for meter firmware and one for
+a sixth device, removes a device, and says where the API and the certificates are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+from hangw import config as config_module
+from hangw.client import ApiError, Client, Identity
+
+TDSP = "1039940674000"
+REP_A = "0000000000001"
+
+
+def install_code(body: bytes) -> str:
+    from sep1 import installcode
+
+    return (body + installcode.crc16_x25(body).to_bytes(2, "little")).hex().upper()
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def demo_meters(state_dir: Path) -> tuple[Path, list[str]]:
+    stamp = time.strftime("%y%m%d%H%M%S")
+    esiids = [f"10443720{stamp}{n}" for n in range(1, 5)]
+    rows = [
+        "esiid,meter_serial,tdsp_duns,ror_duns,customer_id,hardware_version,firmware_version,han_capable,active",
+        f"{esiids[0]},D{stamp}1,{TDSP},{REP_A},CUST-0001,GE-I210+c,5.2.1,true,true",
+        f"{esiids[1]},D{stamp}2,{TDSP},{REP_A},,GE-I210+c,5.2.1,true,true",
+        f"{esiids[2]},D{stamp}3,{TDSP},{REP_A},,L+G-E350,4.1.0,true,true",
+        f"{esiids[3]},D{stamp}4,{TDSP},{REP_A},,GE-I210,1.0.3,false,true",
+    ]
+    path = state_dir / f"demo-meters-{stamp}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(rows) + "\n")
+    return path, esiids
+
+
+def wait_healthy(
+    url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float = 30
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"demo: hangwd exited with {process.returncode}; see {log_path}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"demo: hangwd did not become healthy within {timeout:.0f} s; see {log_path}")
+
+
+def follow(
+    client: Client, device_ids: list[str], final: set[str], timeout: float = 20
+) -> dict[str, str]:
+    """Print each device's status whenever it changes, until all are in a status of ``final``."""
+    seen: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for device_id in device_ids:
+            device = client.get(f"/v1/han-devices/{device_id}")
+            if seen.get(device_id) != device["status"]:
+                seen[device_id] = device["status"]
+                reason = f"  ({device['reason']})" if device["reason"] else ""
+                say(f"    {device_id}  {device['esiid']}  {device['status']}{reason}")
+        if all(status in final for status in seen.values()) and len(seen) == len(device_ids):
+            return seen
+        time.sleep(0.1)
+    say("    (still waiting after {timeout:.0f} s; the gateway keeps working in the background)")
+    return seen
+
+
+def show(client: Client, esiids: list[str]) -> None:
+    four = esiids
+    say("\n1. A REP provisions five devices on one ESI ID and one on another")
+    ids = []
+    for n in range(5):
+        body = {
+            "mac": f"00:0D:6F:00:0A:1B:2C:{n:02X}",
+            "install_code": install_code(bytes([n + 1] * 8)),
+            "device_type": [
+                "in_home_display",
+                "thermostat",
+                "load_control",
+                "smart_appliance",
+                "thermostat",
+            ][n],
+            "description": f"demo device {n + 1}",
+        }
+        ids.append(client.post(f"/v1/esiids/{four[0]}/han-devices", body, str(uuid.uuid4()))["id"])
+    body = {
+        "mac": "00:0D:6F:00:0A:1B:2D:01",
+        "install_code": install_code(b"\x11" * 16),
+        "device_type": "in_home_display",
+    }
+    ids.append(client.post(f"/v1/esiids/{four[1]}/han-devices", body, str(uuid.uuid4()))["id"])
+    follow(client, ids, {"Device Added", "Add Failed", "Add Rejected"})
+
+    say(f"\n2. A device for ESI ID {four[3]}, whose meter firmware cannot serve a HAN, is refused")
+    try:
+        client.post(
+            f"/v1/esiids/{four[3]}/han-devices",
+            {
+                "mac": "000D6F000A1B2E01",
+                "install_code": install_code(b"\x22" * 8),
+                "device_type": "thermostat",
+            },
+        )
+        say("    unexpectedly accepted")
+    except ApiError as refusal:
+        say(f"    {refusal.status} {refusal.problem['title']}: {refusal.problem['detail']}")
+
+    say(f"\n3. A sixth device on ESI ID {four[0]} is refused by the five-slot rule")
+    try:
+        client.post(
+            f"/v1/esiids/{four[0]}/han-devices",
+            {
+                "mac": "000D6F000A1B2F01",
+                "install_code": install_code(b"\x33" * 8),
+                "device_type": "thermostat",
+            },
+        )
+        say("    unexpectedly accepted")
+    except ApiError as refusal:
+        say(f"    {refusal.status} {refusal.problem['title']}: {refusal.problem['detail']}")
+
+    say(f"\n4. The REP removes {ids[0]}")
+    client.delete(f"/v1/han-devices/{ids[0]}?reason=customer+moved")
+    follow(client, [ids[0]], {"Device Removed", "Remove Failed", "Remove Rejected"})
+    say(f"\n   Its history (GET /v1/han-devices/{ids[0]}):")
+    for entry in client.get(f"/v1/han-devices/{ids[0]}")["history"]:
+        say(f"    {entry['at']}  {entry['status']:<20} {entry['event']:<18} by {entry['actor']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bin/demo", description=__doc__)
+    parser.add_argument("--once", action="store_true", help="stop the gateway after the showing")
+    parser.add_argument("--config", help="configuration (default: config/hangw.toml)")
+    args = parser.parse_args(argv)
+    once = args.once or not sys.stdout.isatty()
+
+    config = config_module.load(args.config)
+    state_dir = config.state_dir
+    from hangw import cli
+
+    say(f"hangw demo: state in {state_dir.resolve()}")
+    config_args = ["--config", args.config] if args.config else []
+    if cli.main([*config_args, "certs", "init"]) != 0:
+        return 1
+    meters_csv, esiids = demo_meters(state_dir)
+    if cli.main([*config_args, "meters", "import", str(meters_csv)]) != 0:
+        return 1
+
+    log_path = state_dir / "hangwd.log"
+    say(f"starting hangwd (log: {log_path})")
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hangw.daemon", *config_args],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_healthy(f"http://{config.api.host}:{config.api.ops_port}/healthz", process, log_path)
+        cert_dir = config.cert_dir
+        identity = Identity(
+            cert_dir / "demo-rep-a.pem", cert_dir / "demo-rep-a-key.pem", cert_dir / "ca.pem"
+        )
+        api = f"https://localhost:{config.api.port}"
+        say(
+            f"hangwd is up: API {api} (mutual TLS), health and metrics on "
+            f"http://{config.api.host}:{config.api.ops_port}"
+        )
+        client = Client(api, identity)
+        started = time.monotonic()
+        show(client, esiids)
+        client.close()
+        say(f"\nshown in {time.monotonic() - started:.1f} s.")
+        say("\nGo on yourself:")
+        say(f"  API          {api}   (OpenAPI document: {api}/v1/openapi.json)")
+        say(
+            f"  certificates {cert_dir.resolve()}"
+            "   (demo-rep-a, demo-rep-b, demo-tdsp, demo-hsp, demo-customer)"
+        )
+        say(f"  CLI          .venv/bin/hangw list {esiids[0]} --as demo-rep-a")
+        say(
+            f"  curl         curl --cacert {cert_dir}/ca.pem --cert {cert_dir}/demo-rep-a.pem "
+            f"--key {cert_dir}/demo-rep-a-key.pem {api}/v1/esiids/{esiids[0]}/han-devices"
+        )
+        if once:
+            return 0
+        say("\nThe gateway keeps running; press Ctrl-C to stop it.")
+        try:
+            process.wait()
+        except KeyboardInterrupt:
+            say("")
+        return 0
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        say("hangwd stopped.")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

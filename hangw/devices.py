@@ -1,0 +1,703 @@
+"""HAN device provisioning: requests from parties, reports from head-ends, and timers.
+
+Every change is one transaction: the device row (guarded by ``WHERE status = :old``), its history
+row and, when the head-end must act, an outbox row. The ``_thd`` functions run on the store's
+thread; the ``async`` methods are what the API, the adapters and the timers call.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from twisted.internet.interfaces import IReactorTime
+
+from adapters.commands import (
+    Command,
+    DeprovisionDevice,
+    HeadEndStatus,
+    ProvisionDevice,
+    ProvisioningReport,
+)
+from hangw import authz, metrics
+from hangw.config import ProvisioningConfig
+from hangw.domain import Device, Grant, HistoryEntry, Meter, Party, Role
+from hangw.installcodes import InstallCodeError, derive_link_key, parse_install_code
+from hangw.problems import (
+    Conflict,
+    Forbidden,
+    IllegalTransitionProblem,
+    InvalidField,
+    MeterInactive,
+    MeterNotHanCapable,
+    NotFound,
+    SlotsFull,
+)
+from hangw.provisioning import (
+    COMMAND_TIMEOUT_STATUSES,
+    INITIAL_STATUS,
+    JOIN_WINDOW_STATUSES,
+    MAX_SLOTS_PER_ESIID,
+    SLOT_HOLDING,
+    DeviceStatus,
+    Event,
+    IllegalTransition,
+    next_status,
+)
+from hangw.secrets import SecretBox
+from hangw.store.db import Store
+from hangw.store.model import device_history, grants, han_devices, meters, outbox
+
+log = structlog.get_logger(__name__)
+
+DEVICE_TYPES = (
+    "in_home_display",
+    "thermostat",
+    "load_control",
+    "smart_appliance",
+    "range_extender",
+    "other",
+)
+
+#: How a head-end's report maps onto the table's events.
+REPORT_EVENTS: dict[HeadEndStatus, Event] = {
+    HeadEndStatus.ACKNOWLEDGED: Event.TDSP_ACKNOWLEDGED,
+    HeadEndStatus.ADD_PENDING: Event.ADD_PENDING,
+    HeadEndStatus.METER_READY: Event.METER_READY,
+    HeadEndStatus.DEVICE_JOINED: Event.DEVICE_JOINED,
+    HeadEndStatus.ADD_REJECTED: Event.ADD_REJECTED,
+    HeadEndStatus.ADD_FAILED: Event.ADD_FAILED,
+    HeadEndStatus.REMOVE_PENDING: Event.REMOVE_PENDING,
+    HeadEndStatus.REMOVE_REJECTED: Event.REMOVE_REJECTED,
+    HeadEndStatus.REMOVE_FAILED: Event.REMOVE_FAILED,
+    HeadEndStatus.DEVICE_REMOVED: Event.DEVICE_REMOVED,
+}
+
+_SLOT_HOLDING_VALUES = sorted(s.value for s in SLOT_HOLDING)
+_HEX_MAC = re.compile(r"[0-9A-F]{16}")
+_ESIID = re.compile(r"[0-9A-Za-z]{1,64}")
+
+
+@dataclass(frozen=True)
+class AddDeviceRequest:
+    mac: str
+    install_code: str
+    device_type: str
+    description: str = ""
+
+    def __repr__(self) -> str:  # the install code never appears in a repr
+        return f"AddDeviceRequest(mac={self.mac!r}, device_type={self.device_type!r})"
+
+
+def normalize_mac(text: object) -> str:
+    """An EUI-64 as 16 upper-case hex digits; separators ``:`` ``-`` and spaces are accepted."""
+    if not isinstance(text, str):
+        raise InvalidField("mac", "mac must be a string of 16 hexadecimal digits (an EUI-64)")
+    mac = re.sub(r"[:\- ]", "", text).upper()
+    if not _HEX_MAC.fullmatch(mac):
+        raise InvalidField(
+            "mac",
+            f"mac {text!r} is not an EUI-64: expected 16 hexadecimal digits, "
+            "e.g. 00:0D:6F:00:0A:1B:2C:3D",
+        )
+    if mac in ("0000000000000000", "FFFFFFFFFFFFFFFF"):
+        raise InvalidField("mac", f"mac {text!r} is a reserved EUI-64, not a device address")
+    return mac
+
+
+def check_esiid(esiid: str) -> str:
+    if not _ESIID.fullmatch(esiid):
+        raise NotFound(f"{esiid!r} is not an ESI ID (1 to 64 letters and digits)")
+    return esiid
+
+
+def _meter(row: Any) -> Meter:
+    return Meter(
+        esiid=row.esiid,
+        meter_serial=row.meter_serial,
+        tdsp_duns=row.tdsp_duns,
+        ror_duns=row.ror_duns,
+        customer_id=row.customer_id,
+        hardware_version=row.hardware_version,
+        firmware_version=row.firmware_version,
+        han_capable=row.han_capable,
+        active=row.active,
+    )
+
+
+def _device(row: Any) -> Device:
+    return Device(
+        device_id=row.device_id,
+        esiid=row.esiid,
+        mac=row.mac,
+        device_type=row.device_type,
+        description=row.description,
+        owner_party_id=row.owner_party_id,
+        owner_role=Role(row.owner_role),
+        status=DeviceStatus(row.status),
+        status_at=row.status_at,
+        reason=row.reason,
+        created_at=row.created_at,
+    )
+
+
+def _history(row: Any) -> HistoryEntry:
+    return HistoryEntry(
+        device_id=row.device_id,
+        esiid=row.esiid,
+        status=DeviceStatus(row.status),
+        event=row.event,
+        at=row.at,
+        actor=row.actor,
+        reason=row.reason,
+    )
+
+
+_DEVICE_COLUMNS = [c for c in han_devices.c if c.name not in ("install_code_enc", "link_key_enc")]
+
+
+class DeviceService:
+    """Provisioning as the API, the adapters and the timers see it."""
+
+    def __init__(
+        self,
+        store: Store,
+        box: SecretBox,
+        clock: IReactorTime,
+        config: ProvisioningConfig,
+        on_outbox: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store = store
+        self._box = box
+        self._clock = clock
+        self._config = config
+        self._on_outbox = on_outbox  # wakes the router after a command was queued
+
+    # ---- reads shared by requests ------------------------------------------------------------
+
+    def _load_meter(self, conn: sa.Connection, esiid: str, *, lock: bool = False) -> Meter:
+        query = sa.select(meters).where(meters.c.esiid == esiid)
+        if lock:
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        if row is None:
+            raise NotFound(f"ESI ID {esiid} is not in the meter registry")
+        return _meter(row)
+
+    def _live_grant(self, conn: sa.Connection, party: Party, esiid: str) -> bool:
+        if party.role is not Role.HSP:
+            return False
+        row = conn.execute(
+            sa.select(grants.c.grant_id).where(
+                grants.c.esiid == esiid,
+                grants.c.hsp_party_id == party.party_id,
+                grants.c.revoked_at.is_(None),
+            )
+        ).first()
+        return row is not None
+
+    def _authorize(self, conn: sa.Connection, party: Party, meter: Meter) -> None:
+        live = self._live_grant(conn, party, meter.esiid)
+        if not authz.has_han_access(party, meter, live_grant=live):
+            raise Forbidden(
+                f"{party.role.value} {party.party_id} has no HAN access to ESI ID {meter.esiid}"
+                + (
+                    " (the customer has not granted it, or revoked it)"
+                    if party.role is Role.HSP
+                    else ""
+                )
+            )
+
+    def _load_device(self, conn: sa.Connection, device_id: str) -> Device:
+        row = conn.execute(
+            sa.select(*_DEVICE_COLUMNS).where(han_devices.c.device_id == device_id)
+        ).first()
+        if row is None:
+            raise NotFound(f"no HAN device with id {device_id}")
+        return _device(row)
+
+    def _deadline(self, status: DeviceStatus, now: float) -> float | None:
+        if status in JOIN_WINDOW_STATUSES:
+            return now + self._config.join_window_s
+        if status in COMMAND_TIMEOUT_STATUSES:
+            return now + self._config.command_timeout_s
+        return None
+
+    def _queue(
+        self, conn: sa.Connection, meter_tdsp: str, device_id: str, kind: str, now: float
+    ) -> None:
+        conn.execute(
+            outbox.insert().values(
+                tdsp_duns=meter_tdsp,
+                command_id=f"{kind[:3]}-{device_id}-{secrets.token_hex(4)}",
+                device_id=device_id,
+                kind=kind,
+                created_at=now,
+            )
+        )
+
+    def _write_history(
+        self,
+        conn: sa.Connection,
+        device: Device,
+        status: DeviceStatus,
+        event: str,
+        now: float,
+        actor: str,
+        reason: str,
+    ) -> None:
+        conn.execute(
+            device_history.insert().values(
+                device_id=device.device_id,
+                esiid=device.esiid,
+                status=status.value,
+                event=event,
+                at=now,
+                actor=actor,
+                reason=reason,
+            )
+        )
+
+    def _transition_thd(
+        self,
+        conn: sa.Connection,
+        device_id: str,
+        event: Event,
+        actor: str,
+        reason: str,
+        now: float,
+    ) -> Device:
+        device = self._load_device(conn, device_id)
+        new = next_status(device.status, event)  # raises IllegalTransition before any write
+        result = conn.execute(
+            han_devices.update()
+            .where(
+                han_devices.c.device_id == device_id, han_devices.c.status == device.status.value
+            )
+            .values(
+                status=new.value, status_at=now, reason=reason, deadline=self._deadline(new, now)
+            )
+        )
+        if result.rowcount != 1:
+            raise Conflict(f"device {device_id} changed status while this request ran; try again")
+        self._write_history(conn, device, new, event.value, now, actor, reason)
+        metrics.device_transitions.labels(new.value).inc()
+        return self._load_device(conn, device_id)
+
+    # ---- requests from parties -----------------------------------------------------------------
+
+    async def add_device(self, party: Party, esiid: str, request: AddDeviceRequest) -> Device:
+        check_esiid(esiid)
+        mac = normalize_mac(request.mac)
+        if request.device_type not in DEVICE_TYPES:
+            raise InvalidField(
+                "device_type",
+                f"device_type {request.device_type!r} is not one of {', '.join(DEVICE_TYPES)}",
+            )
+        if not isinstance(request.description, str) or len(request.description) > 200:
+            raise InvalidField(
+                "description", "description must be a string of at most 200 characters"
+            )
+        try:
+            install_code = parse_install_code(request.install_code)
+        except InstallCodeError as error:
+            raise InvalidField("install_code", str(error)) from None
+        device_id = "dev_" + secrets.token_hex(8)
+        sealed_code = self._box.seal(install_code, device_id)
+        sealed_key = self._box.seal(derive_link_key(install_code), device_id)
+        now = self._clock.seconds()
+
+        def thd(conn: sa.Connection) -> Device:
+            meter = self._load_meter(conn, esiid, lock=True)
+            self._authorize(conn, party, meter)
+            if not meter.active:
+                raise MeterInactive(
+                    f"ESI ID {esiid} is not active (its meter was removed); "
+                    "HAN devices cannot be added"
+                )
+            if not meter.han_capable:
+                raise MeterNotHanCapable(
+                    f"meter {meter.meter_serial} on ESI ID {esiid} runs firmware "
+                    f"{meter.firmware_version} on hardware {meter.hardware_version}, "
+                    f"which cannot serve HAN devices; the TDSP ({meter.tdsp_duns}) "
+                    "must upgrade or exchange the meter first",
+                    firmware_version=meter.firmware_version,
+                )
+            holders = (
+                conn.execute(
+                    sa.select(han_devices.c.device_id).where(
+                        han_devices.c.esiid == esiid, han_devices.c.status.in_(_SLOT_HOLDING_VALUES)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if len(holders) >= MAX_SLOTS_PER_ESIID:
+                raise SlotsFull(
+                    f"ESI ID {esiid} already has {len(holders)} HAN devices holding slots "
+                    f"({', '.join(holders)}); remove one before adding another",
+                    devices=list(holders),
+                )
+            clash = conn.execute(
+                sa.select(han_devices.c.device_id, han_devices.c.esiid).where(
+                    han_devices.c.mac == mac, han_devices.c.status.in_(_SLOT_HOLDING_VALUES)
+                )
+            ).first()
+            if clash is not None:
+                where = (
+                    f"as device {clash.device_id}" if clash.esiid == esiid else "on another ESI ID"
+                )
+                raise Conflict(f"MAC {mac} is already provisioned {where}; remove it there first")
+            conn.execute(
+                han_devices.insert().values(
+                    device_id=device_id,
+                    esiid=esiid,
+                    mac=mac,
+                    install_code_enc=sealed_code,
+                    link_key_enc=sealed_key,
+                    device_type=request.device_type,
+                    description=request.description,
+                    owner_party_id=party.party_id,
+                    owner_role=party.role.value,
+                    status=INITIAL_STATUS.value,
+                    status_at=now,
+                    reason="",
+                    deadline=self._deadline(INITIAL_STATUS, now),
+                    created_at=now,
+                )
+            )
+            device = self._load_device(conn, device_id)
+            self._write_history(
+                conn, device, INITIAL_STATUS, "add requested", now, party.party_id, ""
+            )
+            self._queue(conn, meter.tdsp_duns, device_id, "provision", now)
+            return device
+
+        try:
+            device = await self.store.run(thd)
+        except sa.exc.IntegrityError:
+            raise Conflict(f"MAC {mac} is already provisioned; remove it there first") from None
+        log.info(
+            "device.add_acknowledged", esiid=esiid, device=device_id, mac=mac, party=party.party_id
+        )
+        self._on_outbox()
+        return device
+
+    async def remove_device(self, party: Party, device_id: str, reason: str = "") -> Device:
+        if not isinstance(reason, str) or len(reason) > 200:
+            raise InvalidField("reason", "reason must be a string of at most 200 characters")
+        now = self._clock.seconds()
+
+        def thd(conn: sa.Connection) -> Device:
+            device = self._load_device(conn, device_id)
+            meter = self._load_meter(conn, device.esiid)
+            live = self._live_grant(conn, party, meter.esiid)
+            if not authz.may_remove(party, meter, device, live_grant=live):
+                raise Forbidden(
+                    f"{party.role.value} {party.party_id} may not remove device {device_id}"
+                )
+            why = reason or (
+                "withdrawn before it was added"
+                if device.status is not DeviceStatus.DEVICE_ADDED
+                else ""
+            )
+            try:
+                updated = self._transition_thd(
+                    conn, device_id, Event.REMOVE_REQUESTED, party.party_id, why, now
+                )
+            except IllegalTransition as refusal:
+                raise IllegalTransitionProblem(
+                    f"device {device_id} is {refusal.status.value}; it cannot be removed now",
+                    current_status=refusal.status.value,
+                ) from None
+            self._queue(conn, meter.tdsp_duns, device_id, "deprovision", now)
+            return updated
+
+        device = await self.store.run(thd)
+        log.info(
+            "device.remove_acknowledged", esiid=device.esiid, device=device_id, party=party.party_id
+        )
+        self._on_outbox()
+        return device
+
+    async def list_devices(self, party: Party, esiid: str) -> list[Device]:
+        check_esiid(esiid)
+
+        def thd(conn: sa.Connection) -> list[Device]:
+            meter = self._load_meter(conn, esiid)
+            self._authorize(conn, party, meter)
+            rows = conn.execute(
+                sa.select(*_DEVICE_COLUMNS)
+                .where(han_devices.c.esiid == esiid)
+                .order_by(han_devices.c.created_at, han_devices.c.device_id)
+            )
+            return [_device(row) for row in rows]
+
+        return await self.store.run(thd)
+
+    async def get_device(self, party: Party, device_id: str) -> tuple[Device, list[HistoryEntry]]:
+        def thd(conn: sa.Connection) -> tuple[Device, list[HistoryEntry]]:
+            device = self._load_device(conn, device_id)
+            self._authorize(conn, party, self._load_meter(conn, device.esiid))
+            rows = conn.execute(
+                sa.select(device_history)
+                .where(device_history.c.device_id == device_id)
+                .order_by(device_history.c.history_id)
+            )
+            return device, [_history(row) for row in rows]
+
+        return await self.store.run(thd)
+
+    async def esiid_history(self, party: Party, esiid: str) -> list[tuple[HistoryEntry, Device]]:
+        check_esiid(esiid)
+
+        def thd(conn: sa.Connection) -> list[tuple[HistoryEntry, Device]]:
+            self._authorize(conn, party, self._load_meter(conn, esiid))
+            devices = {
+                row.device_id: _device(row)
+                for row in conn.execute(
+                    sa.select(*_DEVICE_COLUMNS).where(han_devices.c.esiid == esiid)
+                )
+            }
+            rows = conn.execute(
+                sa.select(device_history)
+                .where(device_history.c.esiid == esiid)
+                .order_by(device_history.c.history_id)
+            )
+            return [(_history(row), devices[row.device_id]) for row in rows]
+
+        return await self.store.run(thd)
+
+    async def meter(self, esiid: str) -> Meter:
+        return await self.store.run(lambda conn: self._load_meter(conn, esiid))
+
+    # ---- grants --------------------------------------------------------------------------------
+
+    async def grant(self, party: Party, esiid: str, hsp_party_id: str) -> Grant:
+        check_esiid(esiid)
+        now = self._clock.seconds()
+
+        def thd(conn: sa.Connection) -> Grant:
+            from hangw.store.model import parties
+
+            meter = self._load_meter(conn, esiid)
+            if not authz.may_manage_grants(party, meter):
+                raise Forbidden(f"only the customer of ESI ID {esiid} may grant HAN access")
+            hsp = conn.execute(sa.select(parties).where(parties.c.party_id == hsp_party_id)).first()
+            if hsp is None or hsp.role != Role.HSP.value:
+                raise InvalidField(
+                    "hsp_party_id", f"{hsp_party_id!r} is not a registered HAN service provider"
+                )
+            existing = conn.execute(
+                sa.select(grants).where(
+                    grants.c.esiid == esiid,
+                    grants.c.hsp_party_id == hsp_party_id,
+                    grants.c.revoked_at.is_(None),
+                )
+            ).first()
+            if existing is not None:
+                return _grant(existing)
+            grant_id = "grt_" + secrets.token_hex(8)
+            conn.execute(
+                grants.insert().values(
+                    grant_id=grant_id,
+                    esiid=esiid,
+                    hsp_party_id=hsp_party_id,
+                    granted_by=party.party_id,
+                    granted_at=now,
+                    revoked_at=None,
+                )
+            )
+            return Grant(grant_id, esiid, hsp_party_id, party.party_id, now, None)
+
+        return await self.store.run(thd)
+
+    async def revoke(self, party: Party, esiid: str, hsp_party_id: str) -> Grant:
+        check_esiid(esiid)
+        now = self._clock.seconds()
+
+        def thd(conn: sa.Connection) -> Grant:
+            meter = self._load_meter(conn, esiid)
+            if not authz.may_manage_grants(party, meter):
+                raise Forbidden(f"only the customer of ESI ID {esiid} may revoke HAN access")
+            row = conn.execute(
+                sa.select(grants).where(
+                    grants.c.esiid == esiid,
+                    grants.c.hsp_party_id == hsp_party_id,
+                    grants.c.revoked_at.is_(None),
+                )
+            ).first()
+            if row is None:
+                raise NotFound(
+                    f"HAN service provider {hsp_party_id} has no live grant on ESI ID {esiid}"
+                )
+            conn.execute(
+                grants.update().where(grants.c.grant_id == row.grant_id).values(revoked_at=now)
+            )
+            return Grant(row.grant_id, esiid, hsp_party_id, row.granted_by, row.granted_at, now)
+
+        return await self.store.run(thd)
+
+    async def list_grants(self, party: Party, esiid: str) -> list[Grant]:
+        check_esiid(esiid)
+
+        def thd(conn: sa.Connection) -> list[Grant]:
+            meter = self._load_meter(conn, esiid)
+            self._authorize(conn, party, meter)
+            query = sa.select(grants).where(grants.c.esiid == esiid).order_by(grants.c.granted_at)
+            if party.role is Role.HSP:
+                query = query.where(grants.c.hsp_party_id == party.party_id)
+            return [_grant(row) for row in conn.execute(query)]
+
+        return await self.store.run(thd)
+
+    # ---- head-end reports and timers -----------------------------------------------------------
+
+    def apply_report_thd(
+        self, conn: sa.Connection, report: ProvisioningReport, now: float
+    ) -> Device | None:
+        """Apply one head-end report; None when it is stale or illegal (logged, nothing written)."""
+        latest = conn.execute(
+            sa.select(outbox.c.command_id)
+            .where(outbox.c.device_id == report.device_id)
+            .order_by(outbox.c.outbox_id.desc())
+            .limit(1)
+        ).scalar()
+        if latest != report.command_id:
+            log.warning(
+                "report.stale",
+                device=report.device_id,
+                command=report.command_id,
+                status=report.status.value,
+                latest_command=latest,
+            )
+            return None
+        try:
+            return self._transition_thd(
+                conn, report.device_id, REPORT_EVENTS[report.status], "tdsp", report.reason, now
+            )
+        except IllegalTransition as refusal:
+            log.warning(
+                "report.illegal",
+                device=report.device_id,
+                command=report.command_id,
+                status=refusal.status.value,
+                tdsp_status=report.status.value,
+            )
+            return None
+
+    async def apply_report(self, report: ProvisioningReport) -> Device | None:
+        now = self._clock.seconds()
+        device = await self.store.run(self.apply_report_thd, report, now)
+        if device is not None:
+            log.info(
+                "device.status",
+                esiid=device.esiid,
+                device=device.device_id,
+                status=device.status.value,
+                reason=device.reason or None,
+            )
+        return device
+
+    def fire_timers_thd(self, conn: sa.Connection, now: float) -> list[Device]:
+        """Move every device whose timer ran out: join window -> Add Failed, timeout -> *Failed."""
+        due = conn.execute(
+            sa.select(han_devices.c.device_id, han_devices.c.status)
+            .where(han_devices.c.deadline.is_not(None), han_devices.c.deadline <= now)
+            .order_by(han_devices.c.deadline)
+            .limit(500)
+        ).all()
+        moved = []
+        for device_id, status in due:
+            if DeviceStatus(status) in JOIN_WINDOW_STATUSES:
+                event = Event.JOIN_WINDOW_EXPIRED
+                reason = (
+                    f"the device did not join within the {self._config.join_window_s} s join window"
+                )
+            else:
+                event = Event.COMMAND_TIMED_OUT
+                reason = f"the TDSP did not answer within {self._config.command_timeout_s} s"
+            moved.append(self._transition_thd(conn, device_id, event, "gateway", reason, now))
+        return moved
+
+    async def fire_timers(self) -> list[Device]:
+        moved = await self.store.run(self.fire_timers_thd, self._clock.seconds())
+        for device in moved:
+            log.info(
+                "device.status",
+                esiid=device.esiid,
+                device=device.device_id,
+                status=device.status.value,
+                reason=device.reason,
+            )
+        return moved
+
+    # ---- the router's view of the outbox -------------------------------------------------------
+
+    def pending_commands_thd(
+        self, conn: sa.Connection, tdsp_duns: str, limit: int, skip: frozenset[str]
+    ) -> list[Command]:
+        rows = conn.execute(
+            sa.select(
+                outbox,
+                han_devices.c.esiid,
+                han_devices.c.mac,
+                han_devices.c.install_code_enc,
+                han_devices.c.link_key_enc,
+            )
+            .join(han_devices, han_devices.c.device_id == outbox.c.device_id)
+            .where(outbox.c.tdsp_duns == tdsp_duns, outbox.c.retired_at.is_(None))
+            .order_by(outbox.c.outbox_id)
+            .limit(limit + len(skip))
+        ).all()
+        commands: list[Command] = []
+        for row in rows:
+            if row.command_id in skip:
+                continue
+            if row.kind == "provision":
+                commands.append(
+                    ProvisionDevice(
+                        command_id=row.command_id,
+                        esiid=row.esiid,
+                        device_id=row.device_id,
+                        mac=row.mac,
+                        install_code=self._box.open(row.install_code_enc, row.device_id),
+                        link_key=self._box.open(row.link_key_enc, row.device_id),
+                        join_window_s=self._config.join_window_s,
+                    )
+                )
+            else:
+                commands.append(
+                    DeprovisionDevice(
+                        command_id=row.command_id,
+                        esiid=row.esiid,
+                        device_id=row.device_id,
+                        mac=row.mac,
+                    )
+                )
+        return commands[:limit]
+
+    def retire_thd(self, conn: sa.Connection, command_id: str, now: float) -> None:
+        conn.execute(
+            outbox.update()
+            .where(outbox.c.command_id == command_id)
+            .values(retired_at=now, attempts=outbox.c.attempts + 1)
+        )
+
+    def count_attempt_thd(self, conn: sa.Connection, command_id: str) -> None:
+        conn.execute(
+            outbox.update()
+            .where(outbox.c.command_id == command_id)
+            .values(attempts=outbox.c.attempts + 1)
+        )
+
+
+def _grant(row: Any) -> Grant:
+    return Grant(
+        row.grant_id, row.esiid, row.hsp_party_id, row.granted_by, row.granted_at, row.revoked_at
+    )

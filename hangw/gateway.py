@@ -1,0 +1,166 @@
+"""The service tree of one hangwd: store, adapters, router, timers, API and ops listeners.
+
+Only bin/ and hangw.daemon touch the global reactor; everything here is handed its reactor and
+clock, so tests build a Gateway on a real reactor with a temporary state directory.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from twisted.web.server import Site
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from adapters.commands import ProvisioningReport
+from adapters.interfaces import IAdapterEvents, IHeadEndAdapter
+from hangw import metrics
+from hangw.api.app import Api, OpsApi
+from hangw.api.listener import PinnedClientContextFactory
+from hangw.config import AdapterConfig, Config, ConfigError
+from hangw.devices import DeviceService
+from hangw.parties import PartyRegistry
+from hangw.router import Router
+from hangw.secrets import SecretBox, load_or_create_key
+from hangw.store import schema
+from hangw.store.db import Store
+
+log = structlog.get_logger(__name__)
+
+
+class MeteredSite(Site):
+    """A Site that counts answered requests instead of writing an access log."""
+
+    def log(self, request: Any) -> None:
+        metrics.api_requests.labels(request.method.decode(), str(request.code)).inc()
+
+
+ADAPTER_GROUP = "hangw.adapters"
+
+
+def load_adapter(adapter_config: AdapterConfig, clock: Any, config: Config) -> IHeadEndAdapter:
+    """Build the adapter named by ``kind`` from the ``hangw.adapters`` entry points."""
+    found = {ep.name: ep for ep in entry_points(group=ADAPTER_GROUP)}
+    if adapter_config.kind not in found:
+        raise ConfigError(
+            f"adapters.{adapter_config.tdsp_duns}.kind: no adapter {adapter_config.kind!r} "
+            f"(installed: {', '.join(sorted(found)) or 'none'})"
+        )
+    factory = found[adapter_config.kind].load()
+    adapter = factory(adapter_config, clock, config.state_dir)
+    verifyObject(IHeadEndAdapter, adapter)
+    return adapter
+
+
+@implementer(IAdapterEvents)
+class GatewayEvents:
+    """Where adapters deliver head-end reports."""
+
+    def __init__(self, devices: DeviceService) -> None:
+        self._devices = devices
+
+    def provisioning_report(self, report: ProvisioningReport) -> Deferred[Any]:
+        return Deferred.fromCoroutine(self._devices.apply_report(report))
+
+
+class StoreService(Service):
+    name = "store"
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def startService(self) -> None:
+        schema.upgrade(self.store.engine)
+        self.store.start()
+        super().startService()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.store.stop()
+
+
+class AdaptersService(Service):
+    name = "adapters"
+
+    def __init__(self, adapters: dict[str, IHeadEndAdapter], events: IAdapterEvents) -> None:
+        self.adapters = adapters
+        self._events = events
+
+    def startService(self) -> Deferred[Any]:
+        super().startService()
+        return DeferredList([a.start(self._events) for a in self.adapters.values()])
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        return DeferredList([a.stop() for a in self.adapters.values()])
+
+
+class Gateway(MultiService):
+    def __init__(self, config: Config, reactor: Any, clock: Any = None) -> None:
+        super().__init__()
+        self.config = config
+        clock = clock or reactor
+        cert_dir = config.cert_dir
+        server_cert, server_key = cert_dir / "server.pem", cert_dir / "server-key.pem"
+        if not server_cert.exists() or not server_key.exists():
+            raise ConfigError(
+                f"api.cert_dir: no server certificate in {cert_dir}; run `hangw certs init` first"
+            )
+        self.store = Store(schema.make_engine(config.store_url), reactor)
+        box = SecretBox(load_or_create_key(config.store_key_path))
+        self.registry = PartyRegistry(self.store)
+        self.adapters = {a.tdsp_duns: load_adapter(a, clock, config) for a in config.adapters}
+        self.devices = DeviceService(self.store, box, clock, config.provisioning)
+        self.router = Router(self.devices, self.adapters, clock)
+        self.devices._on_outbox = self.router.wake
+
+        StoreService(self.store).setServiceParent(self)
+        refresh = TimerService(5.0, self.registry.refresh)
+        refresh.clock = clock
+        refresh.setServiceParent(self)
+        AdaptersService(self.adapters, GatewayEvents(self.devices)).setServiceParent(self)
+        self.router.setServiceParent(self)
+        timers = TimerService(config.provisioning.timer_interval_s, self._fire_timers)
+        timers.clock = clock
+        timers.setServiceParent(self)
+
+        self.api = Api(self.devices, self.registry, max_body_bytes=config.api.max_body_bytes)
+        tls = PinnedClientContextFactory(server_cert, server_key, self.registry.is_registered)
+        self.api_endpoint = SSL4ServerEndpoint(
+            reactor, config.api.port, tls, interface=config.api.host
+        )
+        self.api_service = StreamServerEndpointService(
+            self.api_endpoint, MeteredSite(self.api.app.resource())
+        )
+        self.api_service.setServiceParent(self)
+        ops = OpsApi(self.health)
+        self.ops_service = StreamServerEndpointService(
+            TCP4ServerEndpoint(reactor, config.api.ops_port, interface=config.api.host),
+            Site(ops.app.resource()),
+        )
+        self.ops_service.setServiceParent(self)
+
+    def _fire_timers(self) -> Deferred[Any]:
+        d = Deferred.fromCoroutine(self.devices.fire_timers())
+        d.addErrback(lambda failure: log.error("timers.failed", error=failure.getErrorMessage()))
+        return d
+
+    async def health(self) -> dict[str, Any]:
+        try:
+            await self.store.run(lambda conn: conn.execute(sa.text("SELECT 1")).scalar())
+            store = "ok"
+        except Exception as error:  # reported, not raised: health answers anyway
+            store = f"error: {type(error).__name__}"
+        return {
+            "status": "ok" if store == "ok" else "degraded",
+            "store": store,
+            "adapters": sorted(self.adapters),
+            "parties": len(self.registry._by_fingerprint),
+        }

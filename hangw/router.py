@@ -1,0 +1,138 @@
+"""The router: drains the outbox to each TDSP's adapter and retires what the head-end accepted.
+
+Rows are written in the same transaction as the state change that needs them, so a command is
+never lost; a row is retired only after the adapter accepted the command, so after a crash or a
+lost link it is sent again (receivers drop duplicates by command id: effect exactly once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import structlog
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+
+from adapters.commands import Command
+from adapters.interfaces import IHeadEndAdapter
+from hangw import metrics
+from hangw.devices import DeviceService
+
+log = structlog.get_logger(__name__)
+
+
+class Router(Service):
+    name = "router"
+
+    def __init__(
+        self,
+        devices: DeviceService,
+        adapters: Mapping[str, IHeadEndAdapter],
+        clock: IReactorTime,
+        *,
+        batch: int = 200,
+        poll_interval_s: float = 2.0,
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        self._devices = devices
+        self._adapters = dict(adapters)
+        self._clock = clock
+        self._batch = batch
+        self._poll_interval_s = poll_interval_s
+        self._max_backoff_s = max_backoff_s
+        self._in_flight: set[str] = set()
+        self._backoff: dict[str, float] = {}  # tdsp_duns -> seconds to wait after a failure
+        self._not_before: dict[str, float] = {}
+        self._draining: Deferred[None] | None = None
+        self._again = False
+        self._wake_call: IDelayedCall | None = None
+        self._poll = LoopingCall(self.wake)
+        self._poll.clock = clock
+
+    def startService(self) -> None:
+        super().startService()
+        self._poll.start(self._poll_interval_s, now=True)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._poll.running:
+            self._poll.stop()
+        if self._wake_call is not None and self._wake_call.active():
+            self._wake_call.cancel()
+        return self._draining
+
+    def wake(self) -> None:
+        """Drain soon; called after a command was queued and on every poll."""
+        if not self.running:
+            return
+        if self._draining is not None:
+            self._again = True
+            return
+        if self._wake_call is None or not self._wake_call.active():
+            self._wake_call = self._clock.callLater(0, self._start_drain)
+
+    def _start_drain(self) -> None:
+        self._draining = Deferred.fromCoroutine(self.drain())
+
+        def done(result: object) -> None:
+            self._draining = None
+            if self._again:
+                self._again = False
+                self.wake()
+
+        self._draining.addBoth(done)
+
+    async def drain(self) -> None:
+        now = self._clock.seconds()
+        for tdsp_duns, adapter in self._adapters.items():
+            if self._not_before.get(tdsp_duns, 0.0) > now:
+                continue
+            try:
+                commands = await self._devices.store.run(
+                    self._devices.pending_commands_thd,
+                    tdsp_duns,
+                    self._batch,
+                    frozenset(self._in_flight),
+                )
+            except Exception:
+                log.exception("router.read_failed", tdsp=tdsp_duns)
+                continue
+            metrics.outbox_pending.labels(tdsp_duns).set(len(commands) + len(self._in_flight))
+            for command in commands:
+                self._send(tdsp_duns, adapter, command)
+
+    def _send(self, tdsp_duns: str, adapter: IHeadEndAdapter, command: Command) -> None:
+        self._in_flight.add(command.command_id)
+        d: Deferred[object] = maybeDeferred(adapter.send, command)
+        kind = type(command).__name__
+
+        def accepted(_: object) -> Deferred[None]:
+            self._backoff.pop(tdsp_duns, None)
+            metrics.outbox_sent.labels(tdsp_duns, kind).inc()
+            return self._devices.store.run(
+                self._devices.retire_thd, command.command_id, self._clock.seconds()
+            )
+
+        def refused(failure: object) -> None:
+            delay = min(self._backoff.get(tdsp_duns, 0.5) * 2, self._max_backoff_s)
+            self._backoff[tdsp_duns] = delay
+            self._not_before[tdsp_duns] = self._clock.seconds() + delay
+            metrics.outbox_failures.labels(tdsp_duns).inc()
+            log.warning(
+                "router.send_failed",
+                tdsp=tdsp_duns,
+                command=command.command_id,
+                retry_in_s=delay,
+                error=getattr(failure, "getErrorMessage", lambda: str(failure))(),
+            )
+
+        def settled(result: object) -> None:
+            self._in_flight.discard(command.command_id)
+
+        d.addCallbacks(accepted, refused)
+        d.addErrback(
+            lambda failure: log.error("router.retire_failed", error=failure.getErrorMessage())
+        )
+        d.addBoth(settled)

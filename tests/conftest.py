@@ -1,0 +1,38 @@
+"""Shared fixtures: a running gateway on loopback with real TLS and a real SQLite file."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from tests.gateway_harness import Harness, make_test_config, prepare_state
+
+
+async def start_gateway(state_dir: Path, **provisioning: object) -> Harness:
+    from hangw.gateway import Gateway
+
+    config = make_test_config(state_dir, **provisioning)
+    issued = prepare_state(config)
+    gateway = Gateway(config, reactor)
+    gateway.startService()
+    api_port = (await gateway.api_service._waitingForPort).getHost().port
+    ops_port = (await gateway.ops_service._waitingForPort).getHost().port
+    await gateway.registry.refresh()
+    return Harness(config, gateway, api_port, ops_port, issued)
+
+
+@pytest_twisted.async_yield_fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    running = await start_gateway(tmp_path / "state")
+    yield running
+    running.close()
+    await running.gateway.stopService()
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"

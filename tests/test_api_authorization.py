@@ -1,0 +1,154 @@
+"""Who may do what: each role x each operation x own/other ESI ID, over real TLS."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+
+from hangw import certs
+from hangw.client import Client, Identity
+from tests.gateway_harness import (
+    CUSTOMER,
+    E_OTHER,
+    E_OTHER_TDSP,
+    E_OWN,
+    HSP,
+    Harness,
+)
+from tests.test_api_provisioning import add_body, store_counts
+
+#: party -> ESI IDs it may provision on (E_OWN: ROR REP_A, TDSP demo, customer CUST-0001;
+#: E_OTHER: ROR REP_B, TDSP demo; E_OTHER_TDSP: ROR REP_A, another TDSP)
+MAY_PROVISION = {
+    "demo-rep-a": {E_OWN, E_OTHER_TDSP},
+    "demo-rep-b": {E_OTHER},
+    "demo-tdsp": {E_OWN, E_OTHER},
+    "demo-customer": {E_OWN},
+    "demo-hsp": set(),  # until the customer grants access
+}
+
+
+@pytest_twisted.ensureDeferred
+async def test_provision_and_read_matrix(harness: Harness) -> None:
+    """Each role may add, list and read history only on the ESI IDs it has HAN access to."""
+    mac = 0
+    for name, allowed in MAY_PROVISION.items():
+        caller = harness.caller(name)
+        for esiid in (E_OWN, E_OTHER, E_OTHER_TDSP):
+            before = await store_counts(harness)
+            mac += 1
+            status, body = await caller.call(
+                "POST", f"/v1/esiids/{esiid}/han-devices", add_body(mac=f"000D6F01000000{mac:02X}")
+            )
+            list_status, _ = await caller.call("GET", f"/v1/esiids/{esiid}/han-devices")
+            history_status, _ = await caller.call("GET", f"/v1/esiids/{esiid}/han-history")
+            if esiid in allowed:
+                assert (status, list_status, history_status) == (202, 200, 200), (name, esiid, body)
+            else:
+                assert (status, list_status, history_status) == (403, 403, 403), (name, esiid, body)
+                assert body["type"].endswith("forbidden") and name.split("-")[1] in body["detail"]
+                assert await store_counts(harness) == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_removal_matrix(harness: Harness) -> None:
+    """The ROR, the TDSP and the customer may remove any device on the ESI ID; others may not."""
+    rep_a = harness.caller("demo-rep-a")
+    for n, remover in enumerate(["demo-rep-a", "demo-tdsp", "demo-customer"]):
+        _, device = await rep_a.call(
+            "POST", f"/v1/esiids/{E_OWN}/han-devices", add_body(mac=f"000D6F02000000{n:02X}")
+        )
+        for outsider in ("demo-rep-b", "demo-hsp"):
+            before = await store_counts(harness)
+            status, _ = await harness.caller(outsider).call(
+                "DELETE", f"/v1/han-devices/{device['id']}"
+            )
+            assert status == 403
+            assert await store_counts(harness) == before
+        status, body = await harness.caller(remover).call(
+            "DELETE", f"/v1/han-devices/{device['id']}"
+        )
+        assert status == 202 and body["status"] == "Remove Acknowledged"
+
+
+@pytest_twisted.ensureDeferred
+async def test_hsp_access_follows_the_customers_grant(harness: Harness) -> None:
+    """An HSP provisions only while the customer's grant is live, and the customer sees no MAC."""
+    hsp = harness.caller("demo-hsp")
+    customer = harness.caller("demo-customer")
+    path = f"/v1/esiids/{E_OWN}/han-devices"
+    status, _ = await hsp.call("POST", path, add_body(mac="000D6F0300000001"))
+    assert status == 403
+
+    status, _ = await harness.caller("demo-rep-a").call(
+        "POST", f"/v1/esiids/{E_OWN}/grants", {"hsp_party_id": HSP}
+    )
+    assert status == 403, "only the customer grants access"
+    status, grant = await customer.call("POST", f"/v1/esiids/{E_OWN}/grants", {"hsp_party_id": HSP})
+    assert status == 201 and grant["live"]
+    status, device = await hsp.call("POST", path, add_body(mac="000D6F0300000001"))
+    assert status == 202 and device["mac"] == "000D6F0300000001"
+
+    _, seen_by_customer = await customer.call("GET", f"/v1/han-devices/{device['id']}")
+    assert seen_by_customer["mac"] is None and seen_by_customer["mac_hidden"] is True
+    _, history = await customer.call("GET", f"/v1/esiids/{E_OWN}/han-history")
+    assert all(row["mac"] is None for row in history["history"])
+    _, seen_by_rep = await harness.caller("demo-rep-a").call(
+        "GET", f"/v1/han-devices/{device['id']}"
+    )
+    assert seen_by_rep["mac"] == "000D6F0300000001"
+
+    status, _ = await customer.call("DELETE", f"/v1/esiids/{E_OWN}/grants/{HSP}")
+    assert status == 200
+    before = await store_counts(harness)
+    status, _ = await hsp.call("POST", path, add_body(mac="000D6F0300000002"))
+    assert status == 403
+    status, _ = await hsp.call("GET", f"/v1/han-devices/{device['id']}")
+    assert status == 403
+    assert await store_counts(harness) == before
+    assert CUSTOMER  # the customer of E_OWN in tests/data/meters.csv
+
+
+@pytest_twisted.ensureDeferred
+async def test_unregistered_certificate_cannot_connect(harness: Harness, tmp_path: Path) -> None:
+    """A client certificate from the dev CA that is not registered fails the TLS handshake."""
+    ca_dir = harness.config.cert_dir
+    stranger = (
+        certs.issue_client_cert(
+            certs.load_ca(ca_dir), party_id="0000000000099", role="rep", name="stranger", now=1.8e9
+        )
+        if hasattr(certs, "load_ca")
+        else None
+    )
+    if stranger is None:
+        pytest.skip("certs.load_ca not available")
+    (tmp_path / "s.pem").write_bytes(stranger.cert_pem)
+    (tmp_path / "s-key.pem").write_bytes(stranger.key_pem)
+    client = Client(
+        f"https://localhost:{harness.api_port}",
+        Identity(tmp_path / "s.pem", tmp_path / "s-key.pem", ca_dir / "ca.pem"),
+    )
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        await deferToThread(client.request, "GET", f"/v1/esiids/{E_OWN}/han-devices")
+    client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_without_certificate_cannot_connect(harness: Harness) -> None:
+    """A client that presents no certificate fails the TLS handshake."""
+    import http.client
+
+    context = ssl.create_default_context(cafile=str(harness.config.cert_dir / "ca.pem"))
+    connection = http.client.HTTPSConnection("localhost", harness.api_port, context=context)
+
+    def attempt() -> int:
+        connection.request("GET", f"/v1/esiids/{E_OWN}/han-devices")
+        return connection.getresponse().status
+
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        await deferToThread(attempt)
+    connection.close()

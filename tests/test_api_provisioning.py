@@ -1,0 +1,220 @@
+"""The provisioning API end to end: real TLS on loopback, real SQLite file, simulated head-end."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest_twisted
+import sqlalchemy as sa
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from hangw.store.model import device_history, grants, han_devices, idempotency_keys, outbox
+from tests.gateway_harness import (
+    E_OLD_FIRMWARE,
+    E_OWN,
+    E_REMOVED,
+    INSTALL_CODE,
+    INSTALL_CODE_2,
+    Caller,
+    Harness,
+)
+
+
+def add_body(
+    mac: str = "000D6F000A1B2C3D", code: str = INSTALL_CODE, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "mac": mac,
+        "install_code": code,
+        "device_type": "thermostat",
+        "description": "t",
+        **extra,
+    }
+
+
+async def wait_for_status(caller: Caller, device_id: str, wanted: str, timeout: float = 10) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = await caller.call("GET", f"/v1/han-devices/{device_id}")
+        assert status == 200, body
+        if body["status"] == wanted:
+            return body
+        assert time.monotonic() < deadline, (
+            f"{device_id} stuck in {body['status']}, wanted {wanted}"
+        )
+        await deferLater(reactor, 0.05)
+
+
+async def store_counts(harness: Harness) -> tuple[int, ...]:
+    """What a request could leave behind: devices, history written by parties (not the head-end,
+    whose reports keep arriving in the background), outbox rows, grants, idempotency keys."""
+
+    def thd(conn: sa.Connection) -> tuple[int, ...]:
+        def count(table: sa.Table, *where: Any) -> int:
+            return conn.execute(
+                sa.select(sa.func.count()).select_from(table).where(*where)
+            ).scalar_one()
+
+        return (
+            count(han_devices),
+            count(device_history, device_history.c.actor != "tdsp"),
+            count(outbox),
+            count(grants),
+            count(idempotency_keys),
+        )
+
+    return await harness.gateway.store.run(thd)
+
+
+@pytest_twisted.ensureDeferred
+async def test_add_then_remove_walks_every_status(harness: Harness) -> None:
+    """A device walks from Add Acknowledged to Device Added, then on to Device Removed."""
+    rep = harness.caller("demo-rep-a")
+    status, device = await rep.call("POST", f"/v1/esiids/{E_OWN}/han-devices", add_body())
+    assert status == 202, device
+    assert device["status"] == "Add Acknowledged"
+    assert "install_code" not in device
+    added = await wait_for_status(rep, device["id"], "Device Added")
+    assert [h["status"] for h in added["history"]] == [
+        "Add Acknowledged",
+        "Add Acknowledged",
+        "Add Pending",
+        "Meter Ready",
+        "Device Added",
+    ]
+    assert added["history"][1]["event"] == "TDSP acknowledged"
+
+    status, removing = await rep.call("DELETE", f"/v1/han-devices/{device['id']}?reason=moving")
+    assert status == 202 and removing["status"] == "Remove Acknowledged"
+    removed = await wait_for_status(rep, device["id"], "Device Removed")
+    assert [h["status"] for h in removed["history"]][5:] == [
+        "Remove Acknowledged",
+        "Remove Acknowledged",
+        "Remove Pending",
+        "Device Removed",
+    ]
+    status, history = await rep.call("GET", f"/v1/esiids/{E_OWN}/han-history")
+    assert status == 200 and len(history["history"]) == 9
+    assert all(row["mac"] == "000D6F000A1B2C3D" for row in history["history"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_pending_add_can_be_withdrawn(harness: Harness) -> None:
+    """Removing a device before it joined withdraws the add and frees its slot."""
+    rep = harness.caller("demo-rep-a")
+    _, device = await rep.call("POST", f"/v1/esiids/{E_OWN}/han-devices", add_body())
+    status, body = await rep.call("DELETE", f"/v1/han-devices/{device['id']}")
+    assert status == 202 and body["status"] == "Remove Acknowledged"
+    assert body["reason"] == "withdrawn before it was added"
+    await wait_for_status(rep, device["id"], "Device Removed")
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_requests_are_problems_and_change_nothing(harness: Harness) -> None:
+    """Each bad request gets a problem+json naming what is wrong, and the store is unchanged."""
+    rep = harness.caller("demo-rep-a")
+    before = await store_counts(harness)
+    path = f"/v1/esiids/{E_OWN}/han-devices"
+    cases: list[tuple[str, str, Any, int, str]] = [
+        ("POST", path, add_body(mac="00:0D:6F:ZZ"), 422, "mac"),
+        ("POST", path, add_body(mac="FFFFFFFFFFFFFFFF"), 422, "mac"),
+        ("POST", path, add_body(code="83FED3407A939723A5C639B26916D505C3B6"), 422, "install_code"),
+        ("POST", path, add_body(code="83FED3"), 422, "install_code"),
+        ("POST", path, add_body(device_type="toaster"), 422, "device_type"),
+        ("POST", path, {"mac": "000D6F000A1B2C3D"}, 422, "install_code"),
+        ("POST", path, add_body(colour="red"), 422, "colour"),
+        ("POST", "/v1/esiids/99999999999999999/han-devices", add_body(), 404, ""),
+        ("POST", f"/v1/esiids/{E_REMOVED}/han-devices", add_body(), 409, ""),
+        ("POST", f"/v1/esiids/{E_OLD_FIRMWARE}/han-devices", add_body(), 409, ""),
+        ("GET", "/v1/han-devices/dev_nosuchdevice", None, 404, ""),
+        ("GET", "/v1/no/such/path", None, 404, ""),
+    ]
+    for method, where, body, want_status, want_field in cases:
+        status, problem = await rep.call(method, where, body)
+        assert status == want_status, (where, body, problem)
+        assert problem["status"] == want_status and problem["detail"] and problem["title"]
+        if want_field:
+            assert problem["field"] == want_field, problem
+        assert INSTALL_CODE[:12] not in problem["detail"]
+    status, problem = await rep.call("POST", f"/v1/esiids/{E_OLD_FIRMWARE}/han-devices", add_body())
+    assert "firmware 1.0.3" in problem["detail"] and "cannot serve HAN devices" in problem["detail"]
+    assert await store_counts(harness) == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_and_oversized_bodies(harness: Harness) -> None:
+    """Malformed JSON is 400, a wrong media type 415, an oversized body 413; nothing is stored."""
+    rep = harness.caller("demo-rep-a")
+    before = await store_counts(harness)
+    path = f"/v1/esiids/{E_OWN}/han-devices"
+    connection = rep.client._connection
+
+    def raw(body: bytes, content_type: str) -> tuple[int, bytes, str]:
+        connection.request("POST", path, body=body, headers={"content-type": content_type})
+        response = connection.getresponse()
+        return response.status, response.read(), response.getheader("content-type")
+
+    from twisted.internet.threads import deferToThread
+
+    for body, content_type, want in [
+        (b"{not json", "application/json", 400),
+        (b"[1, 2]", "application/json", 400),
+        (b'{"mac": "x"}', "text/plain", 415),
+        (b"{" + b" " * 70000 + b"}", "application/json", 413),
+    ]:
+        status, payload, media = await deferToThread(raw, body, content_type)
+        assert status == want, payload
+        assert media == "application/problem+json"
+    assert await store_counts(harness) == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_sixth_device_and_duplicate_mac_are_refused(harness: Harness) -> None:
+    """Five slot holders fill an ESI ID; a sixth and a MAC already live are refused with 409."""
+    rep = harness.caller("demo-rep-a")
+    path = f"/v1/esiids/{E_OWN}/han-devices"
+    for n in range(5):
+        status, _ = await rep.call("POST", path, add_body(mac=f"000D6F00000000{n:02X}"))
+        assert status == 202
+    before = await store_counts(harness)
+    status, problem = await rep.call("POST", path, add_body(mac="000D6F00000000FF"))
+    assert status == 409 and problem["type"].endswith("han-slots-full")
+    assert len(problem["devices"]) == 5
+    assert await store_counts(harness) == before
+
+    status, problem = await harness.caller("demo-customer").call(
+        "POST", path, add_body(mac="000D6F0000000001")
+    )
+    assert status == 409
+    assert await store_counts(harness) == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_illegal_transition_is_refused(harness: Harness) -> None:
+    """Removing a device that is already Device Removed is a 409 naming the current status."""
+    rep = harness.caller("demo-rep-a")
+    _, device = await rep.call("POST", f"/v1/esiids/{E_OWN}/han-devices", add_body())
+    await wait_for_status(rep, device["id"], "Device Added")
+    await rep.call("DELETE", f"/v1/han-devices/{device['id']}")
+    await wait_for_status(rep, device["id"], "Device Removed")
+    before = await store_counts(harness)
+    status, problem = await rep.call("DELETE", f"/v1/han-devices/{device['id']}")
+    assert status == 409 and problem["current_status"] == "Device Removed"
+    assert await store_counts(harness) == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_idempotency_key_replays_the_first_answer(harness: Harness) -> None:
+    """The same POST with the same Idempotency-Key creates one device; another body is refused."""
+    rep = harness.caller("demo-rep-a")
+    path = f"/v1/esiids/{E_OWN}/han-devices"
+    key = {"idempotency-key": "k-1"}
+    first = await rep.call("POST", path, add_body(), key)
+    second = await rep.call("POST", path, add_body(), key)
+    assert first == second and first[0] == 202
+    status, problem = await rep.call("POST", path, add_body(code=INSTALL_CODE_2), key)
+    assert status == 422 and "Idempotency-Key" in problem["detail"]
+    _, listed = await rep.call("GET", path)
+    assert len(listed["devices"]) == 1

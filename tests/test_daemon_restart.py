@@ -1,0 +1,122 @@
+"""hangwd as a process: killed mid-provisioning and started again, its devices still get added."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from hangw.client import Client, Identity
+from hangw.config import load
+from tests.gateway_harness import E_OWN, INSTALL_CODE, TDSP, prepare_state
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def write_config(tmp_path: Path) -> Path:
+    path = tmp_path / "hangw.toml"
+    path.write_text(f"""
+[gateway]
+state_dir = "{tmp_path / "state"}"
+[api]
+port = {free_port()}
+ops_port = {free_port()}
+[provisioning]
+timer_interval_s = 0.2
+[logging]
+format = "json"
+level = "debug"
+[adapters.{TDSP}]
+kind = "simulator"
+ack_delay_s = 0.1
+pending_delay_s = 0.5
+meter_ready_delay_s = 1.0
+join_delay_s = 1.5
+""")
+    return path
+
+
+def start(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    config = load(config_path)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hangw.daemon", "--config", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log_path.read_text()
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{config.api.ops_port}/healthz", timeout=1
+            ):
+                return process
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise AssertionError("hangwd did not start: " + log_path.read_text())
+
+
+def test_kill_mid_provisioning_then_restart(tmp_path: Path) -> None:
+    """After kill -9 mid-provisioning and a restart, every device reaches Device Added once."""
+    config_path = write_config(tmp_path)
+    config = load(config_path)
+    prepare_state(config)
+    log_path = tmp_path / "hangwd.log"
+    process = start(config_path, log_path)
+    certs = config.cert_dir
+    identity = Identity(certs / "demo-rep-a.pem", certs / "demo-rep-a-key.pem", certs / "ca.pem")
+    client = Client(f"https://localhost:{config.api.port}", identity)
+    ids = []
+    for n in range(3):
+        body = {
+            "mac": f"000D6F00000010{n:02X}",
+            "install_code": INSTALL_CODE,
+            "device_type": "thermostat",
+        }
+        ids.append(client.post(f"/v1/esiids/{E_OWN}/han-devices", body)["id"])
+    deadline = time.monotonic() + 10
+    while client.get(f"/v1/han-devices/{ids[-1]}")["status"] == "Add Acknowledged":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    statuses = {client.get(f"/v1/han-devices/{i}")["status"] for i in ids}
+    assert "Device Added" not in statuses, "killed too late to prove anything"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    client.close()
+
+    process = start(config_path, log_path)
+    try:
+        client = Client(f"https://localhost:{config.api.port}", identity)
+        deadline = time.monotonic() + 30
+        while True:
+            devices = [client.get(f"/v1/han-devices/{i}") for i in ids]
+            if all(d["status"] == "Device Added" for d in devices):
+                break
+            assert time.monotonic() < deadline, [d["status"] for d in devices]
+            time.sleep(0.1)
+        for device in devices:
+            statuses = [h["status"] for h in device["history"]]
+            assert statuses.count("Device Added") == 1
+            assert statuses.count("Meter Ready") == 1, statuses
+        client.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    log_text = log_path.read_text()
+    assert INSTALL_CODE not in log_text and INSTALL_CODE.lower() not in log_text
+    assert "hangwd.started" in log_text

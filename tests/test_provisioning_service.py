@@ -1,0 +1,226 @@
+"""The provisioning machine as the store applies it: every status x every event, and no sequence
+of requests and head-end answers ever breaks the five-slot rule or leaves an illegal status."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from adapters.commands import HeadEndStatus, ProvisioningReport
+from hangw.devices import REPORT_EVENTS, AddDeviceRequest, DeviceService
+from hangw.domain import Party, Role
+from hangw.problems import Forbidden, IllegalTransitionProblem, Problem
+from hangw.provisioning import (
+    COMMAND_TIMEOUT_STATUSES,
+    JOIN_WINDOW_STATUSES,
+    MAX_SLOTS_PER_ESIID,
+    SLOT_HOLDING,
+    TRANSITIONS,
+    DeviceStatus,
+    Event,
+)
+from hangw.store.model import device_history, han_devices, outbox
+from tests.gateway_harness import E_OTHER, E_OWN, INSTALL_CODE, REP_A, TDSP
+from tests.service_harness import make_service, resolve
+
+REP = Party(REP_A, Role.REP, "demo-rep-a", "f" * 64)
+TDSP_PARTY = Party(TDSP, Role.TDSP, "demo-tdsp", "e" * 64)
+EVENT_FOR_REPORT = {event: status for status, event in REPORT_EVENTS.items()}
+
+
+def place_device(service: DeviceService, status: DeviceStatus, deadline: float | None) -> str:
+    """Add a device through the service, then set its status directly (the starting point)."""
+    device = resolve(
+        service.add_device(
+            REP, E_OWN, AddDeviceRequest("000D6F0000000001", INSTALL_CODE, "thermostat")
+        )
+    )
+
+    def thd(conn: sa.Connection) -> None:
+        conn.execute(
+            han_devices.update()
+            .where(han_devices.c.device_id == device.device_id)
+            .values(status=status.value, deadline=deadline)
+        )
+
+    service.store.transaction(thd)
+    return device.device_id
+
+
+def snapshot(service: DeviceService, device_id: str) -> tuple[str, int]:
+    def thd(conn: sa.Connection) -> tuple[str, int]:
+        status = conn.execute(
+            sa.select(han_devices.c.status).where(han_devices.c.device_id == device_id)
+        ).scalar_one()
+        count = conn.execute(
+            sa.select(sa.func.count()).where(device_history.c.device_id == device_id)
+        ).scalar_one()
+        return status, count
+
+    return service.store.transaction(thd)
+
+
+def latest_command(service: DeviceService, device_id: str) -> str:
+    return service.store.transaction(
+        lambda conn: (
+            conn.execute(
+                sa.select(outbox.c.command_id)
+                .where(outbox.c.device_id == device_id)
+                .order_by(outbox.c.outbox_id.desc())
+            )
+            .scalars()
+            .first()
+        )
+    )
+
+
+@pytest.mark.parametrize("event", list(Event), ids=lambda e: e.name)
+@pytest.mark.parametrize("status", list(DeviceStatus), ids=lambda s: s.name)
+def test_every_status_and_event(tmp_path: Path, status: DeviceStatus, event: Event) -> None:
+    """Legal pairs move the device as the table says, with one history row; others write nothing."""
+    service, clock = make_service(tmp_path / "s.sqlite")
+    now = clock.seconds()
+    timer_event = event in (Event.JOIN_WINDOW_EXPIRED, Event.COMMAND_TIMED_OUT)
+    # a timer only runs in the statuses it belongs to; its event fires when the deadline passes
+    runs_timer = (event is Event.JOIN_WINDOW_EXPIRED and status in JOIN_WINDOW_STATUSES) or (
+        event is Event.COMMAND_TIMED_OUT and status in COMMAND_TIMEOUT_STATUSES
+    )
+    device_id = place_device(service, status, now - 1 if runs_timer else None)
+    before_status, before_rows = snapshot(service, device_id)
+    expected = TRANSITIONS.get((status, event))
+
+    if event is Event.REMOVE_REQUESTED:
+        try:
+            resolve(service.remove_device(REP, device_id))
+        except IllegalTransitionProblem:
+            assert expected is None
+    elif timer_event:
+        moved = service.store.transaction(service.fire_timers_thd, now)
+        assert bool(moved) == runs_timer
+        if not runs_timer:
+            expected = None
+    else:
+        report = ProvisioningReport(
+            latest_command(service, device_id), E_OWN, device_id, EVENT_FOR_REPORT[event], "r"
+        )
+        applied = service.store.transaction(service.apply_report_thd, report, now)
+        assert (applied is not None) == (expected is not None)
+
+    after_status, after_rows = snapshot(service, device_id)
+    if expected is None:
+        assert (after_status, after_rows) == (before_status, before_rows)
+    else:
+        assert after_status == expected.value
+        assert after_rows == before_rows + 1
+
+
+def test_timer_events_exist_only_where_timers_run() -> None:
+    """The table's timer events are exactly those of the statuses that run a timer."""
+    for status, event in TRANSITIONS:
+        if event is Event.JOIN_WINDOW_EXPIRED:
+            assert status in JOIN_WINDOW_STATUSES
+        if event is Event.COMMAND_TIMED_OUT:
+            assert status in COMMAND_TIMEOUT_STATUSES
+
+
+def test_stale_report_is_ignored(tmp_path: Path) -> None:
+    """A report about an older command of the device (its add, after a remove) changes nothing."""
+    service, clock = make_service(tmp_path / "s.sqlite")
+    device_id = place_device(service, DeviceStatus.METER_READY, None)
+    add_command = latest_command(service, device_id)
+    resolve(service.remove_device(REP, device_id))
+    before = snapshot(service, device_id)
+    report = ProvisioningReport(add_command, E_OWN, device_id, HeadEndStatus.DEVICE_JOINED)
+    assert service.store.transaction(service.apply_report_thd, report, clock.seconds()) is None
+    assert snapshot(service, device_id) == before
+
+
+class ProvisioningMachine(RuleBasedStateMachine):
+    """Random requests, head-end answers and timer ticks against one store."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.devices: list[str] = []
+
+    @initialize(path=st.uuids())
+    def start(self, path: object) -> None:
+        import tempfile
+
+        self.tmp = tempfile.TemporaryDirectory()
+        self.service, self.clock = make_service(
+            Path(self.tmp.name) / "m.sqlite", join_window_s=50, command_timeout_s=30
+        )
+
+    def teardown(self) -> None:
+        self.service.store.engine.dispose()
+        self.tmp.cleanup()
+
+    @rule(
+        esiid=st.sampled_from([E_OWN, E_OTHER]),
+        mac=st.integers(0, 9),
+        party=st.sampled_from([REP, TDSP_PARTY]),
+    )
+    def add(self, esiid: str, mac: int, party: Party) -> None:
+        request = AddDeviceRequest(f"000D6F00000000{mac:02X}", INSTALL_CODE, "thermostat")
+        try:
+            device = resolve(self.service.add_device(party, esiid, request))
+        except Forbidden:
+            assert party is REP and esiid == E_OTHER
+        except Problem as problem:
+            assert problem.status == 409, problem.detail
+        else:
+            self.devices.append(device.device_id)
+
+    @rule(index=st.integers(0, 50))
+    def remove(self, index: int) -> None:
+        if not self.devices:
+            return
+        try:
+            resolve(self.service.remove_device(TDSP_PARTY, self.devices[index % len(self.devices)]))
+        except IllegalTransitionProblem:
+            pass
+
+    @rule(index=st.integers(0, 50), status=st.sampled_from(list(HeadEndStatus)))
+    def head_end_reports(self, index: int, status: HeadEndStatus) -> None:
+        if not self.devices:
+            return
+        device_id = self.devices[index % len(self.devices)]
+        report = ProvisioningReport(latest_command(self.service, device_id), "", device_id, status)
+        self.service.store.transaction(self.service.apply_report_thd, report, self.clock.seconds())
+
+    @rule(seconds=st.integers(1, 60))
+    def time_passes(self, seconds: int) -> None:
+        self.clock.advance(seconds)
+        self.service.store.transaction(self.service.fire_timers_thd, self.clock.seconds())
+
+    @invariant()
+    def at_most_five_slot_holders_and_legal_statuses(self) -> None:
+        if not hasattr(self, "service"):
+            return
+
+        def thd(conn: sa.Connection) -> list[tuple[str, str]]:
+            return [
+                tuple(r) for r in conn.execute(sa.select(han_devices.c.esiid, han_devices.c.status))
+            ]
+
+        rows = self.service.store.transaction(thd)
+        holding: dict[str, int] = {}
+        for esiid, status in rows:
+            assert status in {s.value for s in DeviceStatus}
+            if DeviceStatus(status) in SLOT_HOLDING:
+                holding[esiid] = holding.get(esiid, 0) + 1
+        assert all(count <= MAX_SLOTS_PER_ESIID for count in holding.values()), holding
+
+
+ProvisioningMachine.TestCase.settings = settings(
+    max_examples=40,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestProvisioningMachine = ProvisioningMachine.TestCase
