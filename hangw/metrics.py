@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 registry = CollectorRegistry(auto_describe=True)
@@ -27,6 +27,25 @@ outbox_failures = Counter(
 )
 outbox_pending = Gauge(
     "hangw_outbox_pending", "Commands waiting for their adapter", ["tdsp_duns"], registry=registry
+)
+
+store_jobs = Counter(
+    "hangw_store_jobs", "Units of database work run (each in its own savepoint)", registry=registry
+)
+store_commits = Counter(
+    "hangw_store_transactions", "Database transactions committed or rolled back", registry=registry
+)
+store_batch = Histogram(
+    "hangw_store_batch_jobs",
+    "Jobs group-committed in one transaction",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    registry=registry,
+)
+store_wait = Histogram(
+    "hangw_store_queue_wait_seconds",
+    "Time a job waited for a writer thread (the first job of each batch)",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+    registry=registry,
 )
 
 

@@ -41,6 +41,13 @@ def _set_sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
             cursor.execute(pragma)
     finally:
         cursor.close()
+    # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin: otherwise sqlite3
+    # begins them only at the first write, and SAVEPOINTs (group commit) would not nest.
+    dbapi_connection.isolation_level = None
+
+
+def _begin_sqlite(conn: sa.Connection) -> None:
+    conn.exec_driver_sql("BEGIN")
 
 
 def configure_sqlite(engine: sa.Engine) -> None:
@@ -52,6 +59,7 @@ def configure_sqlite(engine: sa.Engine) -> None:
         return
     if not sa.event.contains(engine, "connect", _set_sqlite_pragmas):
         sa.event.listen(engine, "connect", _set_sqlite_pragmas)
+        sa.event.listen(engine, "begin", _begin_sqlite)
 
 
 def _sqlite_file(url: sa.URL) -> Path | None:
