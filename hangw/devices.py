@@ -7,6 +7,7 @@ thread; the ``async`` methods are what the API, the adapters and the timers call
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import secrets
 from collections.abc import Callable
@@ -43,7 +44,6 @@ from hangw.provisioning import (
     INITIAL_STATUS,
     JOIN_WINDOW_STATUSES,
     MAX_SLOTS_PER_ESIID,
-    SLOT_HOLDING,
     DeviceStatus,
     Event,
     IllegalTransition,
@@ -51,7 +51,8 @@ from hangw.provisioning import (
 )
 from hangw.secrets import SecretBox
 from hangw.store.db import Store
-from hangw.store.model import device_history, grants, han_devices, meters, outbox
+from hangw.store.model import LIVE_STATUS, device_history, grants, han_devices, meters, outbox
+from hangw.store.prepared import Prepared
 
 log = structlog.get_logger(__name__)
 
@@ -78,7 +79,6 @@ REPORT_EVENTS: dict[HeadEndStatus, Event] = {
     HeadEndStatus.DEVICE_REMOVED: Event.DEVICE_REMOVED,
 }
 
-_SLOT_HOLDING_VALUES = sorted(s.value for s in SLOT_HOLDING)
 _HEX_MAC = re.compile(r"[0-9A-F]{16}")
 _ESIID = re.compile(r"[0-9A-Za-z]{1,64}")
 
@@ -125,8 +125,8 @@ def _meter(row: Any) -> Meter:
         customer_id=row.customer_id,
         hardware_version=row.hardware_version,
         firmware_version=row.firmware_version,
-        han_capable=row.han_capable,
-        active=row.active,
+        han_capable=bool(row.han_capable),
+        active=bool(row.active),
     )
 
 
@@ -160,6 +160,101 @@ def _history(row: Any) -> HistoryEntry:
 
 _DEVICE_COLUMNS = [c for c in han_devices.c if c.name not in ("install_code_enc", "link_key_enc")]
 
+# The statements of the hot paths, built once: SQLAlchemy then reuses their compiled form, which
+# costs a fraction of building a statement per call. Bound names that match a column are
+# prefixed ``b_`` (SQLAlchemy keeps the column names of an UPDATE for its SET clause).
+_LATEST_COMMAND = (
+    sa.select(outbox.c.command_id)
+    .where(outbox.c.device_id == han_devices.c.device_id)
+    .order_by(outbox.c.outbox_id.desc())
+    .limit(1)
+    .scalar_subquery()
+    .label("latest_command")
+)
+_SELECT_DEVICE = Prepared(
+    sa.select(*_DEVICE_COLUMNS).where(han_devices.c.device_id == sa.bindparam("b_device_id"))
+)
+_SELECT_DEVICE_WITH_COMMAND = Prepared(
+    sa.select(*_DEVICE_COLUMNS, _LATEST_COMMAND).where(
+        han_devices.c.device_id == sa.bindparam("b_device_id")
+    )
+)
+_UPDATE_STATUS = Prepared(
+    han_devices.update()
+    .where(
+        han_devices.c.device_id == sa.bindparam("b_device_id"),
+        han_devices.c.status == sa.bindparam("b_old"),
+    )
+    .values(
+        status=sa.bindparam("b_new"),
+        status_at=sa.bindparam("b_now"),
+        reason=sa.bindparam("b_reason"),
+        deadline=sa.bindparam("b_deadline"),
+    )
+)
+_INSERT_HISTORY = Prepared(
+    device_history.insert(),
+    columns=("device_id", "esiid", "status", "event", "at", "actor", "reason"),
+)
+_INSERT_DEVICE = Prepared(
+    han_devices.insert(),
+    columns=[c.name for c in han_devices.c],
+)
+_INSERT_OUTBOX = Prepared(
+    outbox.insert(), columns=("tdsp_duns", "command_id", "device_id", "kind", "created_at")
+)
+_SELECT_METER = Prepared(sa.select(meters).where(meters.c.esiid == sa.bindparam("b_esiid")))
+_SELECT_METER_FOR_UPDATE = Prepared(
+    sa.select(meters).where(meters.c.esiid == sa.bindparam("b_esiid")).with_for_update()
+)
+_SELECT_LIVE_GRANT = Prepared(
+    sa.select(grants.c.grant_id).where(
+        grants.c.esiid == sa.bindparam("b_esiid"),
+        grants.c.hsp_party_id == sa.bindparam("b_hsp"),
+        grants.c.revoked_at.is_(None),
+    )
+)
+_SELECT_SLOT_HOLDERS = Prepared(
+    sa.select(han_devices.c.device_id).where(
+        han_devices.c.esiid == sa.bindparam("b_esiid"), LIVE_STATUS
+    )
+)
+_SELECT_LIVE_MAC = Prepared(
+    sa.select(han_devices.c.device_id, han_devices.c.esiid).where(
+        han_devices.c.mac == sa.bindparam("b_mac"), LIVE_STATUS
+    )
+)
+_PENDING_COMMANDS = Prepared(
+    sa.select(
+        outbox.c.outbox_id,
+        outbox.c.command_id,
+        outbox.c.device_id,
+        outbox.c.kind,
+        han_devices.c.esiid,
+        han_devices.c.mac,
+        han_devices.c.install_code_enc,
+        han_devices.c.link_key_enc,
+    )
+    .join(han_devices, han_devices.c.device_id == outbox.c.device_id)
+    .where(
+        outbox.c.tdsp_duns == sa.bindparam("b_tdsp_duns"),
+        outbox.c.retired_at.is_(None),
+        outbox.c.outbox_id > sa.bindparam("b_after"),
+    )
+    .order_by(outbox.c.outbox_id)
+    .limit(sa.bindparam("b_limit"))
+)
+_RETIRE = Prepared(
+    outbox.update()
+    .where(outbox.c.command_id == sa.bindparam("b_command_id"))
+    .values(retired_at=sa.bindparam("b_now"), attempts=outbox.c.attempts + 1)
+)
+_COUNT_ATTEMPT = Prepared(
+    outbox.update()
+    .where(outbox.c.command_id == sa.bindparam("b_command_id"))
+    .values(attempts=outbox.c.attempts + 1)
+)
+
 
 class DeviceService:
     """Provisioning as the API, the adapters and the timers see it."""
@@ -181,10 +276,8 @@ class DeviceService:
     # ---- reads shared by requests ------------------------------------------------------------
 
     def _load_meter(self, conn: sa.Connection, esiid: str, *, lock: bool = False) -> Meter:
-        query = sa.select(meters).where(meters.c.esiid == esiid)
-        if lock:
-            query = query.with_for_update()
-        row = conn.execute(query).first()
+        query = _SELECT_METER_FOR_UPDATE if lock else _SELECT_METER
+        row = query.first(conn, {"b_esiid": esiid})
         if row is None:
             raise NotFound(f"ESI ID {esiid} is not in the meter registry")
         return _meter(row)
@@ -192,13 +285,7 @@ class DeviceService:
     def _live_grant(self, conn: sa.Connection, party: Party, esiid: str) -> bool:
         if party.role is not Role.HSP:
             return False
-        row = conn.execute(
-            sa.select(grants.c.grant_id).where(
-                grants.c.esiid == esiid,
-                grants.c.hsp_party_id == party.party_id,
-                grants.c.revoked_at.is_(None),
-            )
-        ).first()
+        row = _SELECT_LIVE_GRANT.first(conn, {"b_esiid": esiid, "b_hsp": party.party_id})
         return row is not None
 
     def _authorize(self, conn: sa.Connection, party: Party, meter: Meter) -> None:
@@ -214,9 +301,7 @@ class DeviceService:
             )
 
     def _load_device(self, conn: sa.Connection, device_id: str) -> Device:
-        row = conn.execute(
-            sa.select(*_DEVICE_COLUMNS).where(han_devices.c.device_id == device_id)
-        ).first()
+        row = _SELECT_DEVICE.first(conn, {"b_device_id": device_id})
         if row is None:
             raise NotFound(f"no HAN device with id {device_id}")
         return _device(row)
@@ -231,14 +316,15 @@ class DeviceService:
     def _queue(
         self, conn: sa.Connection, meter_tdsp: str, device_id: str, kind: str, now: float
     ) -> None:
-        conn.execute(
-            outbox.insert().values(
-                tdsp_duns=meter_tdsp,
-                command_id=f"{kind[:3]}-{device_id}-{secrets.token_hex(4)}",
-                device_id=device_id,
-                kind=kind,
-                created_at=now,
-            )
+        _INSERT_OUTBOX.execute(
+            conn,
+            {
+                "tdsp_duns": meter_tdsp,
+                "command_id": f"{kind[:3]}-{device_id}-{secrets.token_hex(4)}",
+                "device_id": device_id,
+                "kind": kind,
+                "created_at": now,
+            },
         )
 
     def _write_history(
@@ -251,16 +337,17 @@ class DeviceService:
         actor: str,
         reason: str,
     ) -> None:
-        conn.execute(
-            device_history.insert().values(
-                device_id=device.device_id,
-                esiid=device.esiid,
-                status=status.value,
-                event=event,
-                at=now,
-                actor=actor,
-                reason=reason,
-            )
+        _INSERT_HISTORY.execute(
+            conn,
+            {
+                "device_id": device.device_id,
+                "esiid": device.esiid,
+                "status": status.value,
+                "event": event,
+                "at": now,
+                "actor": actor,
+                "reason": reason,
+            },
         )
 
     def _transition_thd(
@@ -271,23 +358,28 @@ class DeviceService:
         actor: str,
         reason: str,
         now: float,
+        device: Device | None = None,
     ) -> Device:
-        device = self._load_device(conn, device_id)
+        """Move the device by ``event`` (``device``: its row, when the caller just read it)."""
+        if device is None:
+            device = self._load_device(conn, device_id)
         new = next_status(device.status, event)  # raises IllegalTransition before any write
-        result = conn.execute(
-            han_devices.update()
-            .where(
-                han_devices.c.device_id == device_id, han_devices.c.status == device.status.value
-            )
-            .values(
-                status=new.value, status_at=now, reason=reason, deadline=self._deadline(new, now)
-            )
+        result = _UPDATE_STATUS.execute(
+            conn,
+            {
+                "b_device_id": device_id,
+                "b_old": device.status.value,
+                "b_new": new.value,
+                "b_now": now,
+                "b_reason": reason,
+                "b_deadline": self._deadline(new, now),
+            },
         )
         if result.rowcount != 1:
             raise Conflict(f"device {device_id} changed status while this request ran; try again")
         self._write_history(conn, device, new, event.value, now, actor, reason)
         metrics.device_transitions.labels(new.value).inc()
-        return self._load_device(conn, device_id)
+        return dataclasses.replace(device, status=new, status_at=now, reason=reason)
 
     # ---- requests from parties -----------------------------------------------------------------
 
@@ -328,50 +420,51 @@ class DeviceService:
                     "must upgrade or exchange the meter first",
                     firmware_version=meter.firmware_version,
                 )
-            holders = (
-                conn.execute(
-                    sa.select(han_devices.c.device_id).where(
-                        han_devices.c.esiid == esiid, han_devices.c.status.in_(_SLOT_HOLDING_VALUES)
-                    )
-                )
-                .scalars()
-                .all()
-            )
+            holders = _SELECT_SLOT_HOLDERS.scalars(conn, {"b_esiid": esiid})
             if len(holders) >= MAX_SLOTS_PER_ESIID:
                 raise SlotsFull(
                     f"ESI ID {esiid} already has {len(holders)} HAN devices holding slots "
                     f"({', '.join(holders)}); remove one before adding another",
                     devices=list(holders),
                 )
-            clash = conn.execute(
-                sa.select(han_devices.c.device_id, han_devices.c.esiid).where(
-                    han_devices.c.mac == mac, han_devices.c.status.in_(_SLOT_HOLDING_VALUES)
-                )
-            ).first()
+            clash = _SELECT_LIVE_MAC.first(conn, {"b_mac": mac})
             if clash is not None:
                 where = (
                     f"as device {clash.device_id}" if clash.esiid == esiid else "on another ESI ID"
                 )
                 raise Conflict(f"MAC {mac} is already provisioned {where}; remove it there first")
-            conn.execute(
-                han_devices.insert().values(
-                    device_id=device_id,
-                    esiid=esiid,
-                    mac=mac,
-                    install_code_enc=sealed_code,
-                    link_key_enc=sealed_key,
-                    device_type=request.device_type,
-                    description=request.description,
-                    owner_party_id=party.party_id,
-                    owner_role=party.role.value,
-                    status=INITIAL_STATUS.value,
-                    status_at=now,
-                    reason="",
-                    deadline=self._deadline(INITIAL_STATUS, now),
-                    created_at=now,
-                )
+            device = Device(
+                device_id=device_id,
+                esiid=esiid,
+                mac=mac,
+                device_type=request.device_type,
+                description=request.description,
+                owner_party_id=party.party_id,
+                owner_role=party.role,
+                status=INITIAL_STATUS,
+                status_at=now,
+                reason="",
+                created_at=now,
             )
-            device = self._load_device(conn, device_id)
+            _INSERT_DEVICE.execute(
+                conn,
+                {
+                    "device_id": device_id,
+                    "esiid": esiid,
+                    "mac": mac,
+                    "install_code_enc": sealed_code,
+                    "link_key_enc": sealed_key,
+                    "device_type": device.device_type,
+                    "description": device.description,
+                    "owner_party_id": device.owner_party_id,
+                    "owner_role": device.owner_role.value,
+                    "status": INITIAL_STATUS.value,
+                    "status_at": now,
+                    "reason": "",
+                    "deadline": self._deadline(INITIAL_STATUS, now),
+                    "created_at": now,
+                },
+            )
             self._write_history(
                 conn, device, INITIAL_STATUS, "add requested", now, party.party_id, ""
             )
@@ -562,13 +655,9 @@ class DeviceService:
         self, conn: sa.Connection, report: ProvisioningReport, now: float
     ) -> Device | None:
         """Apply one head-end report; None when it is stale or illegal (logged, nothing written)."""
-        latest = conn.execute(
-            sa.select(outbox.c.command_id)
-            .where(outbox.c.device_id == report.device_id)
-            .order_by(outbox.c.outbox_id.desc())
-            .limit(1)
-        ).scalar()
-        if latest != report.command_id:
+        row = _SELECT_DEVICE_WITH_COMMAND.first(conn, {"b_device_id": report.device_id})
+        latest = row.latest_command if row is not None else None
+        if row is None or latest != report.command_id:
             log.warning(
                 "report.stale",
                 device=report.device_id,
@@ -579,7 +668,13 @@ class DeviceService:
             return None
         try:
             return self._transition_thd(
-                conn, report.device_id, REPORT_EVENTS[report.status], "tdsp", report.reason, now
+                conn,
+                report.device_id,
+                REPORT_EVENTS[report.status],
+                "tdsp",
+                report.reason,
+                now,
+                device=_device(row),
             )
         except IllegalTransition as refusal:
             log.warning(
@@ -642,19 +737,22 @@ class DeviceService:
     def pending_commands_thd(
         self, conn: sa.Connection, tdsp_duns: str, limit: int, skip: frozenset[str]
     ) -> list[Command]:
-        rows = conn.execute(
-            sa.select(
-                outbox,
-                han_devices.c.esiid,
-                han_devices.c.mac,
-                han_devices.c.install_code_enc,
-                han_devices.c.link_key_enc,
-            )
-            .join(han_devices, han_devices.c.device_id == outbox.c.device_id)
-            .where(outbox.c.tdsp_duns == tdsp_duns, outbox.c.retired_at.is_(None))
-            .order_by(outbox.c.outbox_id)
-            .limit(limit + len(skip))
-        ).all()
+        """Up to ``limit`` unretired commands for the TDSP, oldest first, leaving out ``skip``."""
+        return self.pending_after_thd(conn, tdsp_duns, limit, skip, 0)[0]
+
+    def pending_after_thd(
+        self, conn: sa.Connection, tdsp_duns: str, limit: int, skip: frozenset[str], after: int
+    ) -> tuple[list[Command], int]:
+        """Unretired commands queued after outbox row ``after``, and the last row looked at.
+
+        The router passes the last row it handed out, so commands still on their way to the
+        head-end are not read again on every drain; it passes 0 to look at everything again.
+        """
+        rows = _PENDING_COMMANDS.all(
+            conn,
+            {"b_tdsp_duns": tdsp_duns, "b_after": after, "b_limit": limit + len(skip)},
+        )
+        last = rows[-1].outbox_id if rows else after
         commands: list[Command] = []
         for row in rows:
             if row.command_id in skip:
@@ -680,21 +778,21 @@ class DeviceService:
                         mac=row.mac,
                     )
                 )
-        return commands[:limit]
+            if len(commands) == limit:
+                last = row.outbox_id
+                break
+        return commands, last
 
     def retire_thd(self, conn: sa.Connection, command_id: str, now: float) -> None:
-        conn.execute(
-            outbox.update()
-            .where(outbox.c.command_id == command_id)
-            .values(retired_at=now, attempts=outbox.c.attempts + 1)
-        )
+        _RETIRE.execute(conn, {"b_command_id": command_id, "b_now": now})
+
+    def retire_many_thd(self, conn: sa.Connection, command_ids: list[str], now: float) -> None:
+        """Retire commands the head-end accepted (one statement for the whole batch)."""
+        if command_ids:
+            _RETIRE.executemany(conn, [{"b_command_id": c, "b_now": now} for c in command_ids])
 
     def count_attempt_thd(self, conn: sa.Connection, command_id: str) -> None:
-        conn.execute(
-            outbox.update()
-            .where(outbox.c.command_id == command_id)
-            .values(attempts=outbox.c.attempts + 1)
-        )
+        _COUNT_ATTEMPT.execute(conn, {"b_command_id": command_id})
 
 
 def _grant(row: Any) -> Grant:

@@ -226,3 +226,31 @@ def test_sqlite_connections_get_the_pragmas(tmp_path: Path) -> None:
     finally:
         engine.dispose()
     assert (tmp_path / "new-dir").is_dir()
+
+
+def test_hot_lookups_use_their_indexes(tmp_path: Path) -> None:
+    """The live-MAC, slot-holder and latest-command lookups search an index, never scan."""
+    from hangw import devices
+
+    engine = schema.make_engine(f"sqlite:///{tmp_path / 'plan.sqlite'}")
+    schema.upgrade(engine)
+    statements = {
+        "uq_han_devices_live_mac": (devices._SELECT_LIVE_MAC, {"b_mac": MAC}),
+        "ix_han_devices_esiid": (devices._SELECT_SLOT_HOLDERS, {"b_esiid": "1"}),
+        "ix_outbox_device_id_outbox_id": (
+            devices._SELECT_DEVICE_WITH_COMMAND,
+            {"b_device_id": "dev_1"},
+        ),
+    }
+    try:
+        with engine.connect() as conn:
+            for index, (statement, params) in statements.items():
+                compiled = statement.compiled(engine.dialect)
+                values = {**compiled.defaults, **params}
+                positional = tuple(values[name] for name in compiled.names)
+                plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled.sql}", positional)
+                details = " | ".join(row[3] for row in plan)
+                assert index in details and "SCAN han_devices" not in details, details
+                assert "SCAN outbox" not in details, details
+    finally:
+        engine.dispose()

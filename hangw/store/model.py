@@ -42,7 +42,9 @@ meters = sa.Table(
     sa.Column("active", sa.Boolean, nullable=False),
 )
 
-_LIVE_STATUS = sa.text(
+#: "The device holds a slot", written exactly as the partial index on MAC says it: SQLite uses a
+#: partial index only for a query that repeats its WHERE clause (literal values, not parameters).
+LIVE_STATUS = sa.text(
     "status IN ({})".format(", ".join(f"'{status.value}'" for status in sorted(SLOT_HOLDING)))
 )
 
@@ -69,8 +71,8 @@ han_devices = sa.Table(
         "uq_han_devices_live_mac",
         "mac",
         unique=True,
-        sqlite_where=_LIVE_STATUS,
-        postgresql_where=_LIVE_STATUS,
+        sqlite_where=LIVE_STATUS,
+        postgresql_where=LIVE_STATUS,
     ),
 )
 
@@ -126,4 +128,6 @@ outbox = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("retired_at", sa.Float, nullable=True),
     sa.Index("ix_outbox_pending", "tdsp_duns", "retired_at", "outbox_id"),
+    # a device's latest command, which every head-end report is checked against
+    sa.Index("ix_outbox_device_id_outbox_id", "device_id", "outbox_id"),
 )

@@ -141,6 +141,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("command_id", name="uq_outbox_command_id"),
     )
     op.create_index("ix_outbox_pending", "outbox", ["tdsp_duns", "retired_at", "outbox_id"])
+    op.create_index("ix_outbox_device_id_outbox_id", "outbox", ["device_id", "outbox_id"])
 
 
 def downgrade() -> None:
