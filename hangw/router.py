@@ -14,6 +14,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
 
 from adapters.commands import Command
 from adapters.interfaces import IHeadEndAdapter
@@ -43,12 +44,16 @@ class Router(Service):
         self._poll_interval_s = poll_interval_s
         self._max_backoff_s = max_backoff_s
         self._in_flight: set[str] = set()
+        self._to_retire: list[tuple[str, Deferred[None]]] = []
         self._backoff: dict[str, float] = {}  # tdsp_duns -> seconds to wait after a failure
         self._not_before: dict[str, float] = {}
+        #: tdsp_duns -> the last outbox row handed out; a drain reads only rows after it.
+        self._after: dict[str, int] = {}
         self._draining: Deferred[None] | None = None
         self._again = False
+        self._rescan = True
         self._wake_call: IDelayedCall | None = None
-        self._poll = LoopingCall(self.wake)
+        self._poll = LoopingCall(self.wake, rescan=True)
         self._poll.clock = clock
 
     def startService(self) -> None:
@@ -63,8 +68,13 @@ class Router(Service):
             self._wake_call.cancel()
         return self._draining
 
-    def wake(self) -> None:
-        """Drain soon; called after a command was queued and on every poll."""
+    def wake(self, rescan: bool = False) -> None:
+        """Drain soon; called after a command was queued, and with ``rescan`` on every poll.
+
+        A rescan reads the whole outbox again instead of only the rows queued since the last
+        drain: it finds commands that failed to send, and rows another writer committed late.
+        """
+        self._rescan = self._rescan or rescan
         if not self.running:
             return
         if self._draining is not None:
@@ -86,22 +96,57 @@ class Router(Service):
 
     async def drain(self) -> None:
         now = self._clock.seconds()
+        rescan, self._rescan = self._rescan, False
         for tdsp_duns, adapter in self._adapters.items():
             if self._not_before.get(tdsp_duns, 0.0) > now:
+                self._rescan = True  # what could not be sent waits for the next poll
                 continue
-            try:
-                commands = await self._devices.store.run(
-                    self._devices.pending_commands_thd,
-                    tdsp_duns,
-                    self._batch,
-                    frozenset(self._in_flight),
-                )
-            except Exception:
-                log.exception("router.read_failed", tdsp=tdsp_duns)
-                continue
-            metrics.outbox_pending.labels(tdsp_duns).set(len(commands) + len(self._in_flight))
-            for command in commands:
-                self._send(tdsp_duns, adapter, command)
+            if rescan:
+                self._after[tdsp_duns] = 0
+            while True:
+                try:
+                    commands, last = await self._devices.store.run(
+                        self._devices.pending_after_thd,
+                        tdsp_duns,
+                        self._batch,
+                        frozenset(self._in_flight),
+                        self._after.get(tdsp_duns, 0),
+                    )
+                except Exception:
+                    log.exception("router.read_failed", tdsp=tdsp_duns)
+                    self._rescan = True
+                    break
+                self._after[tdsp_duns] = last
+                for command in commands:
+                    self._send(tdsp_duns, adapter, command)
+                metrics.outbox_pending.labels(tdsp_duns).set(len(self._in_flight))
+                if len(commands) < self._batch:
+                    break
+
+    def _retire(self, command_id: str) -> Deferred[None]:
+        """Retire the command with every other one accepted in this reactor turn: one job."""
+        retired: Deferred[None] = Deferred()
+        self._to_retire.append((command_id, retired))
+        if len(self._to_retire) == 1:
+            self._clock.callLater(0, self._retire_batch)
+        return retired
+
+    def _retire_batch(self) -> None:
+        batch, self._to_retire = self._to_retire, []
+        done = self._devices.store.run(
+            self._devices.retire_many_thd,
+            [command_id for command_id, _ in batch],
+            self._clock.seconds(),
+        )
+
+        def settle(result: object) -> None:
+            for _, retired in batch:
+                if isinstance(result, Failure):
+                    retired.errback(result)
+                else:
+                    retired.callback(None)
+
+        done.addBoth(settle)
 
     def _send(self, tdsp_duns: str, adapter: IHeadEndAdapter, command: Command) -> None:
         self._in_flight.add(command.command_id)
@@ -111,11 +156,10 @@ class Router(Service):
         def accepted(_: object) -> Deferred[None]:
             self._backoff.pop(tdsp_duns, None)
             metrics.outbox_sent.labels(tdsp_duns, kind).inc()
-            return self._devices.store.run(
-                self._devices.retire_thd, command.command_id, self._clock.seconds()
-            )
+            return self._retire(command.command_id)
 
         def refused(failure: object) -> None:
+            self._rescan = True  # send it again from the start of the outbox
             delay = min(self._backoff.get(tdsp_duns, 0.5) * 2, self._max_backoff_s)
             self._backoff[tdsp_duns] = delay
             self._not_before[tdsp_duns] = self._clock.seconds() + delay
