@@ -309,10 +309,16 @@ class _Job:
 
 
 class _Journal:
-    """Accepted commands and the step each reached, in a small SQLite file."""
+    """Accepted commands and the step each reached, in a small SQLite file.
 
-    def __init__(self, path: Path) -> None:
+    Writes are collected and committed together at the end of the reactor turn that made them
+    (one transaction instead of one per write), and always before an acknowledgement is given:
+    a command the gateway was told was accepted is on disk, so a restart cannot lose it.
+    """
+
+    def __init__(self, path: Path, clock: IReactorTime) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._clock = clock
         self._db = sqlite3.connect(str(path), isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -322,15 +328,45 @@ class _Journal:
             " device_id TEXT NOT NULL, mac TEXT NOT NULL, fault TEXT NOT NULL,"
             " next_step INTEGER NOT NULL, step_at REAL NOT NULL, finished INTEGER NOT NULL)"
         )
+        self._pending: list[tuple[str, tuple[Any, ...]]] = []
+        self._pending_ids: set[str] = set()  # commands recorded but not yet committed
+        self._flush_call: IDelayedCall | None = None
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> None:
+        self._pending.append((sql, params))
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """Commit every write made so far, in one transaction."""
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        self._pending_ids.clear()
+        self._db.execute("BEGIN")
+        try:
+            for sql, params in pending:
+                self._db.execute(sql, params)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def known(self, command_id: str) -> bool:
+        if command_id in self._pending_ids:
+            return True
         row = self._db.execute(
             "SELECT 1 FROM commands WHERE command_id = ?", (command_id,)
         ).fetchone()
         return row is not None
 
     def record(self, job: _Job) -> None:
-        self._db.execute(
+        self._pending_ids.add(job.command_id)
+        self._write(
             "INSERT OR IGNORE INTO commands VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
             (
                 job.command_id,
@@ -345,12 +381,13 @@ class _Journal:
         )
 
     def advance(self, job: _Job, finished: bool) -> None:
-        self._db.execute(
+        self._write(
             "UPDATE commands SET next_step = ?, step_at = ?, finished = ? WHERE command_id = ?",
             (job.next_step, job.step_at, int(finished), job.command_id),
         )
 
     def unfinished(self) -> list[_Job]:
+        self.flush()
         rows = self._db.execute(
             "SELECT command_id, action, esiid, device_id, mac, fault, next_step, step_at"
             " FROM commands WHERE finished = 0 ORDER BY rowid"
@@ -361,6 +398,7 @@ class _Journal:
         ]
 
     def close(self) -> None:
+        self.flush()
         self._db.close()
 
 
@@ -456,7 +494,7 @@ class SimulatedHeadEnd:
             return succeed(None)
         self._running = True
         if self.journal_path is not None and self._journal is None:
-            self._journal = _Journal(self.journal_path)
+            self._journal = _Journal(self.journal_path, self._clock)
         resumed = 0
         if self._journal is not None:
             for job in self._journal.unfinished():
@@ -607,6 +645,8 @@ class SimulatedHeadEnd:
         job.call = None
         step = planned_steps(job.action, job.fault, self.config)[job.next_step]
         if job.next_step == 0:
+            if self._journal is not None:
+                self._journal.flush()  # the command is on disk before it is acknowledged
             waiting, job.waiting = job.waiting, []
             for d in waiting:
                 d.callback(None)
