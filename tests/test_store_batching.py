@@ -1,0 +1,103 @@
+"""The store's group commit: queued jobs share one transaction, each in its own savepoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+import sqlalchemy as sa
+from twisted.internet import reactor
+from twisted.internet.defer import DeferredList
+
+from hangw import metrics
+from hangw.store import schema
+from hangw.store.db import Store
+from hangw.store.model import parties
+
+
+def make_store(tmp_path: Path) -> Store:
+    engine = schema.make_engine(f"sqlite:///{tmp_path / 'batch.sqlite'}")
+    schema.upgrade(engine)
+    return Store(engine, reactor)
+
+
+def insert_party(party_id: str, fail: bool = False):  # type: ignore[no-untyped-def]
+    def thd(conn: sa.Connection) -> str:
+        conn.execute(
+            parties.insert().values(
+                party_id=party_id,
+                role="rep",
+                name=party_id,
+                cert_fingerprint=party_id,
+                created_at=0,
+            )
+        )
+        if fail:
+            raise ValueError(f"job {party_id} refuses after writing")
+        return party_id
+
+    return thd
+
+
+def stored_ids(engine: sa.Engine) -> set[str]:
+    with engine.connect() as conn:
+        return set(conn.execute(sa.select(parties.c.party_id)).scalars())
+
+
+def counter(metric: object) -> float:
+    return metrics.registry.get_sample_value(metric) or 0.0  # type: ignore[arg-type]
+
+
+@pytest_twisted.ensureDeferred
+async def test_queued_jobs_commit_together_and_a_failing_one_alone_is_undone(
+    tmp_path: Path,
+) -> None:
+    """Jobs queued together run in one transaction; the one that raises leaves nothing behind."""
+    store = make_store(tmp_path)
+    commits_before = counter("hangw_store_transactions_total")
+    jobs = [store.run(insert_party(f"p{n}", fail=n == 3)) for n in range(8)]
+    store.start()  # every job is already queued: the writer takes them as one batch
+    results = await DeferredList(jobs, consumeErrors=True)
+    store.stop()
+    assert [ok for ok, _ in results] == [n != 3 for n in range(8)]
+    assert "refuses after writing" in results[3][1].getErrorMessage()
+    assert counter("hangw_store_transactions_total") - commits_before == 1
+    assert stored_ids(store.engine) == {f"p{n}" for n in range(8) if n != 3}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_single_failing_job_rolls_back(tmp_path: Path) -> None:
+    """A job alone in its transaction that raises after writing leaves nothing behind."""
+    store = make_store(tmp_path)
+    store.start()
+    with pytest.raises(ValueError):
+        await store.run(insert_party("lonely", fail=True))
+    assert await store.run(insert_party("next")) == "next"
+    store.stop()
+    assert stored_ids(store.engine) == {"next"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_result_arrives_only_after_the_commit(tmp_path: Path) -> None:
+    """When a job's Deferred fires, another connection already sees what it wrote."""
+    store = make_store(tmp_path)
+    store.start()
+    seen_at_callback: list[set[str]] = []
+    done = store.run(insert_party("durable"))
+    done.addCallback(lambda _: seen_at_callback.append(stored_ids(store.engine)))
+    await done
+    store.stop()
+    assert seen_at_callback == [{"durable"}]
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_finishes_every_queued_job(tmp_path: Path) -> None:
+    """Jobs queued before stop() are all run and committed."""
+    store = make_store(tmp_path)
+    store.start()
+    jobs = [store.run(insert_party(f"q{n}")) for n in range(50)]
+    store.stop()
+    results = await DeferredList(jobs, consumeErrors=True)
+    assert all(ok for ok, _ in results)
+    assert len(stored_ids(store.engine)) == 50
