@@ -469,6 +469,7 @@ class DeviceService:
                 conn, device, INITIAL_STATUS, "add requested", now, party.party_id, ""
             )
             self._queue(conn, meter.tdsp_duns, device_id, "provision", now)
+            metrics.device_transitions.labels(INITIAL_STATUS.value).inc()
             return device
 
         try:

@@ -1,0 +1,78 @@
+"""What operators and clients read besides the API: health, metrics, the OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from typing import Any
+
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+
+from hangw.api.app import Api, openapi_document
+from tests.gateway_harness import E_OWN, Harness
+from tests.test_api_provisioning import add_body
+
+
+def fetch(url: str) -> tuple[int, str, bytes]:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.status, response.headers["content-type"], response.read()
+
+
+@pytest_twisted.ensureDeferred
+async def test_healthz_reports_the_store_and_adapters(harness: Harness) -> None:
+    """/healthz answers 200 with the store reachable and the configured TDSP adapters."""
+    status, media, body = await deferToThread(fetch, f"http://127.0.0.1:{harness.ops_port}/healthz")
+    report = json.loads(body)
+    assert status == 200 and media == "application/json"
+    assert report["status"] == "ok" and report["store"] == "ok"
+    assert report["adapters"] == ["1039940674000"] and report["parties"] == 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_count_requests_transitions_and_store_batches(harness: Harness) -> None:
+    """/metrics is Prometheus text that counts an accepted provisioning request and its commit."""
+
+    def sample(text: str, name: str, labels: str = "") -> float:
+        found = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.MULTILINE)
+        return float(found.group(1)) if found else 0.0
+
+    url = f"http://127.0.0.1:{harness.ops_port}/metrics"
+    _, media, before = await deferToThread(fetch, url)
+    status, _ = await harness.caller("demo-rep-a").call(
+        "POST", f"/v1/esiids/{E_OWN}/han-devices", add_body()
+    )
+    assert status == 202
+    _, _, after = await deferToThread(fetch, url)
+    assert media.startswith("text/plain")
+    text_before, text_after = before.decode(), after.decode()
+    requests = 'hangw_api_requests_total{method="POST",status="202"}'
+    assert sample(text_after, requests) == sample(text_before, requests) + 1
+    added = 'hangw_device_transitions_total{status="Add Acknowledged"}'
+    assert sample(text_after, added) >= sample(text_before, added) + 1
+    assert sample(text_after, "hangw_store_jobs_total") > sample(
+        text_before, "hangw_store_jobs_total"
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_openapi_document_is_served_to_parties(harness: Harness) -> None:
+    """GET /v1/openapi.json over mutual TLS returns the document kept in the package."""
+    status, served = await harness.caller("demo-customer").call("GET", "/v1/openapi.json")
+    assert status == 200
+    assert served == json.loads(openapi_document())
+
+
+def test_openapi_document_describes_every_route() -> None:
+    """Every route of the API app is in the OpenAPI document with its methods, and no more."""
+    served: dict[str, set[str]] = {}
+    for rule in Api.app.url_map.iter_rules():
+        path = re.sub(r"<(\w+)>", r"{\1}", rule.rule)
+        served.setdefault(path, set()).update(m.lower() for m in rule.methods - {"HEAD"})
+    document: dict[str, Any] = json.loads(openapi_document())
+    described = {
+        path: {m for m in item if m in {"get", "post", "put", "patch", "delete"}}
+        for path, item in document["paths"].items()
+    }
+    assert described == served
