@@ -84,7 +84,7 @@ def follow(
         if all(status in final for status in seen.values()) and len(seen) == len(device_ids):
             return seen
         time.sleep(0.1)
-    say("    (still waiting after {timeout:.0f} s; the gateway keeps working in the background)")
+    say(f"    (still waiting after {timeout:.0f} s; the gateway keeps working in the background)")
     return seen
 
 

@@ -1,0 +1,44 @@
+"""`bin/demo --once`: the showing a new user sees, within a minute, leaving no process behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_daemon_restart import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_once_shows_the_gateway_working_and_stops_it(tmp_path: Path) -> None:
+    """The demo provisions, shows both refusals, removes a device, exits 0 and stops hangwd."""
+    config = tmp_path / "demo.toml"
+    config.write_text(
+        f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n'
+        f"[api]\nport = {free_port()}\nops_port = {free_port()}\n"
+        '[adapters.1039940674000]\nkind = "simulator"\n'
+    )
+    started = time.monotonic()
+    shown = subprocess.run(
+        [sys.executable, "-m", "hangw.demo", "--once", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        stdin=subprocess.DEVNULL,
+    )
+    elapsed = time.monotonic() - started
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert elapsed < 60, f"the demo took {elapsed:.0f} s"
+    out = shown.stdout
+    for step in ("Add Acknowledged", "Add Pending", "Meter Ready", "Device Added"):
+        assert step in out, out
+    assert "cannot serve HAN devices" in out and "firmware 1.0.3" in out
+    assert "All five HAN device slots are in use" in out
+    assert "Device Removed" in out and "hangwd stopped." in out
+    assert "certificates" in out and "curl" in out
+    left = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, text=True)
+    assert left.stdout == "", f"processes left running: {left.stdout}"
