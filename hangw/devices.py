@@ -16,7 +16,9 @@ from typing import Any
 
 import sqlalchemy as sa
 import structlog
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from adapters.commands import (
     Command,
@@ -272,6 +274,7 @@ class DeviceService:
         self._clock = clock
         self._config = config
         self._on_outbox = on_outbox  # wakes the router after a command was queued
+        self._reports: list[tuple[ProvisioningReport, Deferred[Device | None]]] = []
 
     # ---- reads shared by requests ------------------------------------------------------------
 
@@ -687,18 +690,47 @@ class DeviceService:
             )
             return None
 
-    async def apply_report(self, report: ProvisioningReport) -> Device | None:
-        now = self._clock.seconds()
-        device = await self.store.run(self.apply_report_thd, report, now)
-        if device is not None:
-            log.info(
-                "device.status",
-                esiid=device.esiid,
-                device=device.device_id,
-                status=device.status.value,
-                reason=device.reason or None,
-            )
-        return device
+    def apply_reports_thd(
+        self, conn: sa.Connection, reports: list[ProvisioningReport], now: float
+    ) -> list[Device | None]:
+        """Apply reports in the order they came, in one transaction."""
+        return [self.apply_report_thd(conn, report, now) for report in reports]
+
+    def apply_report(self, report: ProvisioningReport) -> Deferred[Device | None]:
+        """Apply a head-end report; fires with the device, or None when it was stale or illegal.
+
+        Reports that arrive in the same reactor turn are applied by one store job, in order: a
+        head-end reports for thousands of devices at once, and one job each would queue them.
+        """
+        applied: Deferred[Device | None] = Deferred()
+        self._reports.append((report, applied))
+        if len(self._reports) == 1:
+            self._clock.callLater(0, self._apply_report_batch)
+        return applied
+
+    def _apply_report_batch(self) -> None:
+        batch, self._reports = self._reports, []
+        job = self.store.run(
+            self.apply_reports_thd, [report for report, _ in batch], self._clock.seconds()
+        )
+
+        def settle(result: list[Device | None] | Failure) -> None:
+            if isinstance(result, Failure):
+                for _, applied in batch:
+                    applied.errback(result)
+                return
+            for (_, applied), device in zip(batch, result, strict=True):
+                if device is not None:
+                    log.info(
+                        "device.status",
+                        esiid=device.esiid,
+                        device=device.device_id,
+                        status=device.status.value,
+                        reason=device.reason or None,
+                    )
+                applied.callback(device)
+
+        job.addBoth(settle)
 
     def fire_timers_thd(self, conn: sa.Connection, now: float) -> list[Device]:
         """Move every device whose timer ran out: join window -> Add Failed, timeout -> *Failed."""

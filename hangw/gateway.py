@@ -67,7 +67,7 @@ class GatewayEvents:
         self._devices = devices
 
     def provisioning_report(self, report: ProvisioningReport) -> Deferred[Any]:
-        return Deferred.fromCoroutine(self._devices.apply_report(report))
+        return self._devices.apply_report(report)
 
 
 class StoreService(Service):

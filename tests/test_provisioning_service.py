@@ -224,3 +224,35 @@ ProvisioningMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestProvisioningMachine = ProvisioningMachine.TestCase
+
+
+def test_reports_of_one_reactor_turn_are_applied_together_in_order(tmp_path: Path) -> None:
+    """Reports arriving together are applied in arrival order once the turn ends, one job."""
+    service, clock = make_service(tmp_path / "s.sqlite")
+    device_id = place_device(service, DeviceStatus.ADD_ACKNOWLEDGED, None)
+    command = latest_command(service, device_id)
+    jobs: list[int] = []
+    real_thd = service.apply_reports_thd
+
+    def counting_thd(conn: sa.Connection, reports: list[ProvisioningReport], now: float) -> object:
+        jobs.append(len(reports))
+        return real_thd(conn, reports, now)
+
+    service.apply_reports_thd = counting_thd  # type: ignore[method-assign]
+    fired: list[object] = []
+    for status in (
+        HeadEndStatus.ACKNOWLEDGED,
+        HeadEndStatus.ADD_PENDING,
+        HeadEndStatus.METER_READY,
+    ):
+        report = ProvisioningReport(command, E_OWN, device_id, status)
+        service.apply_report(report).addCallback(fired.append)
+    assert fired == [] and snapshot(service, device_id)[0] == "Add Acknowledged"
+    clock.advance(0)
+    assert jobs == [3]
+    assert [device.status for device in fired] == [  # type: ignore[attr-defined]
+        DeviceStatus.ADD_ACKNOWLEDGED,
+        DeviceStatus.ADD_PENDING,
+        DeviceStatus.METER_READY,
+    ]
+    assert snapshot(service, device_id) == ("Meter Ready", 4)
