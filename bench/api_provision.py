@@ -59,7 +59,9 @@ BARE_SERVER = textwrap.dedent(
     tls = PinnedClientContextFactory(
         cert_dir / "server.pem", cert_dir / "server-key.pem", registered.__contains__
     )
-    SSL4ServerEndpoint(reactor, port, tls, interface="127.0.0.1").listen(Site(Constant()))
+    SSL4ServerEndpoint(reactor, port, tls, interface="127.0.0.1").listen(
+        Site(Constant(), parsePOSTFormSubmission=False)
+    )
     reactor.run()
     """
 )

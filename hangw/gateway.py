@@ -137,13 +137,15 @@ class Gateway(MultiService):
             reactor, config.api.port, tls, interface=config.api.host
         )
         self.api_service = StreamServerEndpointService(
-            self.api_endpoint, MeteredSite(self.api.app.resource())
+            self.api_endpoint,
+            # the API takes JSON only: no request needs Twisted to look for form fields
+            MeteredSite(self.api.app.resource(), parsePOSTFormSubmission=False),
         )
         self.api_service.setServiceParent(self)
         ops = OpsApi(self.health)
         self.ops_service = StreamServerEndpointService(
             TCP4ServerEndpoint(reactor, config.api.ops_port, interface=config.api.host),
-            Site(ops.app.resource()),
+            Site(ops.app.resource(), parsePOSTFormSubmission=False),
         )
         self.ops_service.setServiceParent(self)
 
