@@ -8,6 +8,7 @@ thread; the ``async`` methods are what the API, the adapters and the timers call
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import secrets
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from adapters.commands import (
     ProvisionDevice,
     ProvisioningReport,
 )
-from hangw import authz, metrics
+from hangw import authz, logs, metrics
 from hangw.config import ProvisioningConfig
 from hangw.domain import Device, Grant, HistoryEntry, Meter, Party, Role
 from hangw.installcodes import InstallCodeError, derive_link_key, parse_install_code
@@ -719,8 +720,9 @@ class DeviceService:
                 for _, applied in batch:
                     applied.errback(result)
                 return
+            logging_statuses = logs.is_enabled(log, logging.INFO)
             for (_, applied), device in zip(batch, result, strict=True):
-                if device is not None:
+                if device is not None and logging_statuses:
                     log.info(
                         "device.status",
                         esiid=device.esiid,

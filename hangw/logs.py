@@ -26,6 +26,16 @@ def redact_secrets(
     return event
 
 
+def is_enabled(logger: Any, level: int) -> bool:
+    """Would ``logger`` emit at ``level``? Lets a hot loop skip building events nobody keeps.
+
+    structlog's stdlib logger says ``isEnabledFor``, its own filtering loggers ``is_enabled_for``;
+    a logger that says neither is taken to emit everything.
+    """
+    check = getattr(logger, "isEnabledFor", None) or getattr(logger, "is_enabled_for", None)
+    return True if check is None else bool(check(level))
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
     """Set up structlog and route stdlib logging (Twisted, zigpy, SQLAlchemy) through it."""
     stream = stream or sys.stderr

@@ -446,6 +446,7 @@ class SimulatedHeadEnd:
         self._running = False
         self._journal: _Journal | None = None
         self._jobs: dict[str, _Job] = {}  # unfinished, by command id
+        self._plans: dict[tuple[str, Fault], tuple[Step, ...]] = {}
         self._seen: set[str] = set()  # every command id accepted while this object lived
         self._acks: dict[Deferred[None], IDelayedCall] = {}  # acknowledgements of duplicates
         self._sent: Counter[str] = Counter()
@@ -595,6 +596,14 @@ class SimulatedHeadEnd:
 
     # -- inside --------------------------------------------------------------------------------
 
+    def _steps(self, job: _Job) -> tuple[Step, ...]:
+        """The job's plan; the configuration is frozen, so each plan is made once."""
+        key = (job.action, job.fault)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = planned_steps(job.action, job.fault, self.config)
+        return plan
+
     def _configured_fault(self, command: Command) -> Fault | None:
         """The fault set for this command's MAC, ESI ID or the simulator; None: use the rates."""
         mac = normalize_mac(command.mac)
@@ -637,13 +646,13 @@ class SimulatedHeadEnd:
 
     def _schedule(self, job: _Job) -> None:
         """Call the next step its delay after the previous one (less any time already gone)."""
-        step = planned_steps(job.action, job.fault, self.config)[job.next_step]
+        step = self._steps(job)[job.next_step]
         remaining = job.step_at + step.delay_s - self._clock.seconds()
         job.call = self._clock.callLater(min(step.delay_s, max(0.0, remaining)), self._fire, job)
 
     def _fire(self, job: _Job) -> None:
         job.call = None
-        step = planned_steps(job.action, job.fault, self.config)[job.next_step]
+        step = self._steps(job)[job.next_step]
         if job.next_step == 0:
             if self._journal is not None:
                 self._journal.flush()  # the command is on disk before it is acknowledged
@@ -710,7 +719,7 @@ class SimulatedHeadEnd:
     def _advance(self, job: _Job) -> None:
         job.next_step += 1
         job.step_at = self._clock.seconds()
-        finished = job.next_step >= len(planned_steps(job.action, job.fault, self.config))
+        finished = job.next_step >= len(self._steps(job))
         if self._journal is not None:
             self._journal.advance(job, finished)
         if finished:
