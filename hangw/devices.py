@@ -47,6 +47,7 @@ from hangw.provisioning import (
     INITIAL_STATUS,
     JOIN_WINDOW_STATUSES,
     MAX_SLOTS_PER_ESIID,
+    SLOT_FREEING,
     DeviceStatus,
     Event,
     IllegalTransition,
@@ -235,6 +236,7 @@ _PENDING_COMMANDS = Prepared(
         outbox.c.kind,
         han_devices.c.esiid,
         han_devices.c.mac,
+        han_devices.c.status,
         han_devices.c.install_code_enc,
         han_devices.c.link_key_enc,
     )
@@ -246,6 +248,11 @@ _PENDING_COMMANDS = Prepared(
     )
     .order_by(outbox.c.outbox_id)
     .limit(sa.bindparam("b_limit"))
+)
+_ABANDON_COMMANDS = Prepared(
+    outbox.update()
+    .where(outbox.c.device_id == sa.bindparam("b_device_id"), outbox.c.retired_at.is_(None))
+    .values(retired_at=sa.bindparam("b_now"))
 )
 _RETIRE = Prepared(
     outbox.update()
@@ -752,7 +759,21 @@ class DeviceService:
             else:
                 event = Event.COMMAND_TIMED_OUT
                 reason = f"the TDSP did not answer within {self._config.command_timeout_s} s"
-            moved.append(self._transition_thd(conn, device_id, event, "gateway", reason, now))
+            device = self._transition_thd(conn, device_id, event, "gateway", reason, now)
+            moved.append(device)
+            # What the head-end has not taken yet is abandoned with the device: sent later, it
+            # would act on a device the gateway has given up on (and whose slot is free again).
+            abandoned = _ABANDON_COMMANDS.execute(
+                conn, {"b_device_id": device_id, "b_now": now}
+            ).rowcount
+            if (
+                event is Event.COMMAND_TIMED_OUT
+                and DeviceStatus(status) is DeviceStatus.ADD_ACKNOWLEDGED
+                and abandoned == 0
+            ):
+                # the head-end took the add and never answered: take it back off the meter
+                meter = self._load_meter(conn, device.esiid)
+                self._queue(conn, meter.tdsp_duns, device_id, "deprovision", now)
         return moved
 
     async def fire_timers(self) -> list[Device]:
@@ -791,6 +812,11 @@ class DeviceService:
         commands: list[Command] = []
         for row in rows:
             if row.command_id in skip:
+                continue
+            if row.kind == "provision" and DeviceStatus(row.status) in SLOT_FREEING:
+                # the device failed or was removed before its add went out: never send it
+                now = self._clock.seconds()
+                _RETIRE.execute(conn, {"b_command_id": row.command_id, "b_now": now})
                 continue
             if row.kind == "provision":
                 commands.append(

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from adapters.commands import HeadEndStatus, ProvisioningReport
+from adapters.commands import DeprovisionDevice, HeadEndStatus, ProvisioningReport
 from hangw.devices import REPORT_EVENTS, AddDeviceRequest, DeviceService
 from hangw.domain import Party, Role
 from hangw.problems import Forbidden, IllegalTransitionProblem, Problem
@@ -256,3 +256,47 @@ def test_reports_of_one_reactor_turn_are_applied_together_in_order(tmp_path: Pat
         DeviceStatus.METER_READY,
     ]
     assert snapshot(service, device_id) == ("Meter Ready", 4)
+
+
+def test_an_add_the_head_end_never_took_is_not_sent_after_it_timed_out(tmp_path: Path) -> None:
+    """A command timeout abandons the unsent provision: its slot is free, nothing goes out."""
+    service, clock = make_service(tmp_path / "s.sqlite", command_timeout_s=30)
+    device = resolve(
+        service.add_device(
+            REP, E_OWN, AddDeviceRequest("000D6F0000000001", INSTALL_CODE, "thermostat")
+        )
+    )
+    clock.advance(31)
+    (moved,) = service.store.transaction(service.fire_timers_thd, clock.seconds())
+    assert moved.status is DeviceStatus.ADD_FAILED and "did not answer" in moved.reason
+    pending = service.store.transaction(service.pending_commands_thd, TDSP, 10, frozenset())
+    assert [c for c in pending if c.device_id == device.device_id] == []
+
+
+def test_an_add_taken_but_never_answered_is_taken_back_after_it_timed_out(tmp_path: Path) -> None:
+    """If the head-end accepted the add and then went silent, the timeout queues a de-provision."""
+    service, clock = make_service(tmp_path / "s.sqlite", command_timeout_s=30)
+    device = resolve(
+        service.add_device(
+            REP, E_OWN, AddDeviceRequest("000D6F0000000001", INSTALL_CODE, "thermostat")
+        )
+    )
+    (sent,) = service.store.transaction(service.pending_commands_thd, TDSP, 10, frozenset())
+    service.store.transaction(service.retire_thd, sent.command_id, clock.seconds())
+    clock.advance(31)
+    service.store.transaction(service.fire_timers_thd, clock.seconds())
+    (undo,) = service.store.transaction(service.pending_commands_thd, TDSP, 10, frozenset())
+    assert isinstance(undo, DeprovisionDevice) and undo.device_id == device.device_id
+
+
+def test_a_provision_for_a_device_that_freed_its_slot_is_never_sent(tmp_path: Path) -> None:
+    """An unsent provision whose device already failed is retired by the outbox read, not sent."""
+    service, _ = make_service(tmp_path / "s.sqlite")
+    device_id = place_device(service, DeviceStatus.ADD_REJECTED, None)
+    assert service.store.transaction(service.pending_commands_thd, TDSP, 10, frozenset()) == []
+    retired_at = service.store.transaction(
+        lambda conn: conn.execute(
+            sa.select(outbox.c.retired_at).where(outbox.c.device_id == device_id)
+        ).scalar_one()
+    )
+    assert retired_at is not None  # kept for the record, never to be sent
