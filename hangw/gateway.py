@@ -13,7 +13,7 @@ import sqlalchemy as sa
 import structlog
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.web.server import Site
 from zope.interface import implementer
@@ -122,7 +122,7 @@ class Gateway(MultiService):
         self.devices._on_outbox = self.router.wake
 
         StoreService(self.store).setServiceParent(self)
-        refresh = TimerService(5.0, self.registry.refresh)
+        refresh = TimerService(5.0, self._refresh_parties)
         refresh.clock = clock
         refresh.setServiceParent(self)
         AdaptersService(self.adapters, GatewayEvents(self.devices)).setServiceParent(self)
@@ -148,6 +148,29 @@ class Gateway(MultiService):
             Site(ops.app.resource(), parsePOSTFormSubmission=False),
         )
         self.ops_service.setServiceParent(self)
+
+    def stopService(self) -> Deferred[Any]:
+        """Stop the listeners, timers, router and adapters first, and the store once they have.
+
+        The store's writers finish every job already queued; nothing may queue more after that.
+        """
+        Service.stopService(self)
+        store = self.getServiceNamed("store")
+        others = [service for service in reversed(list(self)) if service is not store]
+        stopping = DeferredList([maybeDeferred(service.stopService) for service in others])
+
+        def stop_store(_: object) -> Deferred[Any]:
+            return maybeDeferred(store.stopService)
+
+        return stopping.addBoth(stop_store)
+
+    def _refresh_parties(self) -> Deferred[Any]:
+        """Reload the registered parties; a failure is logged and the next period tries again."""
+        d = Deferred.fromCoroutine(self.registry.refresh())
+        d.addErrback(
+            lambda failure: log.error("parties.refresh_failed", error=failure.getErrorMessage())
+        )
+        return d
 
     def _fire_timers(self) -> Deferred[Any]:
         d = Deferred.fromCoroutine(self.devices.fire_timers())

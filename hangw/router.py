@@ -120,7 +120,7 @@ class Router(Service):
                 for command in commands:
                     self._send(tdsp_duns, adapter, command)
                 metrics.outbox_pending.labels(tdsp_duns).set(len(self._in_flight))
-                if len(commands) < self._batch:
+                if len(commands) < self._batch or not self.running:
                     break
 
     def _retire(self, command_id: str) -> Deferred[None]:

@@ -76,3 +76,22 @@ def test_openapi_document_describes_every_route() -> None:
         for path, item in document["paths"].items()
     }
     assert described == served
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_party_refresh_does_not_stop_later_ones(harness: Harness) -> None:
+    """When reloading the parties fails once, the error is logged and the next reload works."""
+    registry = harness.gateway.registry
+    real_refresh = registry.refresh
+    calls: list[str] = []
+
+    async def failing_once() -> None:
+        calls.append("x")
+        if len(calls) == 1:
+            raise ConnectionError("database restarting")
+        await real_refresh()
+
+    registry.refresh = failing_once  # type: ignore[method-assign]
+    assert await harness.gateway._refresh_parties() is None  # logged, not raised
+    await harness.gateway._refresh_parties()
+    assert calls == ["x", "x"] and registry.is_registered(harness.issued["demo-rep-a"].fingerprint)

@@ -12,7 +12,7 @@ from twisted.internet.defer import DeferredList
 
 from hangw import metrics
 from hangw.store import schema
-from hangw.store.db import Store
+from hangw.store.db import Store, StoreStopped, StoreUnavailable
 from hangw.store.model import parties
 
 
@@ -101,3 +101,27 @@ async def test_stop_finishes_every_queued_job(tmp_path: Path) -> None:
     results = await DeferredList(jobs, consumeErrors=True)
     assert all(ok for ok, _ in results)
     assert len(stored_ids(store.engine)) == 50
+
+
+@pytest_twisted.ensureDeferred
+async def test_work_after_stop_fails_at_once(tmp_path: Path) -> None:
+    """A job handed to a stopped store fails immediately instead of waiting forever."""
+    store = make_store(tmp_path)
+    store.start()
+    store.stop()
+    with pytest.raises(StoreStopped):
+        await store.run(insert_party("late"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unreachable_database_fails_the_batch_and_is_tried_again(tmp_path: Path) -> None:
+    """While the database cannot be opened jobs fail with StoreUnavailable; then they run again."""
+    missing = tmp_path / "not-yet"
+    engine = sa.create_engine(f"sqlite:///{missing / 'later.sqlite'}")
+    store = Store(engine, reactor)
+    store.start()
+    with pytest.raises(StoreUnavailable):
+        await store.run(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
+    missing.mkdir()
+    assert await store.run(lambda conn: conn.exec_driver_sql("SELECT 1").scalar()) == 1
+    store.stop()

@@ -12,6 +12,7 @@ its connection for as long as it runs.
 from __future__ import annotations
 
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 import structlog
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.failure import Failure
 
@@ -31,6 +32,22 @@ log = structlog.get_logger(__name__)
 
 _Job = tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any], float]
 _STOP = None
+#: Seconds a writer waits before trying the database again after it could not connect.
+RECONNECT_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
+
+
+class StoreStopped(RuntimeError):
+    """Work was handed to a store that has been stopped."""
+
+
+class StoreUnavailable(ConnectionError):
+    """The database could not be reached for this batch of work."""
+
+
+def _without_password(text: str) -> str:
+    """A driver's error text with any password in a URL or DSN replaced by ***."""
+    text = re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
+    return re.sub(r"(password\s*=\s*)\S+", r"\1***", text, flags=re.IGNORECASE)
 
 
 class Store:
@@ -47,8 +64,11 @@ class Store:
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        self._stopped = False
+        self._failed_connects = 0
 
     def start(self) -> None:
+        self._stopped = False
         for n in range(self.writers):
             thread = threading.Thread(target=self._writer, name=f"hangw-store-{n}", daemon=True)
             thread.start()
@@ -56,6 +76,7 @@ class Store:
 
     def stop(self) -> None:
         """Finish every queued job, then stop the writers and close the engine's connections."""
+        self._stopped = True
         for _ in self._threads:
             self._queue.put(_STOP)
         for thread in self._threads:
@@ -70,6 +91,8 @@ class Store:
 
     def run(self, thd: Callable[..., T], *args: Any) -> Deferred[T]:
         """Queue ``thd(conn, *args)`` for a writer; the Deferred fires after its commit."""
+        if self._stopped:
+            return fail(StoreStopped("the store has stopped; the gateway is shutting down"))
         done: Deferred[T] = Deferred()
         self._queue.put((thd, args, done, time.monotonic()))
         return done
@@ -97,7 +120,11 @@ class Store:
                     batch.append(more)
                 if conn is None or conn.invalidated or conn.closed:
                     conn = self._connect(conn)
-                outcomes = self._run_batch(conn, batch)
+                if conn is None:
+                    failure = Failure(StoreUnavailable("the database cannot be reached; retrying"))
+                    outcomes = [(done, failure) for _, _, done, _ in batch]
+                else:
+                    outcomes = self._run_batch(conn, batch)
                 self._reactor.callFromThread(_deliver, outcomes)
                 if stopping:
                     return
@@ -105,10 +132,28 @@ class Store:
             if conn is not None:
                 conn.close()
 
-    def _connect(self, old: sa.Connection | None) -> sa.Connection:
+    def _connect(self, old: sa.Connection | None) -> sa.Connection | None:
+        """A new connection, or None (logged) after waiting a little when none can be had."""
         if old is not None:
-            old.close()
-        return self.engine.connect()
+            try:
+                old.close()
+            except Exception:  # a broken connection may fail to close; it is dropped anyway
+                pass
+        try:
+            conn = self.engine.connect()
+        except Exception as error:
+            delay = RECONNECT_DELAYS[min(self._failed_connects, len(RECONNECT_DELAYS) - 1)]
+            self._failed_connects += 1
+            log.error(
+                "store.connect_failed",
+                error=_without_password(str(error)),
+                attempt=self._failed_connects,
+                retry_in_s=delay,
+            )
+            time.sleep(delay)  # only this writer waits; the reactor keeps serving
+            return None
+        self._failed_connects = 0
+        return conn
 
     def _run_batch(self, conn: sa.Connection, batch: list[_Job]) -> list[tuple[Deferred[Any], Any]]:
         outcomes: list[tuple[Deferred[Any], Any]] = []
@@ -138,7 +183,9 @@ class Store:
         except Exception as error:
             # the one job's own error, or a failed commit: nothing of the batch was kept
             if own_failure is None:
-                log.error("store.batch_failed", jobs=len(batch), error=str(error)[:200])
+                log.error(
+                    "store.batch_failed", jobs=len(batch), error=_without_password(str(error))[:300]
+                )
             failure = own_failure or Failure()
             outcomes = [(done, failure) for _, _, done, _ in batch]
         metrics.store_commits.inc()
