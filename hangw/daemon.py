@@ -7,6 +7,13 @@ import asyncio
 import sys
 
 
+def safe_url(url: str) -> str:
+    """The store URL as it may be logged: without its password."""
+    import sqlalchemy as sa
+
+    return sa.make_url(url).render_as_string(hide_password=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hangwd", description="Run the hangw gateway.")
     parser.add_argument("--config", help="TOML configuration (default: config/hangw.toml)")
@@ -41,11 +48,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hangwd: {error}", file=sys.stderr)
         return 2
 
+    failed: list[str] = []
+
     def started() -> None:
         try:
             gateway.startService()
         except Exception as error:
+            failed.append(str(error))
             log.error("hangwd.start_failed", error=str(error), error_type=type(error).__name__)
+            print(f"hangwd: could not start: {error}", file=sys.stderr)
             reactor.stop()
             return
         log.info(
@@ -53,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             config=config.source,
             api=f"https://{config.api.host}:{config.api.port}",
             ops=f"http://{config.api.host}:{config.api.ops_port}",
-            store=config.store_url,
+            store=safe_url(config.store_url),
             adapters=[f"{a.tdsp_duns}:{a.kind}" for a in config.adapters],
         )
 
@@ -61,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)
     reactor.run()
     log.info("hangwd.stopped")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

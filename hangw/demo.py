@@ -88,13 +88,20 @@ def follow(
     return seen
 
 
+def demo_mac(run: int, n: int) -> str:
+    """A MAC for this run's device ``n``: each run's devices are new, as its ESI IDs are."""
+    raw = f"000D6F{run & 0xFFFFFF:06X}{n:04X}"
+    return ":".join(raw[i : i + 2] for i in range(0, 16, 2))
+
+
 def show(client: Client, esiids: list[str]) -> None:
+    run = int(time.time())
     four = esiids
     say("\n1. A REP provisions five devices on one ESI ID and one on another")
     ids = []
     for n in range(5):
         body = {
-            "mac": f"00:0D:6F:00:0A:1B:2C:{n:02X}",
+            "mac": demo_mac(run, n),
             "install_code": install_code(bytes([n + 1] * 8)),
             "device_type": [
                 "in_home_display",
@@ -107,7 +114,7 @@ def show(client: Client, esiids: list[str]) -> None:
         }
         ids.append(client.post(f"/v1/esiids/{four[0]}/han-devices", body, str(uuid.uuid4()))["id"])
     body = {
-        "mac": "00:0D:6F:00:0A:1B:2D:01",
+        "mac": demo_mac(run, 0x100),
         "install_code": install_code(b"\x11" * 16),
         "device_type": "in_home_display",
     }
@@ -119,7 +126,7 @@ def show(client: Client, esiids: list[str]) -> None:
         client.post(
             f"/v1/esiids/{four[3]}/han-devices",
             {
-                "mac": "000D6F000A1B2E01",
+                "mac": demo_mac(run, 0x200),
                 "install_code": install_code(b"\x22" * 8),
                 "device_type": "thermostat",
             },
@@ -133,7 +140,7 @@ def show(client: Client, esiids: list[str]) -> None:
         client.post(
             f"/v1/esiids/{four[0]}/han-devices",
             {
-                "mac": "000D6F000A1B2F01",
+                "mac": demo_mac(run, 0x300),
                 "install_code": install_code(b"\x33" * 8),
                 "device_type": "thermostat",
             },

@@ -141,12 +141,15 @@ class Gateway(MultiService):
             # the API takes JSON only: no request needs Twisted to look for form fields
             MeteredSite(self.api.app.resource(), parsePOSTFormSubmission=False),
         )
+        # a port that cannot be bound must stop start-up, not leave a daemon without its API
+        self.api_service._raiseSynchronously = True
         self.api_service.setServiceParent(self)
         ops = OpsApi(self.health)
         self.ops_service = StreamServerEndpointService(
             TCP4ServerEndpoint(reactor, config.api.ops_port, interface=config.api.host),
             Site(ops.app.resource(), parsePOSTFormSubmission=False),
         )
+        self.ops_service._raiseSynchronously = True
         self.ops_service.setServiceParent(self)
 
     def stopService(self) -> Deferred[Any]:

@@ -120,3 +120,30 @@ def test_kill_mid_provisioning_then_restart(tmp_path: Path) -> None:
     log_text = log_path.read_text()
     assert INSTALL_CODE not in log_text and INSTALL_CODE.lower() not in log_text
     assert "hangwd.started" in log_text
+
+
+def test_an_api_port_in_use_stops_hangwd_with_the_reason(tmp_path: Path) -> None:
+    """hangwd whose API port is taken exits 1 and says why, instead of running without its API."""
+    config_path = write_config(tmp_path)
+    config = load(config_path)
+    prepare_state(config)
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", config.api.port))
+        squatter.listen()
+        finished = subprocess.run(
+            [sys.executable, "-m", "hangw.daemon", "--config", str(config_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert finished.returncode == 1, finished.stderr
+    assert "could not start" in finished.stderr and str(config.api.port) in finished.stderr
+
+
+def test_the_logged_store_url_hides_its_password() -> None:
+    """The store URL hangwd logs at start carries no password."""
+    from hangw.daemon import safe_url
+
+    shown = safe_url("postgresql+psycopg://hangw:s3cret-Pw@db.example/hangw")
+    assert shown == "postgresql+psycopg://hangw:***@db.example/hangw"
