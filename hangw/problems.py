@@ -88,6 +88,10 @@ class UnsupportedMediaType(Problem):
     status, slug, title = 415, "unsupported-media-type", "Body must be JSON"
 
 
+class IdempotencyKeyInProgress(Problem):
+    status, slug, title = 409, "idempotency-key-in-progress", "Request with this key in progress"
+
+
 class IdempotencyKeyReused(Problem):
     status, slug, title = (
         422,

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest_twisted
 import sqlalchemy as sa
 from twisted.internet import reactor
+from twisted.internet.defer import DeferredList
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 
+from hangw.client import ApiError, Client, Identity
 from hangw.store.model import device_history, grants, han_devices, idempotency_keys, outbox
 from tests.gateway_harness import (
     E_OLD_FIRMWARE,
@@ -218,3 +223,91 @@ async def test_idempotency_key_replays_the_first_answer(harness: Harness) -> Non
     assert status == 422 and "Idempotency-Key" in problem["detail"]
     _, listed = await rep.call("GET", path)
     assert len(listed["devices"]) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_requests_with_one_idempotency_key_make_one_device(
+    harness: Harness,
+) -> None:
+    """Parallel POSTs with the same key create one device; the others wait (409) or replay it."""
+    rep = harness.caller("demo-rep-a")
+    demo = harness.issued["demo-rep-a"]
+    identity = Identity(
+        Path(demo.cert_path), Path(demo.key_path), harness.config.cert_dir / "ca.pem"
+    )
+    clients = [Client(f"https://localhost:{harness.api_port}", identity) for _ in range(4)]
+
+    def post(client: Client) -> tuple[int, Any]:
+        try:
+            return client.request(
+                "POST",
+                f"/v1/esiids/{E_OWN}/han-devices",
+                add_body(mac="000D6F0500000001"),
+                {"idempotency-key": "same-key"},
+            )
+        except ApiError as error:
+            return error.status, error.problem
+
+    results = await DeferredList([deferToThread(post, client) for client in clients])
+    for client in clients:
+        client.close()
+    answers = [value for _, value in results]
+    accepted = [body for status, body in answers if status == 202]
+    assert accepted and all(body == accepted[0] for body in accepted), answers
+    assert all(
+        status == 202 or (status == 409 and body["type"].endswith("idempotency-key-in-progress"))
+        for status, body in answers
+    ), answers
+    _, listed = await rep.call("GET", f"/v1/esiids/{E_OWN}/han-devices")
+    assert len(listed["devices"]) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_replayed_refusal_is_still_a_problem(harness: Harness) -> None:
+    """The answer replayed for a refused request keeps its status and problem+json media type."""
+    rep = harness.caller("demo-rep-a")
+    connection = rep.client._connection
+    body = json.dumps(add_body(mac="not-a-mac")).encode()
+
+    def post() -> tuple[int, str | None, str | None]:
+        connection.request(
+            "POST",
+            f"/v1/esiids/{E_OWN}/han-devices",
+            body=body,
+            headers={"content-type": "application/json", "idempotency-key": "refused-once"},
+        )
+        response = connection.getresponse()
+        response.read()
+        return (
+            response.status,
+            response.getheader("content-type"),
+            response.getheader("idempotent-replayed"),
+        )
+
+    assert await deferToThread(post) == (422, "application/problem+json", None)
+    assert await deferToThread(post) == (422, "application/problem+json", "true")
+
+
+@pytest_twisted.ensureDeferred
+async def test_deep_json_wrong_method_and_pasted_codes_are_clear_problems(harness: Harness) -> None:
+    """Deeply nested JSON is 400, a wrong method 405 with its instance, and no value is echoed."""
+    rep = harness.caller("demo-rep-a")
+    connection = rep.client._connection
+    nested = b'{"mac":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+    def raw(method: str, path: str, body: bytes | None) -> tuple[int, dict[str, Any]]:
+        connection.request(method, path, body=body, headers={"content-type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+
+    status, problem = await deferToThread(
+        raw, "POST", f"/v1/esiids/{E_OWN}/han-devices", nested[:60000]
+    )
+    assert status == 400 and "nested too deeply" in problem["detail"], problem
+    status, problem = await deferToThread(raw, "PUT", f"/v1/esiids/{E_OWN}/han-devices", b"{}")
+    assert status == 405 and problem["instance"] == f"/v1/esiids/{E_OWN}/han-devices"
+    status, problem = await rep.call(
+        "POST", f"/v1/esiids/{E_OWN}/han-devices", add_body(mac=INSTALL_CODE)
+    )
+    assert status == 422 and problem["field"] == "mac"
+    assert INSTALL_CODE[:12] not in json.dumps(problem)

@@ -28,6 +28,7 @@ from hangw.domain import Device, Grant, HistoryEntry, Party
 from hangw.parties import PartyRegistry
 from hangw.problems import (
     BadRequest,
+    IdempotencyKeyInProgress,
     IdempotencyKeyReused,
     InvalidField,
     NotFound,
@@ -41,6 +42,10 @@ from hangw.store.model import idempotency_keys
 log = structlog.get_logger(__name__)
 
 PROBLEM_JSON = b"application/problem+json"
+#: The status of an Idempotency-Key claimed by a request that has not been answered yet.
+IN_PROGRESS = 0
+#: A claim older than this was left by a gateway that stopped mid-request; it may be taken over.
+IDEMPOTENCY_CLAIM_EXPIRY_S = 60.0
 
 
 def iso(ts: float | None) -> str | None:
@@ -134,6 +139,8 @@ class Api:
             body = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise BadRequest(f"the body is not valid JSON: {error}") from None
+        except RecursionError:
+            raise BadRequest("the body is not valid JSON: it is nested too deeply") from None
         if not isinstance(body, dict):
             raise BadRequest("the body must be a JSON object")
         return body
@@ -165,36 +172,91 @@ class Api:
                 )
             ).first()
 
-        previous = await store.run(lookup)
-        if previous is not None:
-            if previous.request_hash != digest:
-                raise IdempotencyKeyReused(
-                    f"Idempotency-Key {key!r} was used for a different request; use a new key"
-                )
-            request.setResponseCode(previous.status_code)
-            request.setHeader(b"content-type", b"application/json")
-            request.setHeader(b"idempotent-replayed", b"true")
-            return previous.body
-        try:
-            body: bytes = await handler()
-        except Problem as problem:
-            body = json.dumps(problem.to_json()).encode()
-            request.setResponseCode(problem.status)
-            request.setHeader(b"content-type", PROBLEM_JSON)
-        status = request.code  # type: ignore[attr-defined]
+        now = time.time()
 
-        def remember(conn: sa.Connection) -> None:
-            if lookup(conn) is None:
+        def reserve(conn: sa.Connection) -> Any:
+            """The earlier answer (or claim) for this key, or None once it is claimed for us."""
+            previous = lookup(conn)
+            if previous is None:
                 conn.execute(
                     idempotency_keys.insert().values(
                         party_id=party.party_id,
                         key=key,
                         request_hash=digest,
-                        status_code=status,
-                        body=body,
-                        created_at=time.time(),
+                        status_code=IN_PROGRESS,
+                        body=b"",
+                        created_at=now,
                     )
                 )
+                return None
+            abandoned = previous.created_at < now - IDEMPOTENCY_CLAIM_EXPIRY_S
+            if previous.status_code == IN_PROGRESS and abandoned:
+                conn.execute(
+                    idempotency_keys.update()
+                    .where(
+                        idempotency_keys.c.party_id == party.party_id,
+                        idempotency_keys.c.key == key,
+                    )
+                    .values(request_hash=digest, created_at=now)
+                )
+                return None  # its request died with a gateway; this one takes the key over
+            return previous
+
+        try:
+            previous = await store.run(reserve)
+        except store.integrity_errors:  # another gateway claimed the key at the same moment
+            raise IdempotencyKeyInProgress(
+                f"a request with Idempotency-Key {key!r} is being processed; "
+                "send it again in a moment to get its answer"
+            ) from None
+        if previous is not None:
+            if previous.request_hash != digest:
+                raise IdempotencyKeyReused(
+                    f"Idempotency-Key {key!r} was used for a different request; use a new key"
+                )
+            if previous.status_code == IN_PROGRESS:
+                raise IdempotencyKeyInProgress(
+                    f"a request with Idempotency-Key {key!r} is being processed; "
+                    "send it again in a moment to get its answer"
+                )
+            request.setResponseCode(previous.status_code)
+            media = PROBLEM_JSON if previous.status_code >= 400 else b"application/json"
+            request.setHeader(b"content-type", media)
+            request.setHeader(b"idempotent-replayed", b"true")
+            return previous.body
+
+        def release(conn: sa.Connection) -> None:
+            conn.execute(
+                idempotency_keys.delete().where(
+                    idempotency_keys.c.party_id == party.party_id,
+                    idempotency_keys.c.key == key,
+                    idempotency_keys.c.status_code == IN_PROGRESS,
+                )
+            )
+
+        try:
+            body: bytes = await handler()
+        except Problem as problem:
+            body = json.dumps(problem.to_json(instance=request.path.decode())).encode()
+            request.setResponseCode(problem.status)
+            request.setHeader(b"content-type", PROBLEM_JSON)
+            log.info(
+                "api.refused",
+                status=problem.status,
+                problem=problem.slug,
+                path=request.path.decode(),
+            )
+        except BaseException:
+            await store.run(release)  # an unexpected failure: the client may try the key again
+            raise
+        status = request.code  # type: ignore[attr-defined]
+
+        def remember(conn: sa.Connection) -> None:
+            conn.execute(
+                idempotency_keys.update()
+                .where(idempotency_keys.c.party_id == party.party_id, idempotency_keys.c.key == key)
+                .values(status_code=status, body=body)
+            )
 
         await store.run(remember)
         return body
@@ -229,6 +291,7 @@ class Api:
                 "title": "Method not allowed",
                 "status": 405,
                 "detail": f"{request.method.decode()} is not allowed on {request.path.decode()}",
+                "instance": request.path.decode(),
             }
         ).encode()
 
@@ -249,8 +312,10 @@ class Api:
                 "type": "about:blank",
                 "title": "Internal error",
                 "status": 500,
-                "detail": "the gateway failed to answer; nothing was changed by this error. "
-                f"Incident {incident}",
+                "detail": "the gateway failed while answering; the request may or may not "
+                "have taken effect, so look (GET) before you send it again. "
+                f"Incident {incident} is in the gateway's log",
+                "instance": request.path.decode(),
             }
         ).encode()
 
