@@ -83,6 +83,10 @@ REPORT_EVENTS: dict[HeadEndStatus, Event] = {
     HeadEndStatus.DEVICE_REMOVED: Event.DEVICE_REMOVED,
 }
 
+#: Statuses in which removing the device withdraws its add request.
+_ADDING_STATUSES = frozenset(
+    {DeviceStatus.ADD_ACKNOWLEDGED, DeviceStatus.ADD_PENDING, DeviceStatus.METER_READY}
+)
 _HEX_MAC = re.compile(r"[0-9A-F]{16}")
 _ESIID = re.compile(r"[0-9A-Za-z]{1,64}")
 
@@ -103,14 +107,16 @@ def normalize_mac(text: object) -> str:
     if not isinstance(text, str):
         raise InvalidField("mac", "mac must be a string of 16 hexadecimal digits (an EUI-64)")
     mac = re.sub(r"[:\- ]", "", text).upper()
+    # The value is described, not quoted: a code pasted into the wrong field must not echo back.
     if not _HEX_MAC.fullmatch(mac):
         raise InvalidField(
             "mac",
-            f"mac {text!r} is not an EUI-64: expected 16 hexadecimal digits, "
-            "e.g. 00:0D:6F:00:0A:1B:2C:3D",
+            f"mac is not an EUI-64: expected 16 hexadecimal digits (separators : - allowed), "
+            f"e.g. 00:0D:6F:00:0A:1B:2C:3D; got {len(mac)} characters"
+            + ("" if set(mac) <= set("0123456789ABCDEF") else ", some not hexadecimal"),
         )
     if mac in ("0000000000000000", "FFFFFFFFFFFFFFFF"):
-        raise InvalidField("mac", f"mac {text!r} is a reserved EUI-64, not a device address")
+        raise InvalidField("mac", f"mac {mac} is a reserved EUI-64, not a device address")
     return mac
 
 
@@ -399,8 +405,7 @@ class DeviceService:
         mac = normalize_mac(request.mac)
         if request.device_type not in DEVICE_TYPES:
             raise InvalidField(
-                "device_type",
-                f"device_type {request.device_type!r} is not one of {', '.join(DEVICE_TYPES)}",
+                "device_type", f"device_type must be one of {', '.join(DEVICE_TYPES)}"
             )
         if not isinstance(request.description, str) or len(request.description) > 200:
             raise InvalidField(
@@ -485,7 +490,8 @@ class DeviceService:
 
         try:
             device = await self.store.run(thd)
-        except sa.exc.IntegrityError:
+        except self.store.integrity_errors:
+            # another writer (a second gateway on PostgreSQL) made the MAC live meanwhile
             raise Conflict(f"MAC {mac} is already provisioned; remove it there first") from None
         log.info(
             "device.add_acknowledged", esiid=esiid, device=device_id, mac=mac, party=party.party_id
@@ -507,9 +513,7 @@ class DeviceService:
                     f"{party.role.value} {party.party_id} may not remove device {device_id}"
                 )
             why = reason or (
-                "withdrawn before it was added"
-                if device.status is not DeviceStatus.DEVICE_ADDED
-                else ""
+                "withdrawn before it was added" if device.status in _ADDING_STATUSES else ""
             )
             try:
                 updated = self._transition_thd(

@@ -31,6 +31,7 @@ from hangw.router import Router
 from hangw.secrets import SecretBox, load_or_create_key
 from hangw.store import schema
 from hangw.store.db import Store
+from hangw.store.model import han_devices
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +58,15 @@ def load_adapter(adapter_config: AdapterConfig, clock: Any, config: Config) -> I
     adapter = factory(adapter_config, clock, config.state_dir)
     verifyObject(IHeadEndAdapter, adapter)
     return adapter
+
+
+def _holds_sealed_secrets(engine: sa.Engine) -> bool:
+    """Does the store already hold HAN devices (whose secrets are sealed with the store key)?"""
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.select(han_devices.c.device_id).limit(1)).first() is not None
+    except sa.exc.DBAPIError:
+        return False  # no database or no table yet: nothing was ever sealed
 
 
 @implementer(IAdapterEvents)
@@ -114,6 +124,11 @@ class Gateway(MultiService):
                 f"api.cert_dir: no server certificate in {cert_dir}; run `hangw certs init` first"
             )
         self.store = Store(schema.make_engine(config.store_url), reactor)
+        if not config.store_key_path.exists() and _holds_sealed_secrets(self.store.engine):
+            raise ConfigError(
+                f"store.key_file: {config.store_key_path} is missing, but the store holds install "
+                "codes sealed with it; restore the key file (a new key could not open them)"
+            )
         box = SecretBox(load_or_create_key(config.store_key_path))
         self.registry = PartyRegistry(self.store)
         self.adapters = {a.tdsp_duns: load_adapter(a, clock, config) for a in config.adapters}

@@ -63,7 +63,12 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                # JSON lines carry the traceback as text; the console renderer draws its own
+                *([] if console else [structlog.processors.format_exc_info]),
+                renderer,
+            ],
         )
     )
     root = logging.getLogger()

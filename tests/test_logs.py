@@ -21,3 +21,23 @@ def test_is_enabled_answers_for_both_kinds_of_logger() -> None:
         structlog.reset_defaults()
         logging.getLogger().handlers.clear()
         logging.getLogger().setLevel(logging.WARNING)
+
+
+def test_json_logs_carry_the_traceback_of_a_logged_exception() -> None:
+    """log.exception in JSON output includes the traceback text, not just exc_info: true."""
+    import io
+    import json
+
+    stream = io.StringIO()
+    logs.configure("info", "json", stream=stream)
+    try:
+        try:
+            raise ValueError("the outbox could not be read")
+        except ValueError:
+            structlog.get_logger("t").exception("router.read_failed", tdsp="1")
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    line = json.loads(stream.getvalue().splitlines()[-1])
+    assert line["event"] == "router.read_failed"
+    assert "Traceback" in line["exception"] and "the outbox could not be read" in line["exception"]

@@ -300,3 +300,27 @@ def test_a_provision_for_a_device_that_freed_its_slot_is_never_sent(tmp_path: Pa
         ).scalar_one()
     )
     assert retired_at is not None  # kept for the record, never to be sent
+
+
+def test_removing_again_after_a_failed_removal_is_not_called_a_withdrawal(tmp_path: Path) -> None:
+    """A second removal request from Remove Failed records no 'withdrawn' reason; one from an
+    adding status does."""
+    service, _ = make_service(tmp_path / "s.sqlite")
+    failed = place_device(service, DeviceStatus.REMOVE_FAILED, None)
+    device = resolve(service.remove_device(REP, failed))
+    assert device.status is DeviceStatus.REMOVE_ACKNOWLEDGED and device.reason == ""
+    service2, _ = make_service(tmp_path / "t.sqlite")
+    pending = place_device(service2, DeviceStatus.METER_READY, None)
+    assert resolve(service2.remove_device(REP, pending)).reason == "withdrawn before it was added"
+
+
+def test_the_drivers_own_integrity_error_is_recognised(tmp_path: Path) -> None:
+    """A constraint violation raised by the DB-API cursor counts as an integrity error."""
+    service, _ = make_service(tmp_path / "s.sqlite")
+
+    def violate(conn: sa.Connection) -> None:
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute("INSERT INTO meters (esiid) VALUES (NULL)")
+
+    with pytest.raises(service.store.integrity_errors):
+        service.store.transaction(violate)

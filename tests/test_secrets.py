@@ -6,11 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
+import pytest_twisted
 import sqlalchemy as sa
 from structlog.testing import capture_logs
+from twisted.internet import reactor
 
 from adapters.commands import ProvisionDevice
+from hangw.config import ConfigError
 from hangw.devices import AddDeviceRequest
+from hangw.gateway import Gateway
 from hangw.installcodes import InstallCodeError, derive_link_key, parse_install_code
 from hangw.logs import redact_secrets
 from hangw.secrets import SecretBox, load_or_create_key
@@ -100,3 +104,25 @@ def test_log_redaction_is_a_second_line_of_defence() -> None:
     """An event key named like a secret is replaced before rendering."""
     event = redact_secrets(None, "info", {"event": "x", "install_code": "AB", "link_key": "CD"})
     assert event == {"event": "x", "install_code": "<redacted>", "link_key": "<redacted>"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lost_store_key_stops_start_up_instead_of_making_a_new_one(tmp_path: Path) -> None:
+    """With devices in the store and the key file gone, the gateway refuses to start, saying why."""
+    from tests.conftest import start_gateway
+
+    running = await start_gateway(tmp_path / "state")
+    status, _ = await running.caller("demo-rep-a").call(
+        "POST",
+        f"/v1/esiids/{E_OWN}/han-devices",
+        {"mac": "000D6F0600000001", "install_code": INSTALL_CODE, "device_type": "thermostat"},
+    )
+    assert status == 202
+    running.close()
+    await running.gateway.stopService()
+    key_path = running.config.store_key_path
+    key_path.unlink()
+    with pytest.raises(ConfigError, match=r"store\.key_file") as refusal:
+        Gateway(running.config, reactor)
+    assert "restore the key file" in str(refusal.value)
+    assert not key_path.exists()

@@ -67,6 +67,13 @@ class Store:
         self._stopped = False
         self._failed_connects = 0
 
+    @property
+    def integrity_errors(self) -> tuple[type[Exception], ...]:
+        """What a constraint violation raises: SQLAlchemy's error, or the driver's own (the hot
+        paths run on the DB-API cursor)."""
+        dbapi = self.engine.dialect.loaded_dbapi
+        return (sa.exc.IntegrityError, dbapi.IntegrityError)
+
     def start(self) -> None:
         self._stopped = False
         for n in range(self.writers):
