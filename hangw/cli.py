@@ -8,12 +8,16 @@ that party's certificate, exactly as any other client would.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
+
+import sqlalchemy as sa
 
 from hangw import config as config_module
 
@@ -96,7 +100,8 @@ def cmd_meters_import(config: config_module.Config, args: argparse.Namespace) ->
     from hangw.meters import MeterFileError, parse_meter_csv, upsert_meters_thd
 
     try:
-        with open(args.file, newline="", encoding="utf-8") as handle:
+        # utf-8-sig: spreadsheet programs start their CSV exports with a byte-order mark
+        with open(args.file, newline="", encoding="utf-8-sig") as handle:
             rows = parse_meter_csv(handle, args.file)
     except MeterFileError as error:
         print(f"hangw: {error}", file=sys.stderr)
@@ -104,7 +109,16 @@ def cmd_meters_import(config: config_module.Config, args: argparse.Namespace) ->
     except (OSError, UnicodeDecodeError) as error:
         print(f"hangw: cannot read {args.file}: {error}", file=sys.stderr)
         return 1
-    inserted, updated = _store(config).transaction(upsert_meters_thd, rows)
+    try:
+        inserted, updated = _store(config).transaction(upsert_meters_thd, rows)
+    except sa.exc.SQLAlchemyError as error:
+        cause = getattr(error, "orig", None) or error
+        print(
+            f"hangw: nothing was loaded: the store at {config_module.safe_url(config.store_url)} "
+            f"refused the meters ({type(cause).__name__}: {str(cause)[:200]})",
+            file=sys.stderr,
+        )
+        return 1
     print(f"{args.file}: {inserted} meter(s) added, {updated} updated")
     return 0
 
@@ -149,32 +163,45 @@ def _print(data: Any, args: argparse.Namespace) -> None:
     print(json.dumps(data, indent=2))
 
 
+def read_install_code(given: str | None) -> str:
+    """The install code from the option, or (omitted or ``-``) from a prompt or standard input.
+
+    Typed at a prompt or piped in, the code stays out of the process list and shell history.
+    """
+    if given is not None and given != "-":
+        return given
+    if given is None and sys.stdin.isatty():
+        return getpass.getpass("install code (hex, from the device label): ")
+    return sys.stdin.readline().strip()
+
+
 def cmd_api(config: config_module.Config, args: argparse.Namespace) -> int:
     from hangw.client import ApiError
 
     client = _client(config, args)
     try:
+        q = {name: quote(str(value), safe="") for name, value in vars(args).items() if value}
         if args.command == "provision":
             body = {
                 "mac": args.mac,
-                "install_code": args.install_code,
+                "install_code": read_install_code(args.install_code),
                 "device_type": args.type,
                 "description": args.description,
             }
-            data = client.post(f"/v1/esiids/{args.esiid}/han-devices", body, str(uuid.uuid4()))
+            data = client.post(f"/v1/esiids/{q['esiid']}/han-devices", body, str(uuid.uuid4()))
         elif args.command == "remove":
-            suffix = f"?reason={args.reason}" if args.reason else ""
-            data = client.delete(f"/v1/han-devices/{args.device_id}{suffix}")
+            suffix = f"?{urlencode({'reason': args.reason})}" if args.reason else ""
+            data = client.delete(f"/v1/han-devices/{q['device_id']}{suffix}")
         elif args.command == "list":
-            data = client.get(f"/v1/esiids/{args.esiid}/han-devices")
+            data = client.get(f"/v1/esiids/{q['esiid']}/han-devices")
         elif args.command == "show":
-            data = client.get(f"/v1/han-devices/{args.device_id}")
+            data = client.get(f"/v1/han-devices/{q['device_id']}")
         elif args.command == "history":
-            data = client.get(f"/v1/esiids/{args.esiid}/han-history")
+            data = client.get(f"/v1/esiids/{q['esiid']}/han-history")
         elif args.command == "grant":
-            data = client.post(f"/v1/esiids/{args.esiid}/grants", {"hsp_party_id": args.hsp})
+            data = client.post(f"/v1/esiids/{q['esiid']}/grants", {"hsp_party_id": args.hsp})
         elif args.command == "revoke":
-            data = client.delete(f"/v1/esiids/{args.esiid}/grants/{args.hsp}")
+            data = client.delete(f"/v1/esiids/{q['esiid']}/grants/{q['hsp']}")
         else:  # pragma: no cover - argparse only offers the commands above
             raise AssertionError(args.command)
     except ApiError as error:
@@ -233,7 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = api_command("provision", "add a HAN device to an ESI ID")
     p.add_argument("esiid")
     p.add_argument("--mac", required=True)
-    p.add_argument("--install-code", required=True)
+    p.add_argument(
+        "--install-code",
+        help="hex digits with their CRC; omit it to be asked, or give - to read standard input "
+        "(either keeps the code out of the process list and shell history)",
+    )
     p.add_argument("--type", default="in_home_display")
     p.add_argument("--description", default="")
     p = api_command("remove", "remove a HAN device (or withdraw its pending add)")

@@ -57,7 +57,13 @@ class Client:
             self._connection.request(method, path, body=payload, headers=sent)
             response = self._connection.getresponse()
             raw = response.read()
-        data = json.loads(raw) if raw else None
+        try:
+            data = json.loads(raw) if raw else None
+        except ValueError:  # not the gateway answering (a proxy's error page, say)
+            text = raw[:200].decode("utf-8", "replace")
+            raise ApiError(
+                response.status, {"title": "not a JSON answer", "detail": text}
+            ) from None
         if response.status >= 400:
             raise ApiError(
                 response.status, data if isinstance(data, dict) else {"detail": str(data)}

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-#: The file used when none is given: config/hangw.toml beside the packages.
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "hangw.toml"
+#: The file used when none is given: config/hangw.toml, which the package carries as default.toml
+#: (a link in the source tree, a copy in an installed wheel).
+DEFAULT_CONFIG_PATH = Path(__file__).parent / "default.toml"
 
 
 class ConfigError(Exception):
@@ -201,6 +202,16 @@ def from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> Config:
         adapters=tuple(adapters),
         source=source,
     )
+
+
+def safe_url(url: str) -> str:
+    """A database URL as it may be shown or logged: without its password."""
+    import sqlalchemy as sa
+
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<unparsable URL>"
 
 
 def load(path: Path | str | None = None) -> Config:

@@ -7,13 +7,6 @@ import asyncio
 import sys
 
 
-def safe_url(url: str) -> str:
-    """The store URL as it may be logged: without its password."""
-    import sqlalchemy as sa
-
-    return sa.make_url(url).render_as_string(hide_password=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hangwd", description="Run the hangw gateway.")
     parser.add_argument("--config", help="TOML configuration (default: config/hangw.toml)")
@@ -64,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             config=config.source,
             api=f"https://{config.api.host}:{config.api.port}",
             ops=f"http://{config.api.host}:{config.api.ops_port}",
-            store=safe_url(config.store_url),
+            store=config_module.safe_url(config.store_url),
             adapters=[f"{a.tdsp_duns}:{a.kind}" for a in config.adapters],
         )
 

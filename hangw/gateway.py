@@ -55,7 +55,10 @@ def load_adapter(adapter_config: AdapterConfig, clock: Any, config: Config) -> I
             f"(installed: {', '.join(sorted(found)) or 'none'})"
         )
     factory = found[adapter_config.kind].load()
-    adapter = factory(adapter_config, clock, config.state_dir)
+    try:
+        adapter = factory(adapter_config, clock, config.state_dir)
+    except ValueError as error:  # an adapter's own option refused: a configuration error
+        raise ConfigError(str(error)) from None
     verifyObject(IHeadEndAdapter, adapter)
     return adapter
 

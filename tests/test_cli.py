@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 import ssl
 import time
@@ -87,14 +88,18 @@ async def test_party_add_refuses_what_it_cannot_register(
 
 @pytest_twisted.ensureDeferred
 async def test_api_commands_provision_list_show_history_remove(
-    harness: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    harness: Harness,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The CLI drives a device from provisioning to removal over the API, printing each answer."""
     config = str(cli_config(harness, tmp_path))
     api = ["--api", f"https://localhost:{harness.api_port}", "--as", "demo-rep-a"]
+    monkeypatch.setattr("sys.stdin", io.StringIO(INSTALL_CODE + "\n"))  # piped, not in argv
     code = await run_cli(
         "--config", config, "provision", E_OWN, "--mac", "00:0D:6F:00:0A:1B:2C:3D",
-        "--install-code", INSTALL_CODE, "--type", "thermostat", *api,
+        "--install-code", "-", "--type", "thermostat", *api,
     )  # fmt: skip
     out = capsys.readouterr().out
     printed = re.search(rf"^(dev_[0-9a-f]+) on {E_OWN}: Add Acknowledged$", out, re.MULTILINE)
@@ -109,8 +114,11 @@ async def test_api_commands_provision_list_show_history_remove(
     assert await run_cli("--config", config, "show", device_id, *api) == 0
     shown = capsys.readouterr().out
     assert shown.count("Add Acknowledged") == 2 and "Meter Ready" in shown
-    assert await run_cli("--config", config, "remove", device_id, "--reason", "moved", *api) == 0
-    assert "Remove Acknowledged (moved)" in capsys.readouterr().out
+    assert (
+        await run_cli("--config", config, "remove", device_id, "--reason", "customer moved", *api)
+        == 0
+    )
+    assert "Remove Acknowledged (customer moved)" in capsys.readouterr().out
     assert await run_cli("--config", config, "history", E_OWN, *api) == 0
     assert "Remove Acknowledged" in capsys.readouterr().out
 

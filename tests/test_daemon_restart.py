@@ -143,7 +143,23 @@ def test_an_api_port_in_use_stops_hangwd_with_the_reason(tmp_path: Path) -> None
 
 def test_the_logged_store_url_hides_its_password() -> None:
     """The store URL hangwd logs at start carries no password."""
-    from hangw.daemon import safe_url
+    from hangw.config import safe_url
 
     shown = safe_url("postgresql+psycopg://hangw:s3cret-Pw@db.example/hangw")
     assert shown == "postgresql+psycopg://hangw:***@db.example/hangw"
+
+
+def test_a_bad_adapter_option_stops_hangwd_naming_the_key(tmp_path: Path) -> None:
+    """A wrong option in an adapter's table stops start-up with exit 2 and the key's name."""
+    config_path = write_config(tmp_path)
+    config_path.write_text(config_path.read_text() + 'fault = "sometimes"\n')
+    prepare_state(load(config_path))
+    finished = subprocess.run(
+        [sys.executable, "-m", "hangw.daemon", "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert finished.returncode == 2, finished.stderr
+    assert f"adapters.{TDSP}.fault" in finished.stderr
+    assert "Traceback" not in finished.stderr

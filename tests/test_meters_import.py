@@ -72,3 +72,15 @@ def test_cli_import_loads_nothing_from_a_bad_file(
     with engine.connect() as conn:
         rows = conn.execute(sa.select(meters.c.esiid, meters.c.meter_serial)).all()
     assert [tuple(row) for row in rows] == [("10443720000000001", "M1")]
+
+
+def test_a_csv_saved_with_a_byte_order_mark_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A spreadsheet's CSV export, which starts with a UTF-8 byte-order mark, imports as usual."""
+    config = tmp_path / "c.toml"
+    config.write_text(f'[gateway]\nstate_dir = "{tmp_path}"\n')
+    line = "10443720000000001,M1,1039940674000,0000000000001,GE,5.2.1,true,true\n"
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + (HEADER + line).encode())
+    assert cli.main(["--config", str(config), "meters", "import", str(tmp_path / "bom.csv")]) == 0
+    assert "1 meter(s) added" in capsys.readouterr().out
