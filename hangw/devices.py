@@ -185,9 +185,9 @@ _SELECT_DEVICE = Prepared(
     sa.select(*_DEVICE_COLUMNS).where(han_devices.c.device_id == sa.bindparam("b_device_id"))
 )
 _SELECT_DEVICE_WITH_COMMAND = Prepared(
-    sa.select(*_DEVICE_COLUMNS, _LATEST_COMMAND).where(
-        han_devices.c.device_id == sa.bindparam("b_device_id")
-    )
+    sa.select(*_DEVICE_COLUMNS, _LATEST_COMMAND, meters.c.tdsp_duns)
+    .join(meters, meters.c.esiid == han_devices.c.esiid)
+    .where(han_devices.c.device_id == sa.bindparam("b_device_id"))
 )
 _UPDATE_STATUS = Prepared(
     han_devices.update()
@@ -687,7 +687,7 @@ class DeviceService:
                 conn,
                 report.device_id,
                 REPORT_EVENTS[report.status],
-                "tdsp",
+                row.tdsp_duns,  # the head-end acts for the meter's TDSP
                 report.reason,
                 now,
                 device=_device(row),

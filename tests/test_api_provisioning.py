@@ -22,6 +22,8 @@ from tests.gateway_harness import (
     E_REMOVED,
     INSTALL_CODE,
     INSTALL_CODE_2,
+    REP_A,
+    TDSP,
     Caller,
     Harness,
 )
@@ -53,8 +55,8 @@ async def wait_for_status(caller: Caller, device_id: str, wanted: str, timeout: 
 
 
 async def store_counts(harness: Harness) -> tuple[int, ...]:
-    """What a request could leave behind: devices, history written by parties (not the head-end,
-    whose reports keep arriving in the background), outbox rows, grants, idempotency keys."""
+    """What a request could leave behind: devices, history of parties' requests (not of head-end
+    reports, which keep arriving in the background), outbox rows, grants, idempotency keys."""
 
     def thd(conn: sa.Connection) -> tuple[int, ...]:
         def count(table: sa.Table, *where: Any) -> int:
@@ -64,7 +66,9 @@ async def store_counts(harness: Harness) -> tuple[int, ...]:
 
         return (
             count(han_devices),
-            count(device_history, device_history.c.actor != "tdsp"),
+            count(
+                device_history, device_history.c.event.in_(["add requested", "remove requested"])
+            ),
             count(outbox),
             count(grants),
             count(idempotency_keys),
@@ -90,6 +94,8 @@ async def test_add_then_remove_walks_every_status(harness: Harness) -> None:
         "Device Added",
     ]
     assert added["history"][1]["event"] == "TDSP acknowledged"
+    # who acted: the REP for its request, the meter's TDSP (by DUNS) for each head-end report
+    assert [h["actor"] for h in added["history"]] == [REP_A] + [TDSP] * 4
 
     status, removing = await rep.call("DELETE", f"/v1/han-devices/{device['id']}?reason=moving")
     assert status == 202 and removing["status"] == "Remove Acknowledged"
