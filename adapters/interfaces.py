@@ -3,7 +3,8 @@
 An adapter is what stands between hangw and the meters of one TDSP: the in-process simulator,
 the adapter protocol listener (head-ends dial in), or a ZigBee coordinator. Adapters are found
 through the setuptools entry-point group ``hangw.adapters`` and built with
-``factory(config: AdapterConfig, clock: IReactorTime)``.
+``factory(config: AdapterConfig, clock: IReactorTime, state_dir: Path)``; a ``ValueError`` from the
+factory is a configuration error and should name the option.
 """
 
 from __future__ import annotations
