@@ -17,6 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 import structlog
+from cryptography.exceptions import InvalidTag
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
@@ -823,14 +824,29 @@ class DeviceService:
                 _RETIRE.execute(conn, {"b_command_id": row.command_id, "b_now": now})
                 continue
             if row.kind == "provision":
+                try:
+                    install_code = self._box.open(row.install_code_enc, row.device_id)
+                    link_key = self._box.open(row.link_key_enc, row.device_id)
+                except InvalidTag:
+                    # sealed with another key (or damaged): it can never be sent, and must not
+                    # hold up every other command of this TDSP; the command timeout fails it
+                    log.error(
+                        "outbox.secret_unreadable",
+                        device=row.device_id,
+                        command=row.command_id,
+                        why="sealed with another store key, or damaged",
+                    )
+                    now = self._clock.seconds()
+                    _RETIRE.execute(conn, {"b_command_id": row.command_id, "b_now": now})
+                    continue
                 commands.append(
                     ProvisionDevice(
                         command_id=row.command_id,
                         esiid=row.esiid,
                         device_id=row.device_id,
                         mac=row.mac,
-                        install_code=self._box.open(row.install_code_enc, row.device_id),
-                        link_key=self._box.open(row.link_key_enc, row.device_id),
+                        install_code=install_code,
+                        link_key=link_key,
                         join_window_s=self._config.join_window_s,
                     )
                 )

@@ -126,3 +126,21 @@ async def test_a_lost_store_key_stops_start_up_instead_of_making_a_new_one(tmp_p
         Gateway(running.config, reactor)
     assert "restore the key file" in str(refusal.value)
     assert not key_path.exists()
+
+
+def test_a_secret_sealed_with_another_key_does_not_block_the_outbox(tmp_path: Path) -> None:
+    """A provision whose install code cannot be opened is set aside; the next one still goes."""
+    service, _ = make_service(tmp_path / "s.sqlite")
+    add = AddDeviceRequest("000D6F0000000001", INSTALL_CODE, "thermostat")
+    first = resolve(service.add_device(REP, E_OWN, add))
+    service._box = SecretBox(b"\x02" * 32)  # as if the key file had been replaced
+    resolve(
+        service.add_device(REP, E_OWN, AddDeviceRequest("000D6F0000000002", INSTALL_CODE, "other"))
+    )
+    with capture_logs() as events:
+        commands = service.store.transaction(service.pending_commands_thd, TDSP, 10, frozenset())
+    assert [c.mac for c in commands] == ["000D6F0000000002"]
+    assert [e["device"] for e in events if e["event"] == "outbox.secret_unreadable"] == [
+        first.device_id
+    ]
+    assert not secrets_in(json.dumps(events, default=str))
