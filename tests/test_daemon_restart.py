@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -120,6 +121,12 @@ def test_kill_mid_provisioning_then_restart(tmp_path: Path) -> None:
     log_text = log_path.read_text()
     assert INSTALL_CODE not in log_text and INSTALL_CODE.lower() not in log_text
     assert "hangwd.started" in log_text
+    lines = [json.loads(line) for line in log_text.splitlines() if line.startswith("{")]
+    accepted = [line for line in lines if line["event"] == "device.add_acknowledged"]
+    request_ids = {line.get("request_id") for line in accepted}
+    assert len(accepted) == 3 and len(request_ids) == 3 and None not in request_ids
+    reports = [line for line in lines if line["event"] == "device.status"]
+    assert reports and all("request_id" not in line for line in reports), "request ids leaked"
 
 
 def test_an_api_port_in_use_stops_hangwd_with_the_reason(tmp_path: Path) -> None:

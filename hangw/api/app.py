@@ -54,6 +54,15 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def request_id_of(request: IRequest) -> str:
+    """The id of this request, made on first use and kept on the request object."""
+    request_id: str | None = getattr(request, "hangw_request_id", None)
+    if request_id is None:
+        request_id = uuid.uuid4().hex[:16]
+        request.hangw_request_id = request_id  # type: ignore[attr-defined]
+    return request_id
+
+
 def device_json(device: Device, viewer: Party) -> dict[str, Any]:
     hidden = authz.hides_identifiers(viewer, device)
     return {
@@ -113,6 +122,9 @@ class Api:
     # ---- plumbing ------------------------------------------------------------------------------
 
     def _party(self, request: IRequest) -> Party:
+        """The calling party; also names the request (X-Request-Id) for the logs it causes."""
+        request_id = request_id_of(request)
+        request.setHeader(b"x-request-id", request_id.encode())
         fingerprint = tls.peer_fingerprint(request)
         party = self.registry.lookup(fingerprint)
         if party is None:
@@ -121,6 +133,8 @@ class Api:
                 "register it with `hangw party add CERT.pem --role ROLE --party-id ID`"
             )
         request.setHeader(b"x-hangw-party", party.party_id.encode())
+        # handlers run as coroutines, each in a context of its own: this binds for this one only
+        structlog.contextvars.bind_contextvars(request_id=request_id, party=party.party_id)
         return party
 
     def _body(self, request: IRequest) -> dict[str, Any]:
@@ -270,7 +284,11 @@ class Api:
         request.setResponseCode(problem.status)
         request.setHeader(b"content-type", PROBLEM_JSON)
         log.info(
-            "api.refused", status=problem.status, problem=problem.slug, path=request.path.decode()
+            "api.refused",
+            status=problem.status,
+            problem=problem.slug,
+            path=request.path.decode(),
+            request_id=request_id_of(request),
         )
         return json.dumps(problem.to_json(instance=request.path.decode())).encode()
 
@@ -301,6 +319,7 @@ class Api:
         log.error(
             "api.internal_error",
             incident=incident,
+            request_id=request_id_of(request),
             path=request.path.decode(),
             error=failure.getErrorMessage(),
             error_type=getattr(failure.type, "__name__", "?"),
@@ -322,8 +341,8 @@ class Api:
     # ---- documents -----------------------------------------------------------------------------
 
     @app.route("/v1/openapi.json", methods=["GET"])
-    def openapi(self, request: IRequest) -> bytes:
-        self._party(request)
+    async def openapi(self, request: IRequest) -> bytes:
+        self._party(request)  # in a coroutine, so the context it binds is this request's own
         request.setHeader(b"content-type", b"application/json")
         return self._openapi
 
