@@ -94,6 +94,16 @@ def demo_mac(run: int, n: int) -> str:
     return ":".join(raw[i : i + 2] for i in range(0, 16, 2))
 
 
+def show_refusal(client: Client, esiid: str, mac: str, code: str) -> None:
+    """Ask for a thermostat that the gateway will refuse, and print the problem it answers."""
+    body = {"mac": mac, "install_code": code, "device_type": "thermostat"}
+    try:
+        client.post(f"/v1/esiids/{esiid}/han-devices", body)
+        say("    unexpectedly accepted")
+    except ApiError as refusal:
+        say(f"    {refusal.status} {refusal.problem['title']}: {refusal.problem['detail']}")
+
+
 def show(client: Client, esiids: list[str]) -> None:
     run = int(time.time())
     four = esiids
@@ -122,32 +132,10 @@ def show(client: Client, esiids: list[str]) -> None:
     follow(client, ids, {"Device Added", "Add Failed", "Add Rejected"})
 
     say(f"\n2. A device for ESI ID {four[3]}, whose meter firmware cannot serve a HAN, is refused")
-    try:
-        client.post(
-            f"/v1/esiids/{four[3]}/han-devices",
-            {
-                "mac": demo_mac(run, 0x200),
-                "install_code": install_code(b"\x22" * 8),
-                "device_type": "thermostat",
-            },
-        )
-        say("    unexpectedly accepted")
-    except ApiError as refusal:
-        say(f"    {refusal.status} {refusal.problem['title']}: {refusal.problem['detail']}")
+    show_refusal(client, four[3], demo_mac(run, 0x200), install_code(b"\x22" * 8))
 
     say(f"\n3. A sixth device on ESI ID {four[0]} is refused by the five-slot rule")
-    try:
-        client.post(
-            f"/v1/esiids/{four[0]}/han-devices",
-            {
-                "mac": demo_mac(run, 0x300),
-                "install_code": install_code(b"\x33" * 8),
-                "device_type": "thermostat",
-            },
-        )
-        say("    unexpectedly accepted")
-    except ApiError as refusal:
-        say(f"    {refusal.status} {refusal.problem['title']}: {refusal.problem['detail']}")
+    show_refusal(client, four[0], demo_mac(run, 0x300), install_code(b"\x33" * 8))
 
     say(f"\n4. The REP removes {ids[0]}")
     client.delete(f"/v1/han-devices/{ids[0]}?reason=customer+moved")

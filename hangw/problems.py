@@ -80,6 +80,14 @@ class IllegalTransitionProblem(Problem):
     status, slug, title = 409, "illegal-transition", "Not possible in the device's current status"
 
 
+class MethodNotAllowedProblem(Problem):
+    status, slug, title = 405, "method-not-allowed", "Method not allowed"
+
+
+class InternalError(Problem):
+    status, slug, title = 500, "internal-error", "Internal error"
+
+
 class PayloadTooLarge(Problem):
     status, slug, title = 413, "payload-too-large", "Request body too large"
 

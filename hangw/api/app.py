@@ -30,7 +30,9 @@ from hangw.problems import (
     BadRequest,
     IdempotencyKeyInProgress,
     IdempotencyKeyReused,
+    InternalError,
     InvalidField,
+    MethodNotAllowedProblem,
     NotFound,
     PayloadTooLarge,
     Problem,
@@ -251,15 +253,7 @@ class Api:
         try:
             body: bytes = await handler()
         except Problem as problem:
-            body = json.dumps(problem.to_json(instance=request.path.decode())).encode()
-            request.setResponseCode(problem.status)
-            request.setHeader(b"content-type", PROBLEM_JSON)
-            log.info(
-                "api.refused",
-                status=problem.status,
-                problem=problem.slug,
-                path=request.path.decode(),
-            )
+            body = self._refuse(request, problem)  # kept as the answer to this key, like any
         except BaseException:
             await store.run(release)  # an unexpected failure: the client may try the key again
             raise
@@ -277,12 +271,14 @@ class Api:
 
     # ---- errors --------------------------------------------------------------------------------
 
-    @app.handle_errors(Problem)
-    def problem(self, request: IRequest, failure: Failure) -> bytes:
-        problem = failure.value
-        assert isinstance(problem, Problem)
+    def _answer(self, request: IRequest, problem: Problem) -> bytes:
+        """``problem`` as the problem+json answer to ``request``."""
         request.setResponseCode(problem.status)
         request.setHeader(b"content-type", PROBLEM_JSON)
+        return json.dumps(problem.to_json(instance=request.path.decode())).encode()
+
+    def _refuse(self, request: IRequest, problem: Problem) -> bytes:
+        """Answer with ``problem`` and log the refusal."""
         log.info(
             "api.refused",
             status=problem.status,
@@ -290,7 +286,13 @@ class Api:
             path=request.path.decode(),
             request_id=request_id_of(request),
         )
-        return json.dumps(problem.to_json(instance=request.path.decode())).encode()
+        return self._answer(request, problem)
+
+    @app.handle_errors(Problem)
+    def problem(self, request: IRequest, failure: Failure) -> bytes:
+        problem = failure.value
+        assert isinstance(problem, Problem)
+        return self._refuse(request, problem)
 
     @app.handle_errors(RouteNotFound)
     def route_not_found(self, request: IRequest, failure: Failure) -> bytes:
@@ -301,17 +303,8 @@ class Api:
 
     @app.handle_errors(MethodNotAllowed)
     def method_not_allowed(self, request: IRequest, failure: Failure) -> bytes:
-        request.setResponseCode(405)
-        request.setHeader(b"content-type", PROBLEM_JSON)
-        return json.dumps(
-            {
-                "type": "about:blank",
-                "title": "Method not allowed",
-                "status": 405,
-                "detail": f"{request.method.decode()} is not allowed on {request.path.decode()}",
-                "instance": request.path.decode(),
-            }
-        ).encode()
+        method, path = request.method.decode(), request.path.decode()
+        return self._refuse(request, MethodNotAllowedProblem(f"{method} is not allowed on {path}"))
 
     @app.handle_errors(Exception)
     def internal_error(self, request: IRequest, failure: Failure) -> bytes:
@@ -324,19 +317,14 @@ class Api:
             error=failure.getErrorMessage(),
             error_type=getattr(failure.type, "__name__", "?"),
         )
-        request.setResponseCode(500)
-        request.setHeader(b"content-type", PROBLEM_JSON)
-        return json.dumps(
-            {
-                "type": "about:blank",
-                "title": "Internal error",
-                "status": 500,
-                "detail": "the gateway failed while answering; the request may or may not "
-                "have taken effect, so look (GET) before you send it again. "
-                f"Incident {incident} is in the gateway's log",
-                "instance": request.path.decode(),
-            }
-        ).encode()
+        return self._answer(
+            request,
+            InternalError(
+                "the gateway failed while answering; the request may or may not have taken "
+                f"effect, so look (GET) before you send it again. Incident {incident} is in the "
+                "gateway's log"
+            ),
+        )
 
     # ---- documents -----------------------------------------------------------------------------
 
