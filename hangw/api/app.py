@@ -253,7 +253,7 @@ class Api:
         try:
             body: bytes = await handler()
         except Problem as problem:
-            body = self._refuse(request, problem)  # kept as the answer to this key, like any
+            body = self._refuse(request, problem)  # a refusal is this key's answer too
         except BaseException:
             await store.run(release)  # an unexpected failure: the client may try the key again
             raise
