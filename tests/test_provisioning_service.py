@@ -216,6 +216,41 @@ class ProvisioningMachine(RuleBasedStateMachine):
                 holding[esiid] = holding.get(esiid, 0) + 1
         assert all(count <= MAX_SLOTS_PER_ESIID for count in holding.values()), holding
 
+    @invariant()
+    def every_history_is_a_walk_through_the_table(self) -> None:
+        if not hasattr(self, "service"):
+            return
+
+        def thd(conn: sa.Connection) -> list[tuple[str, str, str]]:
+            rows = conn.execute(
+                sa.select(
+                    device_history.c.device_id, device_history.c.status, device_history.c.event
+                ).order_by(device_history.c.history_id)
+            )
+            return [tuple(r) for r in rows]  # type: ignore[misc]
+
+        current: dict[str, DeviceStatus] = {}
+        for device_id, status, event in self.service.store.transaction(thd):
+            if device_id not in current:
+                assert (status, event) == (DeviceStatus.ADD_ACKNOWLEDGED.value, "add requested")
+            else:
+                assert TRANSITIONS[(current[device_id], Event(event))].value == status, (
+                    device_id,
+                    current[device_id],
+                    event,
+                    status,
+                )
+            current[device_id] = DeviceStatus(status)
+        final = {
+            row[0]: row[1]
+            for row in self.service.store.transaction(
+                lambda conn: conn.execute(
+                    sa.select(han_devices.c.device_id, han_devices.c.status)
+                ).all()
+            )
+        }
+        assert {d: s.value for d, s in current.items()} == final
+
 
 ProvisioningMachine.TestCase.settings = settings(
     max_examples=40,
