@@ -11,7 +11,9 @@ import pytest_twisted
 from twisted.internet.threads import deferToThread
 
 from hangw import certs
-from hangw.client import Client, Identity
+from hangw.client import ApiError, Client, Identity
+from hangw.domain import Party, Role
+from hangw.parties import register_party_thd
 from tests.gateway_harness import (
     CUSTOMER,
     E_OTHER,
@@ -193,3 +195,38 @@ async def test_client_without_certificate_cannot_connect(harness: Harness) -> No
     with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
         await deferToThread(attempt)
     connection.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_expired_certificate_fails_even_when_registered(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """A registered party whose certificate has expired cannot connect; a fresh one can."""
+    ca = certs.load_ca(harness.config.cert_dir)
+    long_ago = time.time() - (certs.VALID_DAYS + 5) * 86400
+    ca_file = harness.config.cert_dir / "ca.pem"
+    path = f"/v1/esiids/{E_OTHER_TDSP}/han-devices"
+    for name, issued_at, connects in (("expired", long_ago, False), ("fresh", time.time(), True)):
+        issued = certs.issue_client_cert(
+            ca, party_id=f"95787790{len(name)}", role="rep", name=name, now=issued_at
+        )
+        (tmp_path / f"{name}.pem").write_bytes(issued.cert_pem)
+        (tmp_path / f"{name}-key.pem").write_bytes(issued.key_pem)
+        await harness.gateway.store.run(
+            register_party_thd,
+            Party(f"95787790{len(name)}", Role.REP, name, issued.fingerprint),
+            time.time(),
+        )
+        await harness.gateway.registry.refresh()
+        client = Client(
+            f"https://localhost:{harness.api_port}",
+            Identity(tmp_path / f"{name}.pem", tmp_path / f"{name}-key.pem", ca_file),
+        )
+        if connects:  # identified as a REP that is nobody's ROR: the handshake succeeded
+            with pytest.raises(ApiError) as refusal:
+                await deferToThread(client.request, "GET", path)
+            assert refusal.value.status == 403
+        else:
+            with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+                await deferToThread(client.request, "GET", path)
+        client.close()
