@@ -20,7 +20,6 @@ import structlog
 from cryptography.exceptions import InvalidTag
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
 
 from adapters.commands import (
     Command,
@@ -55,7 +54,7 @@ from hangw.provisioning import (
     next_status,
 )
 from hangw.secrets import SecretBox
-from hangw.store.db import Store
+from hangw.store.db import Store, TurnBatch
 from hangw.store.model import LIVE_STATUS, device_history, grants, han_devices, meters, outbox
 from hangw.store.prepared import Prepared
 
@@ -266,11 +265,6 @@ _RETIRE = Prepared(
     .where(outbox.c.command_id == sa.bindparam("b_command_id"))
     .values(retired_at=sa.bindparam("b_now"), attempts=outbox.c.attempts + 1)
 )
-_COUNT_ATTEMPT = Prepared(
-    outbox.update()
-    .where(outbox.c.command_id == sa.bindparam("b_command_id"))
-    .values(attempts=outbox.c.attempts + 1)
-)
 
 
 class DeviceService:
@@ -289,7 +283,9 @@ class DeviceService:
         self._clock = clock
         self._config = config
         self._on_outbox = on_outbox  # wakes the router after a command was queued
-        self._reports: list[tuple[ProvisioningReport, Deferred[Device | None]]] = []
+        self._reports: TurnBatch[ProvisioningReport, Device | None] = TurnBatch(
+            store, clock, self.apply_reports_thd, self._log_statuses
+        )
 
     # ---- reads shared by requests ------------------------------------------------------------
 
@@ -583,9 +579,6 @@ class DeviceService:
 
         return await self.store.run(thd)
 
-    async def meter(self, esiid: str) -> Meter:
-        return await self.store.run(lambda conn: self._load_meter(conn, esiid))
-
     # ---- grants --------------------------------------------------------------------------------
 
     async def grant(self, party: Party, esiid: str, hsp_party_id: str) -> Grant:
@@ -715,36 +708,22 @@ class DeviceService:
         Reports that arrive in the same reactor turn are applied by one store job, in order: a
         head-end reports for thousands of devices at once, and one job each would queue them.
         """
-        applied: Deferred[Device | None] = Deferred()
-        self._reports.append((report, applied))
-        if len(self._reports) == 1:
-            self._clock.callLater(0, self._apply_report_batch)
-        return applied
+        return self._reports.add(report)
 
-    def _apply_report_batch(self) -> None:
-        batch, self._reports = self._reports, []
-        job = self.store.run(
-            self.apply_reports_thd, [report for report, _ in batch], self._clock.seconds()
-        )
-
-        def settle(result: list[Device | None] | Failure) -> None:
-            if isinstance(result, Failure):
-                for _, applied in batch:
-                    applied.errback(result)
-                return
-            logging_statuses = logs.is_enabled(log, logging.INFO)
-            for (_, applied), device in zip(batch, result, strict=True):
-                if device is not None and logging_statuses:
-                    log.info(
-                        "device.status",
-                        esiid=device.esiid,
-                        device=device.device_id,
-                        status=device.status.value,
-                        reason=device.reason or None,
-                    )
-                applied.callback(device)
-
-        job.addBoth(settle)
+    def _log_statuses(
+        self, reports: list[ProvisioningReport], devices: list[Device | None]
+    ) -> None:
+        if not logs.is_enabled(log, logging.INFO):
+            return
+        for device in devices:
+            if device is not None:
+                log.info(
+                    "device.status",
+                    esiid=device.esiid,
+                    device=device.device_id,
+                    status=device.status.value,
+                    reason=device.reason or None,
+                )
 
     def fire_timers_thd(self, conn: sa.Connection, now: float) -> list[Device]:
         """Move every device whose timer ran out: join window -> Add Failed, timeout -> *Failed."""
@@ -864,16 +843,10 @@ class DeviceService:
                 break
         return commands, last
 
-    def retire_thd(self, conn: sa.Connection, command_id: str, now: float) -> None:
-        _RETIRE.execute(conn, {"b_command_id": command_id, "b_now": now})
-
     def retire_many_thd(self, conn: sa.Connection, command_ids: list[str], now: float) -> None:
         """Retire commands the head-end accepted (one statement for the whole batch)."""
         if command_ids:
             _RETIRE.executemany(conn, [{"b_command_id": c, "b_now": now} for c in command_ids])
-
-    def count_attempt_thd(self, conn: sa.Connection, command_id: str) -> None:
-        _COUNT_ATTEMPT.execute(conn, {"b_command_id": command_id})
 
 
 def _grant(row: Any) -> Grant:

@@ -14,12 +14,12 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.python.failure import Failure
 
 from adapters.commands import Command
 from adapters.interfaces import IHeadEndAdapter
 from hangw import metrics
 from hangw.devices import DeviceService
+from hangw.store.db import TurnBatch
 
 log = structlog.get_logger(__name__)
 
@@ -44,7 +44,10 @@ class Router(Service):
         self._poll_interval_s = poll_interval_s
         self._max_backoff_s = max_backoff_s
         self._in_flight: set[str] = set()
-        self._to_retire: list[tuple[str, Deferred[None]]] = []
+        #: Commands accepted in one reactor turn are retired by one store job.
+        self._retirements: TurnBatch[str, None] = TurnBatch(
+            devices.store, clock, devices.retire_many_thd
+        )
         self._backoff: dict[str, float] = {}  # tdsp_duns -> seconds to wait after a failure
         self._not_before: dict[str, float] = {}
         #: tdsp_duns -> the last outbox row handed out; a drain reads only rows after it.
@@ -123,31 +126,6 @@ class Router(Service):
                 if len(commands) < self._batch or not self.running:
                     break
 
-    def _retire(self, command_id: str) -> Deferred[None]:
-        """Retire the command with every other one accepted in this reactor turn: one job."""
-        retired: Deferred[None] = Deferred()
-        self._to_retire.append((command_id, retired))
-        if len(self._to_retire) == 1:
-            self._clock.callLater(0, self._retire_batch)
-        return retired
-
-    def _retire_batch(self) -> None:
-        batch, self._to_retire = self._to_retire, []
-        done = self._devices.store.run(
-            self._devices.retire_many_thd,
-            [command_id for command_id, _ in batch],
-            self._clock.seconds(),
-        )
-
-        def settle(result: object) -> None:
-            for _, retired in batch:
-                if isinstance(result, Failure):
-                    retired.errback(result)
-                else:
-                    retired.callback(None)
-
-        done.addBoth(settle)
-
     def _send(self, tdsp_duns: str, adapter: IHeadEndAdapter, command: Command) -> None:
         self._in_flight.add(command.command_id)
         d: Deferred[object] = maybeDeferred(adapter.send, command)
@@ -156,7 +134,7 @@ class Router(Service):
         def accepted(_: object) -> Deferred[None]:
             self._backoff.pop(tdsp_duns, None)
             metrics.outbox_sent.labels(tdsp_duns, kind).inc()
-            return self._retire(command.command_id)
+            return self._retirements.add(command.command_id)
 
         def refused(failure: object) -> None:
             self._rescan = True  # send it again from the start of the outbox

@@ -4,6 +4,7 @@ of requests and head-end answers ever breaks the five-slot rule or leaves an ill
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -267,13 +268,14 @@ def test_reports_of_one_reactor_turn_are_applied_together_in_order(tmp_path: Pat
     device_id = place_device(service, DeviceStatus.ADD_ACKNOWLEDGED, None)
     command = latest_command(service, device_id)
     jobs: list[int] = []
-    real_thd = service.apply_reports_thd
+    real_run = service.store.run
 
-    def counting_thd(conn: sa.Connection, reports: list[ProvisioningReport], now: float) -> object:
-        jobs.append(len(reports))
-        return real_thd(conn, reports, now)
+    def counting_run(thd: Any, *args: Any) -> Any:
+        if thd == service.apply_reports_thd:
+            jobs.append(len(args[0]))
+        return real_run(thd, *args)
 
-    service.apply_reports_thd = counting_thd  # type: ignore[method-assign]
+    service.store.run = counting_run  # type: ignore[method-assign]
     fired: list[object] = []
     for status in (
         HeadEndStatus.ACKNOWLEDGED,
@@ -317,7 +319,7 @@ def test_an_add_taken_but_never_answered_is_taken_back_after_it_timed_out(tmp_pa
         )
     )
     (sent,) = service.store.transaction(service.pending_commands_thd, TDSP, 10, frozenset())
-    service.store.transaction(service.retire_thd, sent.command_id, clock.seconds())
+    service.store.transaction(service.retire_many_thd, [sent.command_id], clock.seconds())
     clock.advance(31)
     service.store.transaction(service.fire_timers_thd, clock.seconds())
     (undo,) = service.store.transaction(service.pending_commands_thd, TDSP, 10, frozenset())

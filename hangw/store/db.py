@@ -16,17 +16,19 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 import structlog
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.python.failure import Failure
 
 from hangw import metrics
 
 T = TypeVar("T")
+Item = TypeVar("Item")
+R = TypeVar("R")
 
 log = structlog.get_logger(__name__)
 
@@ -207,3 +209,50 @@ def _deliver(outcomes: list[tuple[Deferred[Any], Any]]) -> None:
             done.errback(result)
         else:
             done.callback(result)
+
+
+class TurnBatch(Generic[Item, R]):
+    """Items handed over in one reactor turn, done by one store job.
+
+    ``thd(conn, items, now)`` returns one result per item (or None, for None each); each
+    ``add`` gets a Deferred of its own item's result, and all of them the job's failure.
+    ``settled(items, results)``, when given, sees every result first (to log them, say).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        clock: IReactorTime,
+        thd: Callable[[sa.Connection, list[Item], float], list[R] | None],
+        settled: Callable[[list[Item], list[R | None]], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._thd = thd
+        self._settled = settled
+        self._waiting: list[tuple[Item, Deferred[R | None]]] = []
+
+    def add(self, item: Item) -> Deferred[R | None]:
+        done: Deferred[R | None] = Deferred()
+        self._waiting.append((item, done))
+        if len(self._waiting) == 1:
+            self._clock.callLater(0, self._run)
+        return done
+
+    def _run(self) -> None:
+        batch, self._waiting = self._waiting, []
+        items = [item for item, _ in batch]
+        job = self._store.run(self._thd, items, self._clock.seconds())
+
+        def settle(result: list[R] | Failure | None) -> None:
+            if isinstance(result, Failure):
+                for _, done in batch:
+                    done.errback(result)
+                return
+            results: list[R | None] = list(result) if result is not None else [None] * len(batch)
+            if self._settled is not None:
+                self._settled(items, results)
+            for (_, done), value in zip(batch, results, strict=True):
+                done.callback(value)
+
+        job.addBoth(settle)
