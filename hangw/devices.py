@@ -596,13 +596,7 @@ class DeviceService:
                 raise InvalidField(
                     "hsp_party_id", f"{hsp_party_id!r} is not a registered HAN service provider"
                 )
-            existing = conn.execute(
-                sa.select(grants).where(
-                    grants.c.esiid == esiid,
-                    grants.c.hsp_party_id == hsp_party_id,
-                    grants.c.revoked_at.is_(None),
-                )
-            ).first()
+            existing = _live_grant_row(conn, esiid, hsp_party_id)
             if existing is not None:
                 return _grant(existing)
             grant_id = "grt_" + secrets.token_hex(8)
@@ -628,13 +622,7 @@ class DeviceService:
             meter = self._load_meter(conn, esiid)
             if not authz.may_manage_grants(party, meter):
                 raise Forbidden(f"only the customer of ESI ID {esiid} may revoke HAN access")
-            row = conn.execute(
-                sa.select(grants).where(
-                    grants.c.esiid == esiid,
-                    grants.c.hsp_party_id == hsp_party_id,
-                    grants.c.revoked_at.is_(None),
-                )
-            ).first()
+            row = _live_grant_row(conn, esiid, hsp_party_id)
             if row is None:
                 raise NotFound(
                     f"HAN service provider {hsp_party_id} has no live grant on ESI ID {esiid}"
@@ -847,6 +835,17 @@ class DeviceService:
         """Retire commands the head-end accepted (one statement for the whole batch)."""
         if command_ids:
             _RETIRE.executemany(conn, [{"b_command_id": c, "b_now": now} for c in command_ids])
+
+
+def _live_grant_row(conn: sa.Connection, esiid: str, hsp_party_id: str) -> Any:
+    """The HSP's unrevoked grant on the ESI ID, or None."""
+    return conn.execute(
+        sa.select(grants).where(
+            grants.c.esiid == esiid,
+            grants.c.hsp_party_id == hsp_party_id,
+            grants.c.revoked_at.is_(None),
+        )
+    ).first()
 
 
 def _grant(row: Any) -> Grant:
