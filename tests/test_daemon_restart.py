@@ -72,6 +72,16 @@ def start(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
     raise AssertionError("hangwd did not start: " + log_path.read_text())
 
 
+def run_until_exit(config_path: Path) -> subprocess.CompletedProcess[str]:
+    """hangwd run in the foreground until it exits by itself (as it should when it cannot start)."""
+    return subprocess.run(
+        [sys.executable, "-m", "hangw.daemon", "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_kill_mid_provisioning_then_restart(tmp_path: Path) -> None:
     """After kill -9 mid-provisioning and a restart, every device reaches Device Added once."""
     config_path = write_config(tmp_path)
@@ -138,12 +148,7 @@ def test_an_api_port_in_use_stops_hangwd_with_the_reason(tmp_path: Path) -> None
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", config.api.port))
         squatter.listen()
-        finished = subprocess.run(
-            [sys.executable, "-m", "hangw.daemon", "--config", str(config_path)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        finished = run_until_exit(config_path)
     assert finished.returncode == 1, finished.stderr
     assert "could not start" in finished.stderr and str(config.api.port) in finished.stderr
 
@@ -161,12 +166,7 @@ def test_a_bad_adapter_option_stops_hangwd_naming_the_key(tmp_path: Path) -> Non
     config_path = write_config(tmp_path)
     config_path.write_text(config_path.read_text() + 'fault = "sometimes"\n')
     prepare_state(load(config_path))
-    finished = subprocess.run(
-        [sys.executable, "-m", "hangw.daemon", "--config", str(config_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    finished = run_until_exit(config_path)
     assert finished.returncode == 2, finished.stderr
     assert f"adapters.{TDSP}.fault" in finished.stderr
     assert "Traceback" not in finished.stderr
