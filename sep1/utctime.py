@@ -1,0 +1,52 @@
+"""ZigBee UTCTime: unsigned 32-bit seconds since 2000-01-01T00:00:00Z."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+__all__ = [
+    "EPOCH_2000",
+    "UNIX_OFFSET",
+    "UTC_TIME_MAX",
+    "from_datetime",
+    "from_unix",
+    "to_datetime",
+    "to_unix",
+]
+
+#: The ZigBee epoch.
+EPOCH_2000 = datetime(2000, 1, 1, tzinfo=UTC)
+#: Seconds from the Unix epoch to the ZigBee epoch.
+UNIX_OFFSET = 946_684_800
+#: The largest UTCTime; ZCL reserves 0xFFFFFFFF as "invalid".
+UTC_TIME_MAX = 0xFFFF_FFFE
+
+
+def from_datetime(moment: datetime) -> int:
+    """UTCTime of an aware datetime, truncated to the second; refuses naive or out-of-range."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError("a naive datetime has no defined UTC time; give it a time zone")
+    seconds = (moment - EPOCH_2000) // timedelta(seconds=1)
+    if not 0 <= seconds <= UTC_TIME_MAX:
+        raise ValueError(f"{moment.isoformat()} is outside the UTCTime range (2000-01-01 to 2136)")
+    return seconds
+
+
+def to_datetime(utc_time: int) -> datetime:
+    """The aware UTC datetime of a UTCTime."""
+    if not 0 <= utc_time <= 0xFFFF_FFFF:
+        raise ValueError(f"{utc_time} is not a 32-bit UTCTime")
+    return EPOCH_2000 + timedelta(seconds=utc_time)
+
+
+def from_unix(unix_seconds: float) -> int:
+    """UTCTime of a Unix timestamp (as a clock's ``seconds()`` gives), truncated to the second."""
+    seconds = int(unix_seconds) - UNIX_OFFSET
+    if not 0 <= seconds <= UTC_TIME_MAX:
+        raise ValueError(f"Unix time {unix_seconds} is outside the UTCTime range")
+    return seconds
+
+
+def to_unix(utc_time: int) -> int:
+    """Unix seconds of a UTCTime."""
+    return utc_time + UNIX_OFFSET
