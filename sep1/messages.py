@@ -130,10 +130,10 @@ def _validator(spec: FieldSpec) -> Validator:
                 )
             if type(value) is not int:
                 return f"expected an integer, got {type(value).__name__}"
-            if not lo <= value <= hi:
-                return f"{value} is outside {lo}..{hi}"
             if value == not_used:
                 return f"{value} is the not-used sentinel {sentinel_text}; pass None for not used"
+            if not lo <= value <= hi:
+                return f"{value} is outside {lo}..{hi}"
             return None
 
         return check_int

@@ -1,0 +1,171 @@
+"""SE 1.0 value ranges are enforced when a message is made, naming the field; not used is None."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sep1
+from sep1 import utctime
+
+
+def lce(**fields: object) -> sep1.LoadControlEvent:
+    return sep1.LoadControlEvent(issuer_event_id=1, device_class=1, **fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("field", "bad", "good"),
+    [
+        ("duration_in_minutes", 1441, 1440),
+        ("criticality_level", 0, 1),
+        ("criticality_level", 16, 15),
+        ("average_load_adjustment_percentage", -101, -100),
+        ("average_load_adjustment_percentage", 101, 100),
+        ("duty_cycle", 101, 100),
+        ("cooling_temperature_set_point", -27316, -27315),
+        ("utility_enrollment_group", 256, 255),
+        ("start_time", -1, 0),
+    ],
+)
+def test_load_control_event_limits(field: str, bad: int, good: int) -> None:
+    """A Load Control Event refuses each value just past its SE 1.0 limit and accepts the limit itself."""
+    with pytest.raises(sep1.FieldValueError) as caught:
+        lce(**{field: bad})
+    assert caught.value.field == field and field in str(caught.value)
+    assert getattr(lce(**{field: good}), field) == good
+
+
+@pytest.mark.parametrize(
+    ("field", "sentinel"),
+    [
+        ("cooling_temperature_offset", 0xFF),
+        ("heating_temperature_offset", 0xFF),
+        ("cooling_temperature_set_point", -0x8000),
+        ("heating_temperature_set_point", -0x8000),
+        ("duty_cycle", 0xFF),
+    ],
+)
+def test_not_used_is_none_not_the_sentinel(field: str, sentinel: int) -> None:
+    """A not-used field is None in Python; passing the wire sentinel itself is refused with a pointer to None."""
+    with pytest.raises(sep1.FieldValueError, match="None"):
+        lce(**{field: sentinel})
+    assert getattr(lce(**{field: None}), field) is None
+
+
+def test_required_fields_have_no_none() -> None:
+    """Fields without a not-used value refuse None and non-integers."""
+    with pytest.raises(sep1.FieldValueError, match="required"):
+        lce(criticality_level=None)
+    with pytest.raises(sep1.FieldValueError, match="integer"):
+        lce(duration_in_minutes="60")
+    with pytest.raises(sep1.FieldValueError, match="integer"):
+        lce(event_control=True)
+
+
+def test_rate_label_is_at_most_twelve_bytes() -> None:
+    """A Publish Price rate label of 13 bytes is refused; 12 is accepted."""
+    with pytest.raises(sep1.FieldValueError) as caught:
+        sep1.PublishPrice(1, b"x" * 13, 2, 3)
+    assert caught.value.field == "rate_label" and "12" in str(caught.value)
+    assert sep1.PublishPrice(1, b"x" * 12, 2, 3).rate_label == b"x" * 12
+
+
+def test_price_nibbles_are_four_bits() -> None:
+    """Price trailing digit, tier, number of tiers and register tier are nibbles (0..15)."""
+    for field in ("price_trailing_digit", "price_tier", "number_of_price_tiers", "register_tier"):
+        with pytest.raises(sep1.FieldValueError, match=field):
+            sep1.PublishPrice(1, b"", 2, 3, **{field: 16})  # type: ignore[arg-type]
+
+
+def test_text_must_be_utf8_and_fit_a_zcl_string() -> None:
+    """Display Message text that cannot be UTF-8 or is over 254 bytes is refused naming the field."""
+    with pytest.raises(sep1.FieldValueError, match="message.*UTF-8"):
+        sep1.DisplayMessage(1, message="bad \udcff")
+    with pytest.raises(sep1.FieldValueError, match="254"):
+        sep1.DisplayMessage(1, message="é" * 128)
+    assert sep1.DisplayMessage(1, message="é" * 127).message == "é" * 127
+
+
+def test_long_text_is_truncated_on_a_character_boundary_only_when_asked() -> None:
+    """Text over one unfragmented frame is kept whole until truncated(), which cuts between UTF-8 characters."""
+    text = "Alerta: " + "é" * 40  # 8 + 80 bytes
+    message = sep1.DisplayMessage(1, message=text)
+    assert message.message == text and not message.fits_one_frame
+    short = message.truncated()
+    assert short.fits_one_frame and text.startswith(short.message)
+    encoded = short.message.encode("utf-8")
+    assert len(encoded) == 58  # 59 would split an "é"
+    assert len(message.truncated(9).message.encode()) == 8
+    assert sep1.DisplayMessage.UNFRAGMENTED_TEXT_BYTES == 59
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet=st.characters(codec="utf-8"), max_size=80), limit=st.integers(0, 120))
+def test_truncate_utf8_is_the_longest_fitting_prefix(text: str, limit: int) -> None:
+    """truncate_utf8 returns the longest character prefix whose UTF-8 fits the limit."""
+    cut = sep1.truncate_utf8(text, limit)
+    assert text.startswith(cut) and len(cut.encode()) <= limit
+    if cut != text:
+        assert len(text[: len(cut) + 1].encode()) > limit
+
+
+def test_message_control_bits() -> None:
+    """Message Control packs transmission (bits 0-1), importance (bits 2-3) and confirmation required (bit 7)."""
+    control = sep1.MessageControl.make(transmission=2, importance=3, confirmation_required=True)
+    assert control == 0b1000_1110
+    message = sep1.DisplayMessage(1, message_control=control)
+    assert message.confirmation_required and message.importance == 3
+    with pytest.raises(ValueError):
+        sep1.MessageControl.make(transmission=3)
+
+
+def test_report_event_status_signature_is_42_bytes() -> None:
+    """The Report Event Status signature is exactly 42 bytes and its type is 0 or 1."""
+    with pytest.raises(sep1.FieldValueError, match="42"):
+        sep1.ReportEventStatus(1, 2, 3, 1, signature=bytes(41))
+    with pytest.raises(sep1.FieldValueError, match="signature_type"):
+        sep1.ReportEventStatus(1, 2, 3, 1, signature_type=2)
+    assert sep1.ReportEventStatus(1, sep1.EventStatus.REJECTED, 3, 1).rejected
+
+
+def test_attribute_records_match_their_types() -> None:
+    """A successful record needs a value in its attribute's type; a failure record has none."""
+    with pytest.raises(sep1.FieldValueError, match="uint48"):
+        sep1.AttributeRecord(0x0000, 0, 1 << 48)
+    with pytest.raises(sep1.FieldValueError, match="int24"):
+        sep1.AttributeRecord(0x0400, 0, 1 << 23)
+    with pytest.raises(sep1.FieldValueError, match="no value"):
+        sep1.AttributeRecord(0x0000, 0x86, 5)
+    with pytest.raises(sep1.FieldValueError, match="0x0999"):
+        sep1.AttributeRecord(0x0999, 0, 5)
+
+
+def test_publish_price_fields_not_sent_keep_defaults() -> None:
+    """A Publish Price that sends fewer optional fields may not carry values in the ones it leaves out."""
+    with pytest.raises(sep1.FieldValueError, match="generation_price"):
+        sep1.PublishPrice(1, b"", 2, 3, generation_price=9, optional_fields=1)
+    assert sep1.PublishPrice(1, b"", 2, 3, price_ratio=9, optional_fields=1).price_ratio == 9
+
+
+def test_messages_are_frozen() -> None:
+    """Messages cannot be changed after they are made."""
+    message = lce()
+    with pytest.raises(AttributeError):
+        message.duration_in_minutes = 5  # type: ignore[misc]
+
+
+def test_utc_time_is_seconds_since_2000() -> None:
+    """UTCTime counts seconds from 2000-01-01T00:00:00Z (Unix 946684800), in either direction."""
+    assert utctime.from_datetime(datetime(2000, 1, 1, tzinfo=UTC)) == 0
+    assert utctime.from_unix(946_684_800 + 86_400) == 86_400
+    assert utctime.to_unix(0) == 946_684_800
+    moment = datetime(2026, 11, 22, 18, 30, 5, tzinfo=timezone(timedelta(hours=-6)))
+    assert utctime.to_datetime(utctime.from_datetime(moment)) == moment
+    assert utctime.from_datetime(moment) == int(moment.timestamp()) - 946_684_800
+    with pytest.raises(ValueError, match="naive"):
+        utctime.from_datetime(datetime(2026, 1, 1))
+    with pytest.raises(ValueError, match="range"):
+        utctime.from_datetime(datetime(1999, 12, 31, tzinfo=UTC))
