@@ -26,7 +26,11 @@ def field_strategy(spec: FieldSpec) -> st.SearchStrategy[Any]:
             sentinel = spec.not_used
             values = values.filter(lambda v: v != sentinel)
             # Edges and the sentinel's neighbours are where codecs go wrong.
-            edges = [v for v in (spec.lo, spec.hi, sentinel - 1, sentinel + 1) if spec.lo <= v <= spec.hi and v != sentinel]
+            edges = [
+                v
+                for v in (spec.lo, spec.hi, sentinel - 1, sentinel + 1)
+                if spec.lo <= v <= spec.hi and v != sentinel
+            ]
             return st.one_of(st.none(), st.sampled_from(edges), values)
         return st.one_of(st.sampled_from([spec.lo, spec.hi]), values)
     if form == "octets":
@@ -52,9 +56,16 @@ def field_strategy(spec: FieldSpec) -> st.SearchStrategy[Any]:
 def attribute_records(draw: st.DrawFn) -> sep1.AttributeRecord:
     """A successful reading of a known Metering attribute, or a failure record for any id."""
     if draw(st.booleans()):
-        attribute = draw(st.sampled_from(sorted(sep1.METERING_ATTRIBUTES.values(), key=lambda a: a.attribute_id)))
+        attribute = draw(
+            st.sampled_from(sorted(sep1.METERING_ATTRIBUTES.values(), key=lambda a: a.attribute_id))
+        )
         wire_type = attribute.wire
-        value = draw(st.one_of(st.sampled_from([wire_type.lo, wire_type.hi, 0]), st.integers(wire_type.lo, wire_type.hi)))
+        value = draw(
+            st.one_of(
+                st.sampled_from([wire_type.lo, wire_type.hi, 0]),
+                st.integers(wire_type.lo, wire_type.hi),
+            )
+        )
         return sep1.AttributeRecord(attribute.attribute_id, 0, value)
     return sep1.AttributeRecord(draw(st.integers(0, 0xFFFF)), draw(st.integers(1, 0xFF)), None)
 

@@ -33,7 +33,7 @@ COMMANDS_IN_SEP1_WIRE = {
 
 
 def test_every_listed_command_has_a_type_in_its_direction() -> None:
-    """Every SE 1.0 cluster command of the reference, both directions, has a message type with its ids."""
+    """Every SE 1.0 command of the reference, both directions, has a message type with its ids."""
     cluster_commands = {
         (cluster, s2c, cid): cls.__name__
         for (cluster, general, s2c, cid), cls in sep1.MESSAGE_TYPES.items()
@@ -72,9 +72,19 @@ def check_round_trip(cls: type[sep1.Message]) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(data=st.data(), trailing=st.binary(min_size=1, max_size=8))
-def test_valid_frames_with_appended_fields_reencode_exactly(data: st.DataObject, trailing: bytes) -> None:
-    """A frame with bytes after the last field (a later SE revision's fields) decodes and re-encodes to the same bytes."""
-    cls = data.draw(st.sampled_from([c for c in ALL_TYPES if c.FIELDS and c.FIELDS[-1].wire.form not in ("uint16_list", "attribute_records")]))
+def test_valid_frames_with_appended_fields_reencode_exactly(
+    data: st.DataObject, trailing: bytes
+) -> None:
+    """Bytes after the last field (a later revision's fields) are kept and re-encoded exactly."""
+    cls = data.draw(
+        st.sampled_from(
+            [
+                c
+                for c in ALL_TYPES
+                if c.FIELDS and c.FIELDS[-1].wire.form not in ("uint16_list", "attribute_records")
+            ]
+        )
+    )
     message = data.draw(messages_of(cls))
     if cls is sep1.PublishPrice and message.optional_fields < 6:  # type: ignore[attr-defined]
         return  # trailing bytes there would be read as the next optional field
@@ -85,7 +95,7 @@ def test_valid_frames_with_appended_fields_reencode_exactly(data: st.DataObject,
 
 
 def test_load_control_event_bytes_follow_the_reference_layout() -> None:
-    """A Load Control Event is the 23-byte layout of sep1-wire.md, little-endian, with sentinels for not used."""
+    """A Load Control Event is the 23-byte little-endian layout of sep1-wire.md, sentinels too."""
     event = sep1.LoadControlEvent(
         issuer_event_id=0x11223344,
         device_class=sep1.DeviceClass.HVAC_COMPRESSOR_OR_FURNACE | sep1.DeviceClass.WATER_HEATER,
@@ -102,7 +112,20 @@ def test_load_control_event_bytes_follow_the_reference_layout() -> None:
         event_control=sep1.RANDOMIZE_START | sep1.RANDOMIZE_END,
     )
     expected_payload = struct.pack(
-        "<IHBIHBBBhhbBB", 0x11223344, 0x0005, 7, 0x0A0B0C0D, 120, 3, 0xFF, 15, 2500, -0x8000, -20, 0xFF, 0x03
+        "<IHBIHBBBhhbBB",
+        0x11223344,
+        0x0005,
+        7,
+        0x0A0B0C0D,
+        120,
+        3,
+        0xFF,
+        15,
+        2500,
+        -0x8000,
+        -20,
+        0xFF,
+        0x03,
     )
     assert len(expected_payload) == 23
     frame = sep1.encode(event, 0x42)
@@ -110,9 +133,11 @@ def test_load_control_event_bytes_follow_the_reference_layout() -> None:
 
 
 def test_publish_price_optional_fields_absent_read_as_not_used() -> None:
-    """A Publish Price that stops after Price decodes with the optional fields not used, and is re-sent that short."""
+    """A Publish Price that stops after Price reads the rest as not used and re-encodes as short."""
     payload = (
-        struct.pack("<I", 77) + b"\x03TOU" + struct.pack("<IIBHBBIHI", 9, 1000, 0, 840, 0x21, 0x63, 0, 0xFFFF, 1234)
+        struct.pack("<I", 77)
+        + b"\x03TOU"
+        + struct.pack("<IIBHBBIHI", 9, 1000, 0, 840, 0x21, 0x63, 0, 0xFFFF, 1234)
     )
     frame = bytes([0x09, 0x05, 0x00]) + payload
     price = sep1.decode(sep1.PRICE, frame)
@@ -120,7 +145,11 @@ def test_publish_price_optional_fields_absent_read_as_not_used() -> None:
     assert (price.price_trailing_digit, price.price_tier) == (2, 1)
     assert (price.number_of_price_tiers, price.register_tier) == (6, 3)
     assert price.optional_fields == 0
-    assert price.price_ratio is None and price.generation_price is None and price.alternate_cost_delivered is None
+    assert (
+        price.price_ratio is None
+        and price.generation_price is None
+        and price.alternate_cost_delivered is None
+    )
     assert sep1.encode(price, 0x05) == frame
     full = sep1.encode(sep1.PublishPrice(77, b"TOU", 9, 1000, price=1234), 1)
     assert full.endswith(b"\xff" + b"\xff" * 4 + b"\xff" + b"\xff" * 4 + b"\x01\x00")
@@ -136,7 +165,7 @@ def test_display_message_text_is_length_prefixed_utf8_bytes() -> None:
 
 
 def test_read_attributes_response_carries_types_and_statuses() -> None:
-    """Read Attributes Response records carry the ZCL data type and value of each metering attribute, or a failure status."""
+    """Read Attributes Response records carry each attribute's ZCL type and value, or a status."""
     response = sep1.ReadAttributesResponse(
         (
             sep1.AttributeRecord(0x0000, 0, 0x0000_0102_0304),
@@ -147,11 +176,14 @@ def test_read_attributes_response_carries_types_and_statuses() -> None:
     frame = sep1.encode(response, 3)
     assert frame[:3] == bytes([0x08, 0x03, 0x01])  # general frame, server to client, command 0x01
     assert frame[3:] == (
-        bytes.fromhex("0000" "00" "25" "040302010000")
-        + bytes.fromhex("0004" "00" "2a" "feffff")
-        + bytes.fromhex("0100" "86")
+        bytes.fromhex("00000025040302010000")
+        + bytes.fromhex("0004002afeffff")
+        + bytes.fromhex("010086")
     )
-    assert response.values() == {"current_summation_delivered": 0x01020304, "instantaneous_demand": -2}
+    assert response.values() == {
+        "current_summation_delivered": 0x01020304,
+        "instantaneous_demand": -2,
+    }
 
 
 @pytest.mark.parametrize(
@@ -164,18 +196,50 @@ def test_read_attributes_response_carries_types_and_statuses() -> None:
         (0x0701, bytes([0x09, 0x01, 0x07]), None, "no cluster command"),
         (0x0006, bytes([0x09, 0x01, 0x00]), None, "not a SE 1.0 cluster"),
         (0x0701, bytes([0x09, 0x01, 0x00]) + bytes(10), "start_time", "frame ends 3 of 4 bytes"),
-        (0x0701, bytes([0x09, 0x01, 0x00]) + bytes(13) + b"\x00" + bytes(9), "criticality_level", "outside 1..15"),
-        (0x0701, bytes([0x09, 0x01, 0x00]) + bytes(11) + b"\xa1\x05\x01" + bytes(9), "duration_in_minutes", "1441"),
-        (0x0703, bytes([0x09, 0x01, 0x00]) + bytes(11) + b"\x05ab", "message", "says 5 bytes but 2 remain"),
-        (0x0703, bytes([0x09, 0x01, 0x00]) + bytes(11) + b"\x02\xc3\x28", "message", "not valid UTF-8"),
+        (
+            0x0701,
+            bytes([0x09, 0x01, 0x00]) + bytes(13) + b"\x00" + bytes(9),
+            "criticality_level",
+            "outside 1..15",
+        ),
+        (
+            0x0701,
+            bytes([0x09, 0x01, 0x00]) + bytes(11) + b"\xa1\x05\x01" + bytes(9),
+            "duration_in_minutes",
+            "1441",
+        ),
+        (
+            0x0703,
+            bytes([0x09, 0x01, 0x00]) + bytes(11) + b"\x05ab",
+            "message",
+            "says 5 bytes but 2 remain",
+        ),
+        (
+            0x0703,
+            bytes([0x09, 0x01, 0x00]) + bytes(11) + b"\x02\xc3\x28",
+            "message",
+            "not valid UTF-8",
+        ),
         (0x0703, bytes([0x09, 0x01, 0x00]) + bytes(11) + b"\xff", "message", "invalid string"),
-        (0x0700, bytes([0x09, 0x01, 0x00]) + bytes(4) + b"\x0dABCDEFGHIJKLM", "rate_label", "over the 12-byte limit"),
+        (
+            0x0700,
+            bytes([0x09, 0x01, 0x00]) + bytes(4) + b"\x0dABCDEFGHIJKLM",
+            "rate_label",
+            "over the 12-byte limit",
+        ),
         (0x0702, bytes([0x00, 0x01, 0x00, 0x00]), "attribute_ids", "whole number"),
-        (0x0702, bytes([0x08, 0x01, 0x01, 0x00, 0x00, 0x00, 0x23, 0, 0, 0, 0]), "records", "expected uint48"),
+        (
+            0x0702,
+            bytes([0x08, 0x01, 0x01, 0x00, 0x00, 0x00, 0x23, 0, 0, 0, 0]),
+            "records",
+            "expected uint48",
+        ),
     ],
 )
-def test_decode_errors_say_where_and_why(cluster: int, frame: bytes, field: str | None, words: str) -> None:
-    """A bad frame raises DecodeError naming the cluster, the field where decoding stopped and the reason."""
+def test_decode_errors_say_where_and_why(
+    cluster: int, frame: bytes, field: str | None, words: str
+) -> None:
+    """A bad frame raises DecodeError naming the cluster, the field where it stopped and why."""
     with pytest.raises(sep1.DecodeError) as caught:
         sep1.decode(cluster, frame)
     error = caught.value
@@ -203,20 +267,25 @@ def test_encode_refuses_what_is_not_a_frame() -> None:
 
 
 def test_header_with_manufacturer_code_round_trips() -> None:
-    """The ZCL header encodes and decodes its manufacturer code, direction and default-response bits."""
-    header = sep1.ZCLHeader(1, True, 0x7F, 0x02, disable_default_response=True, manufacturer_code=0x1234)
+    """The ZCL header round-trips its manufacturer code, direction and default-response bits."""
+    header = sep1.ZCLHeader(
+        1, True, 0x7F, 0x02, disable_default_response=True, manufacturer_code=0x1234
+    )
     data = header.encode()
     assert data == bytes([0x1D, 0x34, 0x12, 0x7F, 0x02])
     assert sep1.ZCLHeader.decode(data + b"rest") == (header, 5)
 
 
 def test_sep1_imports_no_io_framework() -> None:
-    """Importing sep1 (codec, pcap, install codes) brings in no Twisted, asyncio, logging, database or zigpy."""
+    """Importing sep1 brings in no Twisted, asyncio, logging, database, zigpy or project code."""
     probe = (
         "import sys, sep1, sep1.pcap, sep1.codec, sep1.installcode, sep1.utctime\n"
         "roots = {m.split('.')[0] for m in sys.modules}\n"
-        "print(' '.join(sorted(roots & {'twisted', 'asyncio', 'logging', 'sqlalchemy', 'structlog', "
+        "print(' '.join(sorted(roots & {'twisted', 'asyncio', 'logging', 'sqlalchemy', "
+        "'structlog', "
         "'zigpy', 'hangw', 'adapters', 'simulators', 'socket', 'threading'})))\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == ""

@@ -25,7 +25,9 @@ def corpus(rng: random.Random, size: int) -> list[tuple[int, bytes]]:
     """Valid frames of every type to mutate, from the Hypothesis strategies."""
     frames: list[tuple[int, bytes]] = []
 
-    @settings(max_examples=size, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=size, database=None, deadline=None, suppress_health_check=list(HealthCheck)
+    )
     @given(message=any_message(), tsn=st.integers(0, 255))
     def collect(message: sep1.Message, tsn: int) -> None:
         frames.append((message.CLUSTER_ID, sep1.encode(message, tsn)))
@@ -47,7 +49,9 @@ def mutate(rng: random.Random, frame: bytes) -> bytes:
             data[i] ^= 1 << rng.randrange(8)
         return bytes(data)
     if choice == 2 and len(data) > 3:  # a wrong length byte somewhere in the payload
-        data[rng.randrange(3, len(data))] = rng.choice([0x00, 0x01, 0x0C, 0x0D, 0x3B, 0xFE, 0xFF, rng.randrange(256)])
+        data[rng.randrange(3, len(data))] = rng.choice(
+            [0x00, 0x01, 0x0C, 0x0D, 0x3B, 0xFE, 0xFF, rng.randrange(256)]
+        )
         return bytes(data)
     if choice == 3:  # extend with junk
         return bytes(data) + rng.randbytes(rng.randrange(1, 40))
@@ -61,7 +65,7 @@ def mutate(rng: random.Random, frame: bytes) -> bytes:
 
 @pytest.mark.fuzz
 def test_random_and_mutated_frames_raise_only_decode_error() -> None:
-    """Random, truncated, bit-flipped and mis-length frames on every cluster raise DecodeError and nothing else."""
+    """Random, truncated, bit-flipped and mis-length frames raise DecodeError and nothing else."""
     rng = random.Random(SEED)
     frames = corpus(rng, 400)
     decoded = rejected = 0
@@ -76,7 +80,10 @@ def test_random_and_mutated_frames_raise_only_decode_error() -> None:
             assert str(error), "a DecodeError must say why"
             rejected += 1
         except Exception as error:  # pragma: no cover - this is the failure being hunted
-            pytest.fail(f"case {case} (seed {SEED}): {type(error).__name__}: {error} for cluster {cluster} frame {bad.hex()}")
+            pytest.fail(
+                f"case {case} (seed {SEED}): {type(error).__name__}: {error} "
+                f"for cluster {cluster} frame {bad.hex()}"
+            )
         else:
             assert isinstance(message, sep1.Message)
             decoded += 1

@@ -31,7 +31,7 @@ def lce(**fields: object) -> sep1.LoadControlEvent:
     ],
 )
 def test_load_control_event_limits(field: str, bad: int, good: int) -> None:
-    """A Load Control Event refuses each value just past its SE 1.0 limit and accepts the limit itself."""
+    """A Load Control Event refuses each value just past its SE 1.0 limit and accepts the limit."""
     with pytest.raises(sep1.FieldValueError) as caught:
         lce(**{field: bad})
     assert caught.value.field == field and field in str(caught.value)
@@ -49,7 +49,7 @@ def test_load_control_event_limits(field: str, bad: int, good: int) -> None:
     ],
 )
 def test_not_used_is_none_not_the_sentinel(field: str, sentinel: int) -> None:
-    """A not-used field is None in Python; passing the wire sentinel itself is refused with a pointer to None."""
+    """Not used is None; passing the wire sentinel itself is refused with a pointer to None."""
     with pytest.raises(sep1.FieldValueError, match="None"):
         lce(**{field: sentinel})
     assert getattr(lce(**{field: None}), field) is None
@@ -81,8 +81,8 @@ def test_price_nibbles_are_four_bits() -> None:
 
 
 def test_text_must_be_utf8_and_fit_a_zcl_string() -> None:
-    """Display Message text that cannot be UTF-8 or is over 254 bytes is refused naming the field."""
-    with pytest.raises(sep1.FieldValueError, match="message.*UTF-8"):
+    """Display Message text that is not UTF-8 or over 254 bytes is refused naming the field."""
+    with pytest.raises(sep1.FieldValueError, match=r"message.*UTF-8"):
         sep1.DisplayMessage(1, message="bad \udcff")
     with pytest.raises(sep1.FieldValueError, match="254"):
         sep1.DisplayMessage(1, message="é" * 128)
@@ -90,7 +90,7 @@ def test_text_must_be_utf8_and_fit_a_zcl_string() -> None:
 
 
 def test_long_text_is_truncated_on_a_character_boundary_only_when_asked() -> None:
-    """Text over one unfragmented frame is kept whole until truncated(), which cuts between UTF-8 characters."""
+    """Long text is kept whole until truncated(), which cuts between UTF-8 characters."""
     text = "Alerta: " + "é" * 40  # 8 + 80 bytes
     message = sep1.DisplayMessage(1, message=text)
     assert message.message == text and not message.fits_one_frame
@@ -113,7 +113,7 @@ def test_truncate_utf8_is_the_longest_fitting_prefix(text: str, limit: int) -> N
 
 
 def test_message_control_bits() -> None:
-    """Message Control packs transmission (bits 0-1), importance (bits 2-3) and confirmation required (bit 7)."""
+    """Message Control packs transmission (bits 0-1), importance (2-3) and confirmation (7)."""
     control = sep1.MessageControl.make(transmission=2, importance=3, confirmation_required=True)
     assert control == 0b1000_1110
     message = sep1.DisplayMessage(1, message_control=control)
@@ -144,7 +144,7 @@ def test_attribute_records_match_their_types() -> None:
 
 
 def test_publish_price_fields_not_sent_keep_defaults() -> None:
-    """A Publish Price that sends fewer optional fields may not carry values in the ones it leaves out."""
+    """A Publish Price may not carry values in the optional fields it leaves off the wire."""
     with pytest.raises(sep1.FieldValueError, match="generation_price"):
         sep1.PublishPrice(1, b"", 2, 3, generation_price=9, optional_fields=1)
     assert sep1.PublishPrice(1, b"", 2, 3, price_ratio=9, optional_fields=1).price_ratio == 9
