@@ -61,3 +61,6 @@ class ProvisioningReport:
     device_id: str
     status: HeadEndStatus
     reason: str = ""
+    #: The TDSP whose head-end sent the report, set by the adapter that received it; the
+    #: gateway refuses a report about a meter of another TDSP. Empty: not checked.
+    tdsp_duns: str = ""

@@ -39,6 +39,7 @@ class ApiConfig:
     cert_dir: str = ""
     max_body_bytes: int = 65536
     ops_port: int = 9464
+    adapter_port: int = 8444
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,7 @@ def from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> Config:
             "api.max_body_bytes", a.get("max_body_bytes", 65536), 1024, 1 << 30
         ),
         ops_port=_integer("api.ops_port", a.get("ops_port", 9464), 0, 65535),
+        adapter_port=_integer("api.adapter_port", a.get("adapter_port", 8444), 0, 65535),
     )
 
     p = _table("provisioning", data.get("provisioning", {}))

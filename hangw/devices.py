@@ -184,6 +184,10 @@ _LATEST_COMMAND = (
 _SELECT_DEVICE = Prepared(
     sa.select(*_DEVICE_COLUMNS).where(han_devices.c.device_id == sa.bindparam("b_device_id"))
 )
+
+class ReportRefused(Exception):
+    """A head-end report about a device it does not serve (another TDSP's meter, another ESI ID)."""
+
 _SELECT_DEVICE_WITH_COMMAND = Prepared(
     sa.select(*_DEVICE_COLUMNS, _LATEST_COMMAND, meters.c.tdsp_duns)
     .join(meters, meters.c.esiid == han_devices.c.esiid)
@@ -283,7 +287,7 @@ class DeviceService:
         self._clock = clock
         self._config = config
         self._on_outbox = on_outbox  # wakes the router after a command was queued
-        self._reports: TurnBatch[ProvisioningReport, Device | None] = TurnBatch(
+        self._reports: TurnBatch[ProvisioningReport, Device | ReportRefused | None] = TurnBatch(
             store, clock, self.apply_reports_thd, self._log_statuses
         )
 
@@ -654,6 +658,12 @@ class DeviceService:
     ) -> Device | None:
         """Apply one head-end report; None when it is stale or illegal (logged, nothing written)."""
         row = _SELECT_DEVICE_WITH_COMMAND.first(conn, {"b_device_id": report.device_id})
+        if row is not None and report.tdsp_duns and row.tdsp_duns != report.tdsp_duns:
+            raise ReportRefused(
+                f"device {report.device_id} is on a meter of another TDSP, not {report.tdsp_duns}'s"
+            )
+        if row is not None and row.esiid != report.esiid:
+            raise ReportRefused(f"device {report.device_id} is not on ESI ID {report.esiid}")
         latest = row.latest_command if row is not None else None
         if row is None or latest != report.command_id:
             log.warning(
@@ -686,25 +696,45 @@ class DeviceService:
 
     def apply_reports_thd(
         self, conn: sa.Connection, reports: list[ProvisioningReport], now: float
-    ) -> list[Device | None]:
-        """Apply reports in the order they came, in one transaction."""
-        return [self.apply_report_thd(conn, report, now) for report in reports]
+    ) -> list[Device | ReportRefused | None]:
+        """Apply reports in the order they came, in one transaction; refusals are returned."""
+        results: list[Device | ReportRefused | None] = []
+        for report in reports:
+            try:
+                results.append(self.apply_report_thd(conn, report, now))
+            except ReportRefused as refusal:
+                log.warning(
+                    "report.refused",
+                    device=report.device_id,
+                    command=report.command_id,
+                    tdsp=report.tdsp_duns,
+                    why=str(refusal),
+                )
+                results.append(refusal)
+        return results
 
     def apply_report(self, report: ProvisioningReport) -> Deferred[Device | None]:
         """Apply a head-end report; fires with the device, or None when it was stale or illegal.
 
         Reports that arrive in the same reactor turn are applied by one store job, in order: a
         head-end reports for thousands of devices at once, and one job each would queue them.
+        A report about a device of another TDSP or ESI ID fails with ReportRefused.
         """
-        return self._reports.add(report)
+
+        def refused(result: Device | ReportRefused | None) -> Device | None:
+            if isinstance(result, ReportRefused):
+                raise result
+            return result
+
+        return self._reports.add(report).addCallback(refused)
 
     def _log_statuses(
-        self, reports: list[ProvisioningReport], devices: list[Device | None]
+        self, reports: list[ProvisioningReport], devices: list[Device | ReportRefused | None]
     ) -> None:
         if not logs.is_enabled(log, logging.INFO):
             return
         for device in devices:
-            if device is not None:
+            if isinstance(device, Device):
                 log.info(
                     "device.status",
                     esiid=device.esiid,

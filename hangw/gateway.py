@@ -21,6 +21,7 @@ from zope.interface.verify import verifyObject
 
 from adapters.commands import ProvisioningReport
 from adapters.interfaces import IAdapterEvents, IHeadEndAdapter
+from adapters.wire.gateway import HeadEndLinkFactory, WireAdapter
 from hangw import metrics
 from hangw.api.app import Api, OpsApi
 from hangw.api.listener import PinnedClientContextFactory
@@ -162,6 +163,17 @@ class Gateway(MultiService):
         # a port that cannot be bound must stop start-up, not leave a daemon without its API
         self.api_service._raiseSynchronously = True
         self.api_service.setServiceParent(self)
+        wire_adapters = {d: a for d, a in self.adapters.items() if isinstance(a, WireAdapter)}
+        self.adapter_service: StreamServerEndpointService | None = None
+        if wire_adapters:
+            # head-ends dial in with their TDSP certificate: the same pinned-certificate TLS as the API
+            links = HeadEndLinkFactory(wire_adapters, self._identify, clock)
+            self.adapter_endpoint = SSL4ServerEndpoint(
+                reactor, config.api.adapter_port, tls, interface=config.api.host
+            )
+            self.adapter_service = StreamServerEndpointService(self.adapter_endpoint, links)
+            self.adapter_service._raiseSynchronously = True
+            self.adapter_service.setServiceParent(self)
         ops = OpsApi(self.health)
         self.ops_service = StreamServerEndpointService(
             TCP4ServerEndpoint(reactor, config.api.ops_port, interface=config.api.host),
@@ -184,6 +196,10 @@ class Gateway(MultiService):
             return maybeDeferred(store.stopService)
 
         return stopping.addBoth(stop_store)
+
+    def _identify(self, fingerprint: str | None) -> tuple[str, str] | None:
+        party = self.registry.lookup(fingerprint)
+        return (party.role.value, party.party_id) if party is not None else None
 
     def _refresh_parties(self) -> Deferred[Any]:
         """Reload the registered parties; a failure is logged and the next period tries again."""

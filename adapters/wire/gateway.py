@@ -1,0 +1,409 @@
+"""The gateway side of the adapter protocol: the listener head-ends dial into, and the adapter.
+
+One ``WireAdapter`` stands for each TDSP configured with ``kind = "wire"``; it implements
+IHeadEndAdapter, so the router and the provisioning flow do not know the head-end is remote.
+``HeadEndLinkFactory`` serves the adapter-protocol port: a head-end proves who it is with its
+client certificate (a registered party of role ``tdsp``), says hello, and from then on carries
+that TDSP's commands and reports. A newer connection from the same TDSP replaces the older one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+from OpenSSL import crypto
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from adapters.commands import Command
+from adapters.interfaces import IAdapterEvents, IHeadEndAdapter
+from adapters.wire import protocol
+from adapters.wire.protocol import ProtocolError
+
+log = structlog.get_logger(__name__)
+_CLOSED = Failure(ConnectionError("connection closed"))
+
+__all__ = ["HeadEndLink", "HeadEndLinkFactory", "HeadEndUnavailable", "WireAdapter"]
+
+
+class HeadEndUnavailable(ConnectionError):
+    """The head-end is not connected, lost the link, or did not acknowledge in time."""
+
+
+class _AdapterConfigLike(Protocol):
+    @property
+    def tdsp_duns(self) -> str: ...
+
+    @property
+    def options(self) -> Mapping[str, Any]: ...
+
+
+_OPTIONS = {
+    "ack_timeout_s": (30.0, 0.1, 3600.0),
+    "heartbeat_s": (15, 1, 3600),
+    "event_credit": (1000, 1, 100_000),
+}
+
+
+@implementer(IHeadEndAdapter)
+class WireAdapter:
+    """A TDSP reached over the adapter protocol (its head-end dials in)."""
+
+    def __init__(self, config: _AdapterConfigLike, clock: IReactorTime, state_dir: Path) -> None:
+        self.tdsp_duns = config.tdsp_duns
+        self._clock = clock
+        options = dict(config.options)
+        for key in options:
+            if key not in _OPTIONS:
+                raise ValueError(
+                    f"adapters.{self.tdsp_duns}.{key}: unknown option "
+                    f"(known: {', '.join(sorted(_OPTIONS))})"
+                )
+        values: dict[str, float] = {}
+        for key, (default, lo, hi) in _OPTIONS.items():
+            value = options.get(key, default)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not lo <= value <= hi
+            ):
+                raise ValueError(f"adapters.{self.tdsp_duns}.{key}: {value!r} is not in {lo}..{hi}")
+            values[key] = value
+        self.ack_timeout_s = float(values["ack_timeout_s"])
+        self.heartbeat_s = int(values["heartbeat_s"])
+        self.event_credit = int(values["event_credit"])
+        self._events: IAdapterEvents | None = None
+        self._link: HeadEndLink | None = None
+        self._credit = 0
+        self._queue: deque[tuple[Command, Deferred[None]]] = deque()
+        self._pending: dict[str, tuple[Deferred[None], IDelayedCall]] = {}
+        #: Event ids recently applied, so a resent event is acknowledged again, not re-applied.
+        self._seen: OrderedDict[str, bool] = OrderedDict()
+        self._seen_limit = 200_000
+        self._log = log.bind(tdsp=self.tdsp_duns)
+
+    # -- IHeadEndAdapter -----------------------------------------------------------------------
+
+    def start(self, events: IAdapterEvents) -> Deferred[None]:
+        self._events = events
+        return succeed(None)
+
+    def stop(self) -> Deferred[None]:
+        link, self._link = self._link, None
+        self._fail_all(HeadEndUnavailable(f"the gateway stopped the link to TDSP {self.tdsp_duns}"))
+        if link is not None:
+            link.close("the gateway is stopping")
+        return succeed(None)
+
+    def send(self, command: Command) -> Deferred[None]:
+        if self._link is None:
+            return fail(
+                HeadEndUnavailable(f"the head-end of TDSP {self.tdsp_duns} is not connected")
+            )
+        done: Deferred[None] = Deferred()
+        self._queue.append((command, done))
+        self._pump()
+        return done
+
+    # -- the link --------------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True while a head-end of this TDSP is connected and has said hello."""
+        return self._link is not None
+
+    def attach(self, link: HeadEndLink, credit: int) -> None:
+        """A head-end said hello; a link already there is replaced."""
+        old, self._link = self._link, link
+        if old is not None:
+            self._fail_all(HeadEndUnavailable("the head-end connected again; commands are resent"))
+            old.close("replaced by a newer connection of the same TDSP")
+        self._credit = credit
+        self._log.info("headend.connected", peer=link.peer)
+
+    def detach(self, link: HeadEndLink, why: str) -> None:
+        if self._link is not link:
+            return
+        self._link = None
+        self._credit = 0
+        self._fail_all(HeadEndUnavailable(f"the link to TDSP {self.tdsp_duns} was lost: {why}"))
+        self._log.warning("headend.disconnected", why=why)
+
+    def grant(self, credit: int) -> None:
+        self._credit += credit
+        self._pump()
+
+    def acknowledged(self, ref: str) -> None:
+        entry = self._pending.pop(ref, None)
+        if entry is None:
+            return  # late (after its timeout) or duplicate: nothing waits for it
+        done, timeout = entry
+        if timeout.active():
+            timeout.cancel()
+        done.callback(None)
+
+    def report(self, message: dict[str, Any]) -> Deferred[str | None]:
+        """Apply a provisioning status; fires with None when applied, or the refusal reason."""
+        event_id = message["id"]
+        if event_id in self._seen:
+            self._seen.move_to_end(event_id)
+            return succeed(None)  # a duplicate: acknowledged again, applied once
+        if self._events is None:
+            return succeed("the gateway is not ready")
+        report = protocol.report_from_message(message, self.tdsp_duns)
+        applied = maybeDeferred(self._events.provisioning_report, report)
+
+        def done(_: object) -> None:
+            self._remember(event_id)
+            return None
+
+        def refused(failure: Failure) -> str | None:
+            if failure.check(ConnectionError) or type(failure.value).__name__ == "StoreUnavailable":
+                return failure  # type: ignore[return-value]  # not applied: the head-end resends
+            self._remember(event_id)
+            return failure.getErrorMessage()
+
+        return applied.addCallbacks(done, refused)
+
+    def _remember(self, event_id: str) -> None:
+        self._seen[event_id] = True
+        if len(self._seen) > self._seen_limit:
+            self._seen.popitem(last=False)
+
+    def _pump(self) -> None:
+        link = self._link
+        while link is not None and self._queue and self._credit > 0:
+            command, done = self._queue.popleft()
+            if command.command_id in self._pending:
+                # the same command twice at once: both wait for the one acknowledgement
+                self._pending[command.command_id][0].chainDeferred(done)
+                continue
+            self._credit -= 1
+            timeout = self._clock.callLater(self.ack_timeout_s, self._timed_out, command.command_id)
+            self._pending[command.command_id] = (done, timeout)
+            link.send(protocol.command_message(command))
+
+    def _timed_out(self, command_id: str) -> None:
+        entry = self._pending.pop(command_id, None)
+        if entry is not None:
+            self._credit += 1  # the head-end is not going to use it
+            entry[0].errback(
+                HeadEndUnavailable(f"no acknowledgement within {self.ack_timeout_s:g} s")
+            )
+            self._pump()
+
+    def _fail_all(self, error: Exception) -> None:
+        waiting = [done for _, done in self._queue]
+        self._queue.clear()
+        for done, timeout in self._pending.values():
+            if timeout.active():
+                timeout.cancel()
+            waiting.append(done)
+        self._pending.clear()
+        for done in waiting:
+            done.errback(Failure(error))
+
+
+class HeadEndLink(Int32StringReceiver):
+    """One head-end connection: hello, then commands out and reports in."""
+
+    MAX_LENGTH = protocol.MAX_FRAME_BYTES
+
+    def __init__(self, factory: HeadEndLinkFactory) -> None:
+        self.factory = factory
+        self.adapter: WireAdapter | None = None
+        self.peer = ""
+        self._hello_call: IDelayedCall | None = None
+        self._beat: IDelayedCall | None = None
+        self._last_heard = 0.0
+        self._closing = False
+        self._unacked_events = 0
+
+    @property
+    def _clock(self) -> IReactorTime:
+        return self.factory.clock
+
+    @property
+    def _tls(self) -> Any:
+        """The TLS transport (typed loosely: Twisted declares it as a bare ITransport)."""
+        return self.transport
+
+    def connectionMade(self) -> None:
+        peer = self._tls.getPeer()
+        self.peer = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        self._last_heard = self._clock.seconds()
+        self._hello_call = self._clock.callLater(self.factory.hello_timeout_s, self._no_hello)
+
+    def connectionLost(self, reason: Failure = _CLOSED) -> None:
+        for call in (self._hello_call, self._beat):
+            if call is not None and call.active():
+                call.cancel()
+        if self.adapter is not None:
+            self.adapter.detach(self, reason.getErrorMessage())
+
+    def send(self, message: Mapping[str, Any]) -> None:
+        if not self._closing:
+            self.sendString(protocol.encode(message))
+
+    def close(self, reason: str) -> None:
+        """Say why and close the connection."""
+        if self._closing:
+            return
+        self.send({"type": "goodbye", "reason": reason})
+        self._closing = True
+        log.warning("headend.refused", peer=self.peer, why=reason)
+        self._tls.loseConnection()
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        self.send({"type": "error", "reason": f"frame of {length} bytes is over the limit"})
+        self.close(f"frame of {length} bytes is over the {self.MAX_LENGTH}-byte limit")
+
+    def stringReceived(self, body: bytes) -> None:
+        self._last_heard = self._clock.seconds()
+        try:
+            message = protocol.decode(body, protocol.HEADEND_TO_GATEWAY)
+        except ProtocolError as error:
+            log.warning("headend.bad_message", peer=self.peer, why=error.reason)
+            answer: dict[str, Any] = {"type": "error", "reason": error.reason}
+            if error.ref:
+                answer["ref"] = error.ref
+            self.send(answer)
+            if error.fatal or self.adapter is None:
+                self.close(error.reason)
+            return
+        kind = message["type"]
+        if self.adapter is None:
+            if kind != "hello":
+                self.close(f"the first message must be hello, not {kind}")
+                return
+            self._hello(message)
+            return
+        if kind == "ack":
+            self.adapter.acknowledged(message["ref"])
+        elif kind == "credit":
+            self.adapter.grant(message["grant"])
+        elif kind == "provisioning_status":
+            self._status(message)
+        elif kind == "hello":
+            self.send({"type": "error", "reason": "hello was already said"})
+        elif kind == "error":
+            log.warning("headend.error", peer=self.peer, why=message.get("reason", ""))
+        # heartbeat: hearing it is all it is for
+
+    def _hello(self, message: dict[str, Any]) -> None:
+        if self._hello_call is not None and self._hello_call.active():
+            self._hello_call.cancel()
+        party = self.factory.identify(_peer_fingerprint(self.transport))
+        if party is None:
+            self.close("the client certificate is not registered")
+            return
+        role, party_id = party
+        if role != "tdsp":
+            self.close(f"the certificate is a {role}'s; only a TDSP's head-end may connect")
+            return
+        adapter = self.factory.adapters.get(party_id)
+        if adapter is None:
+            self.close(f"TDSP {party_id} is not configured to reach its meters over this protocol")
+            return
+        common = sorted(set(message["versions"]) & set(protocol.SUPPORTED_VERSIONS))
+        if not common:
+            self.close(
+                f"no common protocol version: the head-end speaks {message['versions']}, "
+                f"the gateway {list(protocol.SUPPORTED_VERSIONS)}"
+            )
+            return
+        self.adapter = adapter
+        self.send(
+            {
+                "type": "welcome",
+                "version": common[-1],
+                "tdsp_duns": party_id,
+                "credit": adapter.event_credit,
+                "heartbeat_s": adapter.heartbeat_s,
+            }
+        )
+        adapter.attach(self, message["credit"])
+        self._beat = self._clock.callLater(adapter.heartbeat_s, self._heartbeat)
+
+    def _status(self, message: dict[str, Any]) -> None:
+        assert self.adapter is not None
+        event_id = message["id"]
+
+        def answered(refusal: str | None) -> None:
+            if refusal is None:
+                self.send({"type": "ack", "ref": event_id})
+            else:
+                self.send({"type": "nack", "ref": event_id, "reason": refusal})
+            self._grant_one()
+
+        def not_applied(failure: Failure) -> None:
+            # not recorded (the store is down): no answer, so the head-end sends it again
+            log.error("headend.report_not_applied", why=failure.getErrorMessage())
+            self._grant_one()
+
+        self.adapter.report(message).addCallbacks(answered, not_applied)
+
+    def _grant_one(self) -> None:
+        assert self.adapter is not None
+        self._unacked_events += 1
+        batch = max(1, self.adapter.event_credit // 4)
+        if self._unacked_events >= batch:
+            self.send({"type": "credit", "grant": self._unacked_events})
+            self._unacked_events = 0
+        elif self._unacked_events == 1:
+            self._clock.callLater(0.05, self._flush_grants)
+
+    def _flush_grants(self) -> None:
+        if self._unacked_events and self.adapter is not None:
+            self.send({"type": "credit", "grant": self._unacked_events})
+            self._unacked_events = 0
+
+    def _heartbeat(self) -> None:
+        assert self.adapter is not None
+        interval = self.adapter.heartbeat_s
+        if self._clock.seconds() - self._last_heard > 3 * interval:
+            log.warning("headend.dead", peer=self.peer, silent_s=3 * interval)
+            self._tls.abortConnection()
+            return
+        self.send({"type": "heartbeat"})
+        self._beat = self._clock.callLater(interval, self._heartbeat)
+
+    def _no_hello(self) -> None:
+        self.close(f"no hello within {self.factory.hello_timeout_s:g} s")
+
+
+def _peer_fingerprint(transport: Any) -> str | None:
+    get = getattr(transport, "getPeerCertificate", None)
+    certificate = get() if get is not None else None
+    if certificate is None:
+        return None
+    return hashlib.sha256(crypto.dump_certificate(crypto.FILETYPE_ASN1, certificate)).hexdigest()
+
+
+class HeadEndLinkFactory(Factory):
+    """Serves the adapter-protocol port for every TDSP with a WireAdapter."""
+
+    def __init__(
+        self,
+        adapters: Mapping[str, WireAdapter],
+        identify: Callable[[str | None], tuple[str, str] | None],
+        clock: IReactorTime,
+        *,
+        hello_timeout_s: float = 10.0,
+    ) -> None:
+        self.adapters = dict(adapters)
+        self.identify = identify
+        self.clock = clock
+        self.hello_timeout_s = hello_timeout_s
+
+    def buildProtocol(self, addr: Any) -> HeadEndLink:
+        return HeadEndLink(self)

@@ -1,0 +1,243 @@
+"""hangw-sim: a simulated TDSP head-end that dials the gateway over the adapter protocol.
+
+It is the in-process simulator's head-end model (``simulators.inprocess.SimulatedHeadEnd``: the
+same steps, delays, faults and journal) behind the adapter protocol's client library, so QA can
+drive a gateway exactly as a utility's head-end would, across a real TLS link. Link-level faults
+come on top: the connection dropped every N seconds, reports sent twice or out of order, and
+latency before each report goes out.
+
+    hangw-sim --gateway 127.0.0.1:8444 --cert-dir .state/certs --set reject_rate=0.1 --drop-every 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+from twisted.internet import ssl
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from zope.interface import implementer
+
+from adapters.commands import Command
+from adapters.wire.headend import HeadEndClient, IHeadEndApplication, _Link
+from simulators.inprocess import SimulatedHeadEnd, SimulatorConfig, SimulatorConfigError
+
+log = structlog.get_logger(__name__)
+
+__all__ = ["LinkFaults", "SimulatedHeadEndClient", "main", "tls_endpoint"]
+
+
+class LinkFaults:
+    """Faults of the link itself, drawn from a seeded generator so a run can be repeated."""
+
+    def __init__(
+        self,
+        *,
+        duplicate_rate: float = 0.0,
+        reorder_rate: float = 0.0,
+        latency_s: float = 0.0,
+        drop_every_s: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        for name, rate in (("duplicate_rate", duplicate_rate), ("reorder_rate", reorder_rate)):
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{name}: {rate} is not a probability (0 to 1)")
+        if latency_s < 0 or drop_every_s < 0:
+            raise ValueError("latency and drop interval cannot be negative")
+        self.duplicate_rate = duplicate_rate
+        self.reorder_rate = reorder_rate
+        self.latency_s = latency_s
+        self.drop_every_s = drop_every_s
+        self.random = random.Random(seed)
+
+
+@implementer(IHeadEndApplication)
+class _Bridge:
+    """Hands the gateway's commands to the head-end model."""
+
+    def __init__(self, headend: SimulatedHeadEnd) -> None:
+        self.headend = headend
+
+    def command(self, command: Command) -> Deferred[None]:
+        return self.headend.send(command)
+
+
+class SimulatedHeadEndClient(HeadEndClient):
+    """A HeadEndClient whose application is a SimulatedHeadEnd, with link faults on top."""
+
+    def __init__(
+        self,
+        endpoint: Any,
+        headend: SimulatedHeadEnd,
+        clock: IReactorTime,
+        faults: LinkFaults | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(endpoint, _Bridge(headend), clock, software="hangw-sim", **options)
+        self.headend = headend
+        self.faults = faults or LinkFaults()
+        self._held: dict[str, Any] | None = None
+        self.drops = 0
+        self._dropper: LoopingCall | None = None
+        if self.faults.drop_every_s > 0:
+            self._dropper = LoopingCall(self._drop)
+            self._dropper.clock = clock
+
+    def start(self) -> None:
+        self.headend.start(self)
+        super().start()
+        if self._dropper is not None:
+            self._dropper.start(self.faults.drop_every_s, now=False)
+
+    def stop(self) -> Deferred[None]:
+        if self._dropper is not None and self._dropper.running:
+            self._dropper.stop()
+        self.headend.stop()
+        return super().stop()
+
+    def _drop(self) -> None:
+        if self.link is not None:
+            self.drops += 1
+            log.info("sim.drop_connection", drops=self.drops)
+            self.drop_connection()
+
+    def _transmit(self, link: _Link, message: dict[str, Any]) -> None:
+        faults = self.faults
+        if faults.latency_s > 0:
+            self.clock.callLater(faults.latency_s, self._put, link, message)
+        else:
+            self._put(link, message)
+
+    def _put(self, link: _Link, message: dict[str, Any]) -> None:
+        if not link.connected:
+            return  # the link went away meanwhile; the report goes again after the reconnect
+        faults = self.faults
+        if (
+            self._held is None
+            and faults.reorder_rate
+            and faults.random.random() < faults.reorder_rate
+        ):
+            self._held = message  # sent after the next one
+            self.clock.callLater(0.5, self._release, link)
+            return
+        link.send(message)
+        if faults.duplicate_rate and faults.random.random() < faults.duplicate_rate:
+            link.send(message)
+        self._release(link)
+
+    def _release(self, link: _Link) -> None:
+        held, self._held = self._held, None
+        if held is not None and link.connected:
+            link.send(held)
+
+
+def tls_endpoint(reactor: Any, host: str, port: int, cert_dir: Path, party: str) -> Any:
+    """A TLS client endpoint to the gateway with ``party``'s certificate, trusting the CA there."""
+    ca = ssl.Certificate.loadPEM((cert_dir / "ca.pem").read_bytes())
+    client = ssl.PrivateCertificate.loadPEM(
+        (cert_dir / f"{party}.pem").read_bytes() + (cert_dir / f"{party}-key.pem").read_bytes()
+    )
+    options = ssl.optionsForClientTLS(host, trustRoot=ca, clientCertificate=client)
+    return wrapClientTLS(options, HostnameEndpoint(reactor, host, port))
+
+
+def _settings(pairs: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise SimulatorConfigError(f"--set {pair}: expected KEY=VALUE")
+        value: Any = raw
+        for cast in (int, float):
+            try:
+                value = cast(raw)
+                break
+            except ValueError:
+                continue
+        out[key.strip()] = value
+    return out
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="hangw-sim", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--gateway", default="127.0.0.1:8444", help="HOST:PORT of the adapter protocol"
+    )
+    parser.add_argument(
+        "--cert-dir", type=Path, default=Path(".state/certs"), help="ca.pem and the party's cert"
+    )
+    parser.add_argument(
+        "--party", default="demo-tdsp", help="certificate name in --cert-dir (<party>.pem)"
+    )
+    parser.add_argument("--tdsp-duns", default="1039940674000")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a head-end model option (ack_delay_s, reject_rate, fail_rate, no_answer_rate, "
+        "never_join_rate, seed, journal_path, ...; see simulators/inprocess.py)",
+    )
+    parser.add_argument(
+        "--drop-every", type=float, default=0.0, metavar="S", help="cut the link every S seconds"
+    )
+    parser.add_argument(
+        "--duplicate-rate",
+        type=float,
+        default=0.0,
+        help="send a report twice with this probability",
+    )
+    parser.add_argument(
+        "--reorder-rate", type=float, default=0.0, help="hold a report back behind the next one"
+    )
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, help="delay before each report goes out"
+    )
+    parser.add_argument(
+        "--credit", type=int, default=256, help="commands the gateway may have unacknowledged"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    from twisted.internet import reactor
+
+    from hangw.logs import configure
+
+    configure("info", "auto")
+    host, _, port_text = args.gateway.rpartition(":")
+    try:
+        port = int(port_text)
+        settings = _settings(args.set)
+        settings.setdefault("tdsp_duns", args.tdsp_duns)
+        config = SimulatorConfig.from_mapping(settings, section="--set")
+        faults = LinkFaults(
+            duplicate_rate=args.duplicate_rate,
+            reorder_rate=args.reorder_rate,
+            latency_s=args.latency_ms / 1000,
+            drop_every_s=args.drop_every,
+            seed=config.seed,
+        )
+        endpoint = tls_endpoint(reactor, host or "127.0.0.1", port, args.cert_dir, args.party)
+    except (ValueError, OSError) as error:
+        print(f"hangw-sim: {error}", file=sys.stderr)
+        return 2
+    headend = SimulatedHeadEnd(config, reactor)
+    client = SimulatedHeadEndClient(endpoint, headend, reactor, faults, command_credit=args.credit)
+    client.start()
+    reactor.addSystemEventTrigger("before", "shutdown", client.stop)
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
