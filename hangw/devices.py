@@ -662,7 +662,7 @@ class DeviceService:
             raise ReportRefused(
                 f"device {report.device_id} is on a meter of another TDSP, not {report.tdsp_duns}'s"
             )
-        if row is not None and row.esiid != report.esiid:
+        if row is not None and report.esiid and row.esiid != report.esiid:
             raise ReportRefused(f"device {report.device_id} is not on ESI ID {report.esiid}")
         latest = row.latest_command if row is not None else None
         if row is None or latest != report.command_id:
