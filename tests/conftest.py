@@ -22,7 +22,10 @@ async def start_gateway(state_dir: Path, **provisioning: object) -> Harness:
     api_port = (await gateway.api_service._waitingForPort).getHost().port
     ops_port = (await gateway.ops_service._waitingForPort).getHost().port
     await gateway.registry.refresh()
-    return Harness(config, gateway, api_port, ops_port, issued)
+    running = Harness(config, gateway, api_port, ops_port, issued)
+    if gateway.adapter_service is not None:
+        running.adapter_port = (await gateway.adapter_service._waitingForPort).getHost().port
+    return running
 
 
 @pytest_twisted.async_yield_fixture

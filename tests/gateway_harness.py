@@ -45,10 +45,11 @@ def make_test_config(state_dir: Path, **provisioning: Any) -> Config:
         "join_delay_s": 0.03,
     }
     simulator.update(provisioning.pop("simulator", {}))
+    adapter = provisioning.pop("adapter", None) or simulator
     return from_mapping(
         {
             "gateway": {"state_dir": str(state_dir)},
-            "api": {"host": "127.0.0.1", "port": 0, "ops_port": 0},
+            "api": {"host": "127.0.0.1", "port": 0, "ops_port": 0, "adapter_port": 0},
             "provisioning": {
                 "join_window_s": 60,
                 "command_timeout_s": 60,
@@ -56,7 +57,7 @@ def make_test_config(state_dir: Path, **provisioning: Any) -> Config:
                 **provisioning,
             },
             "logging": {"level": "debug", "format": "json"},
-            "adapters": {TDSP: simulator},
+            "adapters": {TDSP: adapter},
         },
         source="test",
     )
@@ -105,6 +106,8 @@ class Harness:
     ops_port: int
     issued: dict[str, Any]
     callers: dict[str, Caller] = field(default_factory=dict)
+    #: The adapter-protocol port, when a TDSP is configured with kind = "wire".
+    adapter_port: int = 0
 
     def caller(self, name: str) -> Caller:
         if name not in self.callers:

@@ -1,0 +1,212 @@
+"""The adapter protocol inside hangwd: provisioning end to end over it, and every protocol fault
+refused with a reason while the connection is handled and the store left alone."""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+import sqlalchemy as sa
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory
+from twisted.protocols.basic import Int32StringReceiver
+
+from simulators.headend import SimulatedHeadEndClient, tls_endpoint
+from simulators.inprocess import SimulatedHeadEnd, SimulatorConfig
+from tests.adapter_harness import FAST, eventually
+from tests.conftest import start_gateway
+from tests.gateway_harness import E_OTHER_TDSP, E_OWN, TDSP, Harness
+from tests.test_api_provisioning import add_body, wait_for_status
+
+
+@pytest_twisted.async_yield_fixture
+async def wired(tmp_path: Path) -> AsyncIterator[Harness]:
+    running = await start_gateway(
+        tmp_path / "state", adapter={"kind": "wire", "ack_timeout_s": 5, "heartbeat_s": 1}
+    )
+    yield running
+    running.close()
+    await running.gateway.stopService()
+
+
+class RawHeadEnd(Int32StringReceiver):
+    """A head-end written by hand, to send what a good client never would."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.closed: Deferred[None] = Deferred()
+
+    def stringReceived(self, body: bytes) -> None:
+        self.received.append(json.loads(body))
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed.callback(None)
+
+    def say(self, message: dict[str, Any]) -> None:
+        self.sendString(json.dumps(message).encode())
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.received if m["type"] == kind]
+
+
+async def dial(harness: Harness, party: str = "demo-tdsp") -> RawHeadEnd:
+    endpoint = tls_endpoint(
+        reactor, "127.0.0.1", harness.adapter_port, harness.config.cert_dir, party
+    )  # type: ignore[attr-defined]
+    link: RawHeadEnd = await endpoint.connect(Factory.forProtocol(RawHeadEnd))
+    return link
+
+
+def hello(**extra: Any) -> dict[str, Any]:
+    return {"type": "hello", "versions": [1], "credit": 10, **extra}
+
+
+def store_rows(harness: Harness) -> tuple[int, int]:
+    engine = sa.create_engine(harness.config.store_url)
+    with engine.connect() as conn:
+        counts = (
+            conn.execute(sa.text("SELECT count(*) FROM han_devices")).scalar_one(),
+            conn.execute(sa.text("SELECT count(*) FROM device_history")).scalar_one(),
+        )
+    engine.dispose()
+    return counts
+
+
+@pytest_twisted.ensureDeferred
+async def test_provisioning_flow_runs_unchanged_over_the_wire(wired: Harness) -> None:
+    """A device goes from Add Acknowledged to Device Added to Device Removed through hangw-sim."""
+    headend = SimulatedHeadEnd(SimulatorConfig(tdsp_duns=TDSP, **FAST), reactor)
+    endpoint = tls_endpoint(
+        reactor, "127.0.0.1", wired.adapter_port, wired.config.cert_dir, "demo-tdsp"
+    )  # type: ignore[attr-defined]
+    client = SimulatedHeadEndClient(endpoint, headend, reactor)
+    client.start()
+    try:
+        await client.when_connected()
+        rep = wired.caller("demo-rep-a")
+        status, device = await rep.call("POST", f"/v1/esiids/{E_OWN}/han-devices", add_body())
+        assert status == 202, device
+        added = await wait_for_status(rep, device["id"], "Device Added")
+        assert [h["actor"] for h in added["history"]][1:] == [TDSP] * 4
+        status, _ = await rep.call("DELETE", f"/v1/han-devices/{device['id']}")
+        assert status == 202
+        await wait_for_status(rep, device["id"], "Device Removed")
+        assert client.unacknowledged == 0
+    finally:
+        await client.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_frame_is_refused_and_the_connection_closed(wired: Harness) -> None:
+    """A frame that is not JSON gets an error and a goodbye naming the fault, then a close."""
+    before = store_rows(wired)
+    link = await dial(wired)
+    link.say(hello())
+    await eventually(lambda: link.of_type("welcome"), what="welcome")
+    link.sendString(b"{not json")
+    await link.closed
+    assert "malformed frame" in link.of_type("error")[0]["reason"]
+    assert "malformed frame" in link.of_type("goodbye")[0]["reason"]
+    assert store_rows(wired) == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_message_type_is_refused_and_the_link_kept(wired: Harness) -> None:
+    """An unknown message type is answered with an error carrying its id; the link stays up."""
+    link = await dial(wired)
+    link.say(hello())
+    await eventually(lambda: link.of_type("welcome"), what="welcome")
+    link.say({"type": "teleport", "id": "x-1"})
+    await eventually(lambda: link.of_type("error"), what="the error")
+    error = link.of_type("error")[0]
+    assert error["ref"] == "x-1" and "unknown message type" in error["reason"]
+    link.say({"type": "heartbeat"})
+    assert link.transport.connected  # type: ignore[union-attr]
+    link.transport.loseConnection()  # type: ignore[union-attr]
+    await link.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_version_is_refused(wired: Harness) -> None:
+    """A hello with no version the gateway speaks is refused with both sides' versions."""
+    link = await dial(wired)
+    link.say(hello(versions=[7, 8]))
+    await link.closed
+    reason = link.of_type("goodbye")[0]["reason"]
+    assert "no common protocol version" in reason and "[7, 8]" in reason
+    assert not link.of_type("welcome")
+
+
+@pytest_twisted.ensureDeferred
+async def test_certificate_of_another_role_is_refused(wired: Harness) -> None:
+    """A REP's registered certificate cannot act as a head-end."""
+    link = await dial(wired, party="demo-rep-a")
+    link.say(hello())
+    await link.closed
+    assert "only a TDSP's head-end" in link.of_type("goodbye")[0]["reason"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_anything_before_hello_is_refused(wired: Harness) -> None:
+    """A head-end that does not start with hello is told so and disconnected."""
+    link = await dial(wired)
+    link.say({"type": "heartbeat"})
+    await link.closed
+    assert "first message must be hello" in link.of_type("goodbye")[0]["reason"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_frame_is_refused(wired: Harness) -> None:
+    """A length prefix over the limit ends the connection with the reason."""
+    link = await dial(wired)
+    link.say(hello())
+    await eventually(lambda: link.of_type("welcome"), what="welcome")
+    link.transport.write(struct.pack("!I", 50_000_000))  # type: ignore[union-attr]
+    await link.closed
+    assert "over the" in link.of_type("goodbye")[0]["reason"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_report_about_another_tdsps_meter_is_refused(wired: Harness) -> None:
+    """A status for a device on another TDSP's meter is refused with a reason, nothing changed."""
+    rep = wired.caller("demo-rep-a")
+    status, device = await rep.call("POST", f"/v1/esiids/{E_OTHER_TDSP}/han-devices", add_body())
+    assert status == 202, device
+    before = store_rows(wired)
+    link = await dial(wired)
+    link.say(hello())
+    await eventually(lambda: link.of_type("welcome"), what="welcome")
+    link.say(
+        {
+            "type": "provisioning_status",
+            "id": "ev-1",
+            "command_id": "whatever",
+            "esiid": E_OTHER_TDSP,
+            "device_id": device["id"],
+            "status": "device-joined",
+        }
+    )
+    await eventually(lambda: link.of_type("nack"), what="the refusal")
+    nack = link.of_type("nack")[0]
+    assert nack["ref"] == "ev-1" and "another TDSP" in nack["reason"]
+    assert store_rows(wired) == before
+    _, unchanged = await rep.call("GET", f"/v1/han-devices/{device['id']}")
+    assert unchanged["status"] == "Add Acknowledged"
+    link.transport.loseConnection()  # type: ignore[union-attr]
+    await link.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_silent_head_end_is_dropped(wired: Harness) -> None:
+    """A head-end that says nothing for three heartbeat intervals is disconnected."""
+    link = await dial(wired)
+    link.say(hello())
+    await eventually(lambda: link.of_type("welcome"), what="welcome")
+    assert link.of_type("welcome")[0]["heartbeat_s"] == 1
+    await eventually(lambda: link.closed.called, timeout=8, what="the dead-peer drop")
+    assert link.of_type("heartbeat")  # the gateway kept beating until it gave up
