@@ -64,3 +64,8 @@ class ProvisioningReport:
     #: The TDSP whose head-end sent the report, set by the adapter that received it; the
     #: gateway refuses a report about a meter of another TDSP. Empty: not checked.
     tdsp_duns: str = ""
+
+
+class ReportRefused(Exception):
+    """The gateway will not apply a report: it is about a device the head-end does not serve
+    (another TDSP's meter, another ESI ID). Resending it does not help."""

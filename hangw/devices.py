@@ -27,6 +27,7 @@ from adapters.commands import (
     HeadEndStatus,
     ProvisionDevice,
     ProvisioningReport,
+    ReportRefused,
 )
 from hangw import authz, logs, metrics
 from hangw.config import ProvisioningConfig
@@ -184,9 +185,6 @@ _LATEST_COMMAND = (
 _SELECT_DEVICE = Prepared(
     sa.select(*_DEVICE_COLUMNS).where(han_devices.c.device_id == sa.bindparam("b_device_id"))
 )
-
-class ReportRefused(Exception):
-    """A head-end report about a device it does not serve (another TDSP's meter, another ESI ID)."""
 
 _SELECT_DEVICE_WITH_COMMAND = Prepared(
     sa.select(*_DEVICE_COLUMNS, _LATEST_COMMAND, meters.c.tdsp_duns)

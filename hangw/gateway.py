@@ -165,8 +165,10 @@ class Gateway(MultiService):
         self.api_service.setServiceParent(self)
         wire_adapters = {d: a for d, a in self.adapters.items() if isinstance(a, WireAdapter)}
         self.adapter_service: StreamServerEndpointService | None = None
+        for wire_adapter in wire_adapters.values():
+            wire_adapter.on_connected = self.router.link_up
         if wire_adapters:
-            # head-ends dial in with their TDSP certificate: the same pinned-certificate TLS as the API
+            # head-ends dial in with their TDSP certificate: the API's pinned-certificate TLS
             links = HeadEndLinkFactory(wire_adapters, self._identify, clock)
             self.adapter_endpoint = SSL4ServerEndpoint(
                 reactor, config.api.adapter_port, tls, interface=config.api.host

@@ -71,6 +71,12 @@ class Router(Service):
             self._wake_call.cancel()
         return self._draining
 
+    def link_up(self, tdsp_duns: str) -> None:
+        """A TDSP's head-end (re)connected: forget the back-off and send what waits, now."""
+        self._backoff.pop(tdsp_duns, None)
+        self._not_before.pop(tdsp_duns, None)
+        self.wake(rescan=True)
+
     def wake(self, rescan: bool = False) -> None:
         """Drain soon; called after a command was queued, and with ``rescan`` on every poll.
 
@@ -138,9 +144,14 @@ class Router(Service):
 
         def refused(failure: object) -> None:
             self._rescan = True  # send it again from the start of the outbox
-            delay = min(self._backoff.get(tdsp_duns, 0.5) * 2, self._max_backoff_s)
-            self._backoff[tdsp_duns] = delay
-            self._not_before[tdsp_duns] = self._clock.seconds() + delay
+            now = self._clock.seconds()
+            # A lost link fails every command in flight at once: that is one failure, and it
+            # doubles the wait once, not once per command.
+            if self._not_before.get(tdsp_duns, 0.0) <= now:
+                delay = min(self._backoff.get(tdsp_duns, 0.25) * 2, self._max_backoff_s)
+                self._backoff[tdsp_duns] = delay
+                self._not_before[tdsp_duns] = now + delay
+            delay = self._not_before[tdsp_duns] - now
             metrics.outbox_failures.labels(tdsp_duns).inc()
             log.warning(
                 "router.send_failed",

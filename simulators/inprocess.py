@@ -47,6 +47,7 @@ from adapters.commands import (
     HeadEndStatus,
     ProvisionDevice,
     ProvisioningReport,
+    ReportRefused,
 )
 from adapters.interfaces import IAdapterEvents, IHeadEndAdapter
 
@@ -702,6 +703,11 @@ class SimulatedHeadEnd:
             "attempt": attempt,
             "error": failure.getErrorMessage(),
         }
+        if failure.check(ReportRefused):
+            # the gateway will never take this one; sending it again would not change that
+            self._log.warning("simulator.report_refused", **context)
+            self._advance(job)
+            return
         if attempt > self.config.report_max_retries:
             self._log.error("simulator.report_abandoned", **context)
             self._advance(job)

@@ -210,3 +210,17 @@ async def test_silent_head_end_is_dropped(wired: Harness) -> None:
     assert link.of_type("welcome")[0]["heartbeat_s"] == 1
     await eventually(lambda: link.closed.called, timeout=8, what="the dead-peer drop")
     assert link.of_type("heartbeat")  # the gateway kept beating until it gave up
+
+
+@pytest_twisted.ensureDeferred
+async def test_ack_without_ref_is_refused_not_fatal(wired: Harness) -> None:
+    """An ack that names no command gets an error; the connection survives it."""
+    link = await dial(wired)
+    link.say(hello())
+    await eventually(lambda: link.of_type("welcome"), what="welcome")
+    link.say({"type": "ack"})
+    await eventually(lambda: link.of_type("error"), what="the error")
+    assert "missing field 'ref'" in link.of_type("error")[0]["reason"]
+    assert link.transport.connected  # type: ignore[union-attr]
+    link.transport.loseConnection()  # type: ignore[union-attr]
+    await link.closed

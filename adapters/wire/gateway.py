@@ -24,7 +24,7 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from adapters.commands import Command
+from adapters.commands import Command, ReportRefused
 from adapters.interfaces import IAdapterEvents, IHeadEndAdapter
 from adapters.wire import protocol
 from adapters.wire.protocol import ProtocolError
@@ -84,10 +84,15 @@ class WireAdapter:
         self._events: IAdapterEvents | None = None
         self._link: HeadEndLink | None = None
         self._credit = 0
-        self._queue: deque[tuple[Command, Deferred[None]]] = deque()
-        self._pending: dict[str, tuple[Deferred[None], IDelayedCall]] = {}
-        #: Event ids recently applied, so a resent event is acknowledged again, not re-applied.
-        self._seen: OrderedDict[str, bool] = OrderedDict()
+        #: Commands in the order they are to go out, and what waits for each one's answer.
+        self._queue: deque[Command] = deque()
+        self._waiting: dict[str, tuple[list[Deferred[None]], IDelayedCall]] = {}
+        #: Event ids recently answered and the answer (None: recorded; text: refused), so a
+        #: resent event gets the same answer and is not applied again.
+        self._seen: OrderedDict[str, str | None] = OrderedDict()
+        self._applying: dict[str, list[Deferred[str | None]]] = {}
+        #: Called with the TDSP's DUNS when its head-end has (re)connected (the router's link_up).
+        self.on_connected: Callable[[str], None] | None = None
         self._seen_limit = 200_000
         self._log = log.bind(tdsp=self.tdsp_duns)
 
@@ -105,12 +110,24 @@ class WireAdapter:
         return succeed(None)
 
     def send(self, command: Command) -> Deferred[None]:
+        """Queue a command for the head-end; fires at its acknowledgement.
+
+        Fails with HeadEndUnavailable when no head-end is connected, when the link is lost
+        first, or when no acknowledgement comes within ``ack_timeout_s`` (waiting for credit
+        included): the router sends it again later and the head-end drops the duplicate.
+        """
         if self._link is None:
             return fail(
                 HeadEndUnavailable(f"the head-end of TDSP {self.tdsp_duns} is not connected")
             )
         done: Deferred[None] = Deferred()
-        self._queue.append((command, done))
+        waiting = self._waiting.get(command.command_id)
+        if waiting is not None:  # the same command twice at once: one acknowledgement for both
+            waiting[0].append(done)
+            return done
+        timeout = self._clock.callLater(self.ack_timeout_s, self._timed_out, command.command_id)
+        self._waiting[command.command_id] = ([done], timeout)
+        self._queue.append(command)
         self._pump()
         return done
 
@@ -129,6 +146,8 @@ class WireAdapter:
             old.close("replaced by a newer connection of the same TDSP")
         self._credit = credit
         self._log.info("headend.connected", peer=link.peer)
+        if self.on_connected is not None:
+            self.on_connected(self.tdsp_duns)
 
     def detach(self, link: HeadEndLink, why: str) -> None:
         if self._link is not link:
@@ -143,74 +162,86 @@ class WireAdapter:
         self._pump()
 
     def acknowledged(self, ref: str) -> None:
-        entry = self._pending.pop(ref, None)
+        entry = self._waiting.pop(ref, None)
         if entry is None:
             return  # late (after its timeout) or duplicate: nothing waits for it
-        done, timeout = entry
+        waiting, timeout = entry
         if timeout.active():
             timeout.cancel()
-        done.callback(None)
+        for done in waiting:
+            done.callback(None)
 
     def report(self, message: dict[str, Any]) -> Deferred[str | None]:
-        """Apply a provisioning status; fires with None when applied, or the refusal reason."""
+        """Apply a provisioning status once per event id.
+
+        Fires with None when it was recorded, or with the reason it was refused (the head-end
+        gets a nack); the same id again gets the same answer without being applied again. Fails
+        when it could not be recorded (the store is down): then nothing is answered and the
+        head-end sends it again.
+        """
         event_id = message["id"]
         if event_id in self._seen:
             self._seen.move_to_end(event_id)
-            return succeed(None)  # a duplicate: acknowledged again, applied once
+            return succeed(self._seen[event_id])
+        copies = self._applying.get(event_id)
+        if copies is not None:  # a copy arrived while the first is being recorded
+            answer: Deferred[str | None] = Deferred()
+            copies.append(answer)
+            return answer
         if self._events is None:
-            return succeed("the gateway is not ready")
+            return fail(HeadEndUnavailable("the gateway is not ready for reports yet"))
+        self._applying[event_id] = []
         report = protocol.report_from_message(message, self.tdsp_duns)
         applied = maybeDeferred(self._events.provisioning_report, report)
 
-        def done(_: object) -> None:
-            self._remember(event_id)
+        def recorded(_: object) -> str | None:
             return None
 
-        def refused(failure: Failure) -> str | None:
-            if failure.check(ConnectionError) or type(failure.value).__name__ == "StoreUnavailable":
-                return failure  # type: ignore[return-value]  # not applied: the head-end resends
-            self._remember(event_id)
-            return failure.getErrorMessage()
+        def refused(failure: Failure) -> str | Failure:
+            if failure.check(ReportRefused):
+                return failure.getErrorMessage()
+            return failure  # not recorded: no answer, the head-end resends
 
-        return applied.addCallbacks(done, refused)
+        def settle(result: str | Failure | None) -> str | Failure | None:
+            copies = self._applying.pop(event_id, [])
+            if not isinstance(result, Failure):
+                self._seen[event_id] = result
+                if len(self._seen) > self._seen_limit:
+                    self._seen.popitem(last=False)
+            for copy in copies:
+                if isinstance(result, Failure):
+                    copy.errback(result)
+                else:
+                    copy.callback(result)
+            return result
 
-    def _remember(self, event_id: str) -> None:
-        self._seen[event_id] = True
-        if len(self._seen) > self._seen_limit:
-            self._seen.popitem(last=False)
+        return applied.addCallbacks(recorded, refused).addBoth(settle)
 
     def _pump(self) -> None:
         link = self._link
         while link is not None and self._queue and self._credit > 0:
-            command, done = self._queue.popleft()
-            if command.command_id in self._pending:
-                # the same command twice at once: both wait for the one acknowledgement
-                self._pending[command.command_id][0].chainDeferred(done)
-                continue
+            command = self._queue.popleft()
+            if command.command_id not in self._waiting:
+                continue  # timed out while it waited for credit
             self._credit -= 1
-            timeout = self._clock.callLater(self.ack_timeout_s, self._timed_out, command.command_id)
-            self._pending[command.command_id] = (done, timeout)
             link.send(protocol.command_message(command))
 
     def _timed_out(self, command_id: str) -> None:
-        entry = self._pending.pop(command_id, None)
+        entry = self._waiting.pop(command_id, None)
         if entry is not None:
-            self._credit += 1  # the head-end is not going to use it
-            entry[0].errback(
-                HeadEndUnavailable(f"no acknowledgement within {self.ack_timeout_s:g} s")
-            )
-            self._pump()
+            # The credit stays spent: the head-end grants it back when it answers.
+            error = HeadEndUnavailable(f"no acknowledgement within {self.ack_timeout_s:g} s")
+            for done in entry[0]:
+                done.errback(Failure(error))
 
     def _fail_all(self, error: Exception) -> None:
-        waiting = [done for _, done in self._queue]
         self._queue.clear()
-        for done, timeout in self._pending.values():
+        waiting, self._waiting = self._waiting, {}
+        for dones, timeout in waiting.values():
             if timeout.active():
                 timeout.cancel()
-            waiting.append(done)
-        self._pending.clear()
-        for done in waiting:
-            done.errback(Failure(error))
+            for done in dones:
+                done.errback(Failure(error))
 
 
 class HeadEndLink(Int32StringReceiver):
@@ -279,6 +310,8 @@ class HeadEndLink(Int32StringReceiver):
             self.send(answer)
             if error.fatal or self.adapter is None:
                 self.close(error.reason)
+            else:
+                self._grant_one()  # the refused message used a unit of the head-end's credit
             return
         kind = message["type"]
         if self.adapter is None:

@@ -22,11 +22,12 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from adapters.commands import ProvisioningReport
+from adapters.commands import ProvisioningReport, ReportRefused
 from adapters.interfaces import IAdapterEvents
 from adapters.wire import protocol
 from adapters.wire.protocol import ProtocolError
@@ -48,7 +49,7 @@ class IHeadEndApplication(Interface):
         """
 
 
-class ReportRefusedByGateway(Exception):
+class ReportRefusedByGateway(ReportRefused):
     """The gateway refused a report (say, about a meter of another TDSP); the reason says why."""
 
 
@@ -196,6 +197,7 @@ class HeadEndClient:
         command_credit: int = 256,
         software: str = "hangw-headend",
         max_retry_delay_s: float = 10.0,
+        resend_after_s: float = 30.0,
     ) -> None:
         self.application = application
         self.clock = clock
@@ -215,16 +217,32 @@ class HeadEndClient:
         self._prefix = os.urandom(6).hex()
         #: Reports not yet acknowledged, in the order they were made.
         self._outbox: OrderedDict[str, tuple[dict[str, Any], Deferred[None]]] = OrderedDict()
-        self._in_flight: set[str] = set()
+        #: Event id -> when it went out; answered ones leave, unanswered ones go again.
+        self._in_flight: dict[str, float] = {}
         self._ready: list[Deferred[None]] = []
+        self.resend_after_s = resend_after_s
+        self._sweeper = LoopingCall(self._resend_unanswered)
+        self._sweeper.clock = clock
 
     # -- life ---------------------------------------------------------------------------------
 
     def start(self) -> None:
         self.service.startService()
+        self._sweeper.start(max(self.resend_after_s / 4, 0.1), now=False)
 
     def stop(self) -> Deferred[None]:
+        if self._sweeper.running:
+            self._sweeper.stop()
         return self.service.stopService()
+
+    def _resend_unanswered(self) -> None:
+        """Reports the gateway did not answer (it could not record them) go again, same id."""
+        cutoff = self.clock.seconds() - self.resend_after_s
+        stale = [event_id for event_id, sent in self._in_flight.items() if sent < cutoff]
+        for event_id in stale:
+            del self._in_flight[event_id]
+        if stale:
+            self._pump()
 
     def when_connected(self) -> Deferred[None]:
         """Fires once the gateway has welcomed this head-end (now, if it already has)."""
@@ -264,7 +282,7 @@ class HeadEndClient:
                 break
             if event_id in self._in_flight:
                 continue
-            self._in_flight.add(event_id)
+            self._in_flight[event_id] = self.clock.seconds()
             self._credit -= 1
             self._transmit(link, message)
 
@@ -298,7 +316,7 @@ class HeadEndClient:
 
     def _settled(self, ref: str, refusal: str | None) -> None:
         entry = self._outbox.pop(ref, None)
-        self._in_flight.discard(ref)
+        self._in_flight.pop(ref, None)
         if entry is None:
             return  # acknowledged twice (a resend crossed the first acknowledgement)
         done = entry[1]

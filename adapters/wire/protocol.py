@@ -123,7 +123,7 @@ HEADEND_TO_GATEWAY: dict[str, Fields] = {
     },
     "credit": {"grant": _count(1, 100_000)},
     "heartbeat": {},
-    "error": {"reason": _optional_text},
+    "error": {"reason": _optional_text, "ref": ID},
 }
 GATEWAY_TO_HEADEND: dict[str, Fields] = {
     "welcome": {
@@ -147,9 +147,11 @@ GATEWAY_TO_HEADEND: dict[str, Fields] = {
     "nack": {"ref": ID, "reason": _optional_text},
     "credit": {"grant": _count(1, 100_000)},
     "heartbeat": {},
-    "error": {"reason": _optional_text},
+    "error": {"reason": _optional_text, "ref": ID},
 }
-_OPTIONAL = {"reason", "software", "ref"}
+#: Fields a message may leave out; every other field of its table is required.
+_OPTIONAL = {"reason", "software"}
+_OPTIONAL_BY_TYPE = {"error": {"ref"}}
 
 
 def encode(message: Mapping[str, Any]) -> bytes:
@@ -174,7 +176,7 @@ def decode(body: bytes, table: Mapping[str, Fields]) -> dict[str, Any]:
         raise ProtocolError(f"unknown message type {kind[:40]!r}", ref=ref)
     for name, check in fields.items():
         if name not in message:
-            if name in _OPTIONAL:
+            if name in _OPTIONAL or name in _OPTIONAL_BY_TYPE.get(kind, ()):
                 continue
             raise ProtocolError(f"{kind}: missing field {name!r}", ref=ref)
         problem = check(message[name])
