@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from .crc import crc16_x25
+
 __all__ = [
     "CODE_LENGTHS",
     "InstallCodeCRCError",
@@ -31,27 +33,6 @@ class InstallCodeLengthError(ValueError):
 
 class InstallCodeCRCError(ValueError):
     """The two trailing bytes are not the CRC-16/X-25 of the code."""
-
-
-def _crc_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x8408 if crc & 1 else crc >> 1
-        table.append(crc)
-    return tuple(table)
-
-
-_TABLE = _crc_table()
-
-
-def crc16_x25(data: bytes) -> int:
-    """CRC-16/X-25: polynomial 0x1021 reflected (0x8408), init 0xFFFF, xorout 0xFFFF."""
-    crc = 0xFFFF
-    for byte in data:
-        crc = (crc >> 8) ^ _TABLE[(crc ^ byte) & 0xFF]
-    return crc ^ 0xFFFF
 
 
 def check_install_code(code: bytes) -> None:

@@ -16,6 +16,8 @@ import struct
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from .crc import crc16_kermit
+
 __all__ = [
     "LINKTYPE_IEEE802_15_4_NOFCS",
     "LINKTYPE_IEEE802_15_4_WITHFCS",
@@ -122,27 +124,6 @@ class Route:
             radius=self.radius,
             aps_ack_request=self.aps_ack_request,
         )
-
-
-def _kermit_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x8408 if crc & 1 else crc >> 1
-        table.append(crc)
-    return tuple(table)
-
-
-_KERMIT = _kermit_table()
-
-
-def crc16_kermit(data: bytes) -> int:
-    """CRC-16/KERMIT, the 802.15.4 FCS: polynomial 0x1021 reflected, init 0, no final xor."""
-    crc = 0x0000
-    for byte in data:
-        crc = (crc >> 8) ^ _KERMIT[(crc ^ byte) & 0xFF]
-    return crc
 
 
 def file_header(link_type: int = LINKTYPE_IEEE802_15_4_WITHFCS) -> bytes:

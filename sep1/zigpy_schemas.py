@@ -109,12 +109,15 @@ def command_def(cls: type[Message], *, compiled: bool = True) -> foundation.ZCLC
 
 def to_zigpy(message: Message) -> dict[str, Any]:
     """Keyword arguments for the zigpy schema of ``message`` (wire values, sentinels included)."""
-    out: dict[str, Any] = {}
-    for name, value in wire_values(message):
-        out[name] = (
-            list(value) if isinstance(value, (bytes, tuple)) and name == "signature" else value
+    # zigpy holds a fixed run of octets (the DRLC signature) as a list of uint8
+    return {
+        name: list(value)
+        if isinstance(value, bytes) and spec.wire.form == "fixed_octets"
+        else value
+        for (name, value), (_, spec, _) in zip(
+            wire_values(message), wire_item_types(type(message)), strict=False
         )
-    return out
+    }
 
 
 def from_zigpy(cls: type[Message], command: Any) -> Message:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -39,3 +41,14 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Path:
     return tmp_path / "state"
+
+
+@pytest.fixture(scope="session")
+def tshark() -> str:
+    """The tshark binary; skips without it, or fails when HANGW_REQUIRE_TSHARK is set (bin/test)."""
+    path = shutil.which("tshark")
+    if path is None:
+        if os.environ.get("HANGW_REQUIRE_TSHARK", "0") != "0":
+            pytest.fail("HANGW_REQUIRE_TSHARK is set but tshark is not installed")
+        pytest.skip("tshark is not installed (bin/test installs it; HANGW_REQUIRE_TSHARK=1 fails)")
+    return path

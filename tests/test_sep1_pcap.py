@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import ast
 import io
-import os
-import shutil
 import struct
 import subprocess
 import xml.etree.ElementTree as ET
@@ -264,7 +262,7 @@ def test_packet_validates_arguments(argument: str, value: int) -> None:
 
 
 def test_module_is_sans_io() -> None:
-    """sep1.pcap imports only the standard library: no Twisted, asyncio, logging or hangw."""
+    """sep1.pcap imports only the standard library and sep1's CRC: no Twisted, asyncio or hangw."""
     tree = ast.parse(Path(sep1.pcap.__file__).read_text())
     imported = set()
     for node in ast.walk(tree):
@@ -272,7 +270,7 @@ def test_module_is_sans_io() -> None:
             imported.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             imported.add((node.module or "").split(".")[0])
-    assert imported == {"__future__", "struct", "dataclasses", "typing"}
+    assert imported == {"__future__", "struct", "dataclasses", "typing", "crc"}  # crc: .crc
 
 
 # --- tshark as the independent judge ----------------------------------------------------------
@@ -306,16 +304,6 @@ class Dissected:
     def one(self, name: str) -> str:
         (value,) = self.show(name)
         return value
-
-
-@pytest.fixture(scope="module")
-def tshark() -> str:
-    path = shutil.which("tshark")
-    if path is None:
-        if os.environ.get("HANGW_REQUIRE_TSHARK", "0") != "0":
-            pytest.fail("HANGW_REQUIRE_TSHARK is set but tshark is not installed")
-        pytest.skip("tshark is not installed (bin/test installs it; HANGW_REQUIRE_TSHARK=1 fails)")
-    return path
 
 
 def dissect(tshark: str, capture: Path) -> list[Dissected]:

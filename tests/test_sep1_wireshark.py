@@ -38,10 +38,8 @@ The 4.0 quirks, where the raw bytes at the field's position are compared instead
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 import re
-import shutil
 import struct
 import subprocess
 import xml.etree.ElementTree as ET
@@ -1129,16 +1127,6 @@ def judge(case: Case, packet: Packet) -> list[str]:
 
 
 # --- fixtures ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tshark() -> str:
-    path = shutil.which("tshark")
-    if path is None:
-        if os.environ.get("HANGW_REQUIRE_TSHARK", "0") != "0":
-            pytest.fail("HANGW_REQUIRE_TSHARK is set but tshark is not installed")
-        pytest.skip("tshark is not installed (bin/test installs it; HANGW_REQUIRE_TSHARK=1 fails)")
-    return path
 
 
 @pytest.fixture(scope="module")

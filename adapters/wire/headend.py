@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
@@ -247,7 +247,7 @@ class HeadEndClient:
     def when_connected(self) -> Deferred[None]:
         """Fires once the gateway has welcomed this head-end (now, if it already has)."""
         if self.link is not None and self.link.welcomed:
-            return Deferred.fromCoroutine(_done())
+            return succeed(None)
         ready: Deferred[None] = Deferred()
         self._ready.append(ready)
         return ready
@@ -328,7 +328,3 @@ class HeadEndClient:
     def _grant(self, grant: int) -> None:
         self._credit += grant
         self._pump()
-
-
-async def _done() -> None:
-    return None

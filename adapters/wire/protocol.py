@@ -256,8 +256,3 @@ def report_from_message(message: Mapping[str, Any], tdsp_duns: str) -> Provision
         reason=message.get("reason", ""),
         tdsp_duns=tdsp_duns,
     )
-
-
-def describe(message: Mapping[str, Any]) -> dict[str, Any]:
-    """A message with its secrets left out, for logs."""
-    return {k: ("<secret>" if k in ("install_code", "link_key") else v) for k, v in message.items()}
