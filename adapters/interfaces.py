@@ -20,7 +20,21 @@ class IAdapterEvents(Interface):
 
         Returns a Deferred that fires once the report is durably recorded (or refused as illegal
         in the device's current status, which is logged and not an error for the adapter).
+        It fails with ``ReportRefused`` for a device the adapter's TDSP does not serve.
         """
+
+    def delivery_status(status):
+        """Record an ``adapters.commands.DeliveryStatus``; a Deferred as for reports."""
+
+    def inbound_frame(frame):
+        """Take an ``adapters.commands.InboundFrame`` from a device; a Deferred as for reports.
+
+        It fails with ``ReportRefused`` when the frame is not SE 1.0 the gateway can decode
+        (the reason names the field and byte) or the ESI ID is not the adapter's TDSP's.
+        """
+
+    def meter_event(event):
+        """Apply an ``adapters.commands.MeterEvent`` to the meter registry; as for reports."""
 
 
 class IHeadEndAdapter(Interface):
@@ -40,4 +54,11 @@ class IHeadEndAdapter(Interface):
         Returns a Deferred that fires when the head-end has accepted the command (the TDSP
         acknowledgement); it fails if the head-end cannot be reached. Delivery is at-least-once:
         the same ``command_id`` may be sent again after a restart and must not be applied twice.
+        """
+
+    def query(query):
+        """Ask an ``adapters.commands.Query`` (ping ESI, ping device, read meter) now.
+
+        Returns a Deferred firing with its ``QueryResult`` (``PingResult`` or ``MeterReading``);
+        it fails with ``QueryFailed`` (reason given) when the head-end cannot answer.
         """

@@ -6,6 +6,7 @@ clock, so tests build a Gateway on a real reactor with a temporary state directo
 
 from __future__ import annotations
 
+import time
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -13,13 +14,20 @@ import sqlalchemy as sa
 import structlog
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.web.server import Site
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from adapters.commands import ProvisioningReport
+import sep1
+from adapters.commands import (
+    DeliveryStatus,
+    InboundFrame,
+    MeterEvent,
+    ProvisioningReport,
+    ReportRefused,
+)
 from adapters.interfaces import IAdapterEvents, IHeadEndAdapter
 from adapters.wire.gateway import HeadEndLinkFactory, WireAdapter
 from hangw import metrics
@@ -27,6 +35,8 @@ from hangw.api.app import Api, OpsApi
 from hangw.api.listener import PinnedClientContextFactory
 from hangw.config import AdapterConfig, Config, ConfigError
 from hangw.devices import DeviceService
+from hangw.domain import Meter
+from hangw.meters import apply_meter_event_thd
 from hangw.parties import PartyRegistry
 from hangw.router import Router
 from hangw.secrets import SecretBox, load_or_create_key
@@ -75,13 +85,63 @@ def _holds_sealed_secrets(engine: sa.Engine) -> bool:
 
 @implementer(IAdapterEvents)
 class GatewayEvents:
-    """Where adapters deliver head-end reports."""
+    """Where adapters deliver head-end events.
+
+    Provisioning reports drive the devices' state machine and meter events the meter registry.
+    Delivery statuses and inbound frames are checked (an inbound frame must decode as SE 1.0),
+    counted in ``hangw_head_end_events`` and logged with their ESI ID.
+    """
 
     def __init__(self, devices: DeviceService) -> None:
         self._devices = devices
 
     def provisioning_report(self, report: ProvisioningReport) -> Deferred[Any]:
         return self._devices.apply_report(report)
+
+    def delivery_status(self, status: DeliveryStatus) -> Deferred[None]:
+        metrics.head_end_events.labels(status.tdsp_duns, "delivery_status", status.state).inc()
+        log.info(
+            "delivery.status",
+            tdsp=status.tdsp_duns,
+            esiid=status.esiid,
+            delivery=status.delivery_id,
+            state=status.state.value,
+            reason=status.reason or None,
+        )
+        return succeed(None)
+
+    def inbound_frame(self, frame: InboundFrame) -> Deferred[None]:
+        try:
+            decoded = sep1.decode_frame(frame.cluster, frame.zcl)
+        except sep1.DecodeError as error:
+            metrics.head_end_events.labels(frame.tdsp_duns, "inbound_frame", "refused").inc()
+            return fail(ReportRefused(f"inbound frame from {frame.source}: {error}"))
+        metrics.head_end_events.labels(frame.tdsp_duns, "inbound_frame", "taken").inc()
+        log.info(
+            "han.frame_received",
+            tdsp=frame.tdsp_duns,
+            esiid=frame.esiid,
+            source=frame.source,
+            message=type(decoded.message).__name__,
+        )
+        return succeed(None)
+
+    def meter_event(self, event: MeterEvent) -> Deferred[Meter]:
+        def applied(meter: Meter) -> Meter:
+            metrics.head_end_events.labels(event.tdsp_duns, "meter_event", event.kind).inc()
+            log.info(
+                "meter.event",
+                tdsp=event.tdsp_duns,
+                esiid=event.esiid,
+                kind=event.kind.value,
+                active=meter.active,
+                han_capable=meter.han_capable,
+                firmware=meter.firmware_version,
+            )
+            return meter
+
+        d: Deferred[Meter] = self._devices.store.run(apply_meter_event_thd, event, time.time())
+        return d.addCallback(applied)
 
 
 class StoreService(Service):

@@ -1,4 +1,4 @@
-"""The meter registry: loading it from a TDSP's CSV file.
+"""The meter registry: loading it from a TDSP's CSV file, and the TDSP's meter events.
 
 Columns (header row required, order free): esiid, meter_serial, tdsp_duns, ror_duns,
 hardware_version, firmware_version, han_capable, active, and optionally customer_id.
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from adapters.commands import MeterEvent, MeterEventKind, ReportRefused
+from hangw import head_end_events
 from hangw.domain import Meter
 from hangw.store.model import meters
 
@@ -129,3 +131,48 @@ def upsert_meters_thd(conn: sa.Connection, rows: list[Meter]) -> tuple[int, int]
     for v in stale:
         conn.execute(meters.update().where(meters.c.esiid == v["esiid"]).values(**v))
     return len(fresh), len(stale)
+
+
+def apply_meter_event_thd(conn: sa.Connection, event: MeterEvent, now: float) -> Meter:
+    """Apply a TDSP's meter event to the registry and return the meter as it is now.
+
+    A meter exchange sets the new serial (and firmware and HAN capability when given); a removal
+    makes the meter inactive, so no new device can be added to it; a firmware change sets the
+    version and, when given, whether the firmware is HAN-capable. Raises ReportRefused for an
+    unknown ESI ID or a meter of another TDSP.
+    """
+    if event.event_id:
+        earlier = head_end_events.answers_thd(conn, event.tdsp_duns, [event.event_id])
+        if event.event_id in earlier:  # a copy resent after a crash: the same answer, once
+            if earlier[event.event_id] is not None:
+                raise ReportRefused(str(earlier[event.event_id]))
+            return _current(conn, event.esiid)
+    row = conn.execute(sa.select(meters).where(meters.c.esiid == event.esiid)).first()
+    refusal = None
+    if row is None:
+        refusal = f"ESI ID {event.esiid} is not in the meter registry"
+    elif event.tdsp_duns and row.tdsp_duns != event.tdsp_duns:
+        refusal = f"ESI ID {event.esiid} is a meter of another TDSP"
+    if event.event_id:
+        head_end_events.record_thd(conn, event.tdsp_duns, [(event.event_id, refusal)], now)
+    if refusal is not None or row is None:
+        raise ReportRefused(refusal or "")
+    changes: dict[str, object] = {}
+    if event.kind is MeterEventKind.METER_REMOVED:
+        changes["active"] = False
+    if event.kind is MeterEventKind.METER_EXCHANGED:
+        changes["active"] = True
+    if event.meter_serial:
+        changes["meter_serial"] = event.meter_serial
+    if event.firmware_version:
+        changes["firmware_version"] = event.firmware_version
+    if event.han_capable is not None:
+        changes["han_capable"] = event.han_capable
+    if changes:
+        conn.execute(meters.update().where(meters.c.esiid == event.esiid).values(**changes))
+    return _current(conn, event.esiid)
+
+
+def _current(conn: sa.Connection, esiid: str) -> Meter:
+    row = conn.execute(sa.select(meters).where(meters.c.esiid == esiid)).one()
+    return Meter(**{name: getattr(row, name) for name in Meter.__dataclass_fields__})

@@ -28,6 +28,12 @@ outbox_failures = Counter(
 outbox_pending = Gauge(
     "hangw_outbox_pending", "Commands waiting for their adapter", ["tdsp_duns"], registry=registry
 )
+head_end_events = Counter(
+    "hangw_head_end_events",
+    "Events from head-ends, by kind (delivery_status, inbound_frame, meter_event) and outcome",
+    ["tdsp_duns", "kind", "outcome"],
+    registry=registry,
+)
 
 store_jobs = Counter(
     "hangw_store_jobs", "Units of database work run (each in its own savepoint)", registry=registry

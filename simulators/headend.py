@@ -1,17 +1,21 @@
 """hangw-sim: a simulated TDSP head-end that dials the gateway over the adapter protocol.
 
 It is the in-process simulator's head-end model (``simulators.inprocess.SimulatedHeadEnd``: the
-same steps, delays, faults and journal) behind the adapter protocol's client library, so QA can
-drive a gateway exactly as a utility's head-end would, across a real TLS link. Link-level faults
-come on top: the connection dropped every N seconds, reports sent twice or out of order, and
-latency before each report goes out.
+same steps, delays, faults, journal and fleet of meters with SE 1.0 devices) behind the adapter
+protocol's client library, so QA can drive a gateway exactly as a utility's head-end would,
+across a real TLS link. Link-level faults come on top: the connection dropped every N seconds,
+events sent twice or out of order, and latency before each event goes out.
 
-    hangw-sim --gateway 127.0.0.1:8444 --cert-dir .state/certs --set reject_rate=0.1 --drop-every 5
+    hangw-sim --write-meters meters.csv --meters 200000        # the registry for the gateway
+    hangw meters import meters.csv
+    hangw-sim --meters 200000 --devices-per-meter 5 --opt-out-rate 0.1 --offline-rate 0.01 \
+        --drop-every 30 --duplicate-rate 0.01
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import random
 import sys
 from collections.abc import Sequence
@@ -26,8 +30,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
-from adapters.commands import Command
+from adapters.commands import Command, MeterEvent, MeterEventKind, Query, QueryResult
 from adapters.wire.headend import HeadEndClient, IHeadEndApplication, _Link
+from simulators.fleet import write_meter_csv
 from simulators.inprocess import SimulatedHeadEnd, SimulatorConfig, SimulatorConfigError
 
 log = structlog.get_logger(__name__)
@@ -68,6 +73,9 @@ class _Bridge:
 
     def command(self, command: Command) -> Deferred[None]:
         return self.headend.send(command)
+
+    def query(self, query: Query) -> Deferred[QueryResult]:
+        return self.headend.query(query)
 
 
 class SimulatedHeadEndClient(HeadEndClient):
@@ -149,6 +157,37 @@ def tls_endpoint(reactor: Any, host: str, port: int, cert_dir: Path, party: str)
     return wrapClientTLS(options, HostnameEndpoint(reactor, host, port))
 
 
+def read_meter_events(path: Path) -> list[MeterEvent]:
+    """Meter events from a CSV with a header: esiid, event, and optionally meter_serial,
+    firmware_version, han_capable (true/false). Raises ValueError naming the line."""
+    events = []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        for row in reader:
+            where = f"{path}, line {reader.line_num}"
+            try:
+                kind = MeterEventKind((row.get("event") or "").strip())
+            except ValueError:
+                choices = ", ".join(k.value for k in MeterEventKind)
+                raise ValueError(f"{where}: event must be one of {choices}") from None
+            esiid = (row.get("esiid") or "").strip()
+            if not esiid:
+                raise ValueError(f"{where}: esiid is empty")
+            capable = (row.get("han_capable") or "").strip().lower()
+            if capable not in ("", "true", "false"):
+                raise ValueError(f"{where}: han_capable must be true, false or empty")
+            events.append(
+                MeterEvent(
+                    esiid=esiid,
+                    kind=kind,
+                    meter_serial=(row.get("meter_serial") or "").strip(),
+                    firmware_version=(row.get("firmware_version") or "").strip(),
+                    han_capable=None if not capable else capable == "true",
+                )
+            )
+    return events
+
+
 def _settings(pairs: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs:
@@ -178,6 +217,37 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--party", default="demo-tdsp", help="certificate name in --cert-dir (<party>.pem)"
     )
     parser.add_argument("--tdsp-duns", default="1039940674000")
+    fleet = parser.add_argument_group("meters and devices")
+    fleet.add_argument(
+        "--meters", type=int, default=0, metavar="N", help="serve N generated meters"
+    )
+    fleet.add_argument(
+        "--meters-csv", type=Path, help="serve the meters of this meter CSV (hangw meters import)"
+    )
+    fleet.add_argument(
+        "--devices-per-meter",
+        type=int,
+        default=0,
+        help="devices already on each meter, 0 to 5 (display, thermostat, switch, ...)",
+    )
+    fleet.add_argument(
+        "--write-meters",
+        type=Path,
+        metavar="FILE",
+        help="write the meter CSV of the --meters generated meters for the gateway, and exit",
+    )
+    fleet.add_argument("--ror-duns", default="123456789", help="ROR of written meters")
+    faults = parser.add_argument_group("faults (probabilities 0 to 1)")
+    for flag, what in (
+        ("reject-rate", "the TDSP rejects a provisioning request"),
+        ("fail-rate", "a provisioning request fails after pending"),
+        ("offline-rate", "a meter is offline"),
+        ("incompatible-rate", "a meter's firmware cannot run a HAN"),
+        ("opt-out-rate", "a device's user opts out of load control"),
+        ("silent-rate", "a device never answers"),
+    ):
+        faults.add_argument(f"--{flag}", type=float, default=None, help=what)
+    parser.add_argument("--seed", type=int, default=None, help="seed of every random draw")
     parser.add_argument(
         "--set",
         action="append",
@@ -185,6 +255,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="a head-end model option (ack_delay_s, reject_rate, fail_rate, no_answer_rate, "
         "never_join_rate, seed, journal_path, ...; see simulators/inprocess.py)",
+    )
+    parser.add_argument(
+        "--meter-events",
+        type=Path,
+        metavar="FILE",
+        help="CSV (esiid,event,meter_serial,firmware_version,han_capable) of meter events to "
+        "send once connected",
     )
     parser.add_argument(
         "--drop-every", type=float, default=0.0, metavar="S", help="cut the link every S seconds"
@@ -215,10 +292,41 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     configure("info", "auto")
     host, _, port_text = args.gateway.rpartition(":")
+    if args.write_meters is not None:
+        if args.meters <= 0:
+            print("hangw-sim: --write-meters needs --meters N", file=sys.stderr)
+            return 2
+        count = write_meter_csv(
+            args.write_meters,
+            args.meters,
+            tdsp_duns=args.tdsp_duns,
+            ror_duns=args.ror_duns,
+            seed=args.seed or 0,
+            incompatible_rate=args.incompatible_rate or 0.0,
+        )
+        print(f"wrote {count} meters to {args.write_meters}")
+        return 0
     try:
         port = int(port_text)
         settings = _settings(args.set)
         settings.setdefault("tdsp_duns", args.tdsp_duns)
+        for key in (
+            "meters",
+            "devices_per_meter",
+            "reject_rate",
+            "fail_rate",
+            "offline_rate",
+            "incompatible_rate",
+            "opt_out_rate",
+            "silent_rate",
+            "seed",
+        ):
+            value = getattr(args, key)
+            if value:
+                settings[key] = value
+        if args.meters_csv is not None:
+            settings["meters_csv"] = str(args.meters_csv)
+        meter_events = read_meter_events(args.meter_events) if args.meter_events else []
         config = SimulatorConfig.from_mapping(settings, section="--set")
         faults = LinkFaults(
             duplicate_rate=args.duplicate_rate,
@@ -234,6 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     headend = SimulatedHeadEnd(config, reactor)
     client = SimulatedHeadEndClient(endpoint, headend, reactor, faults, command_credit=args.credit)
     client.start()
+    if meter_events:
+        client.when_connected().addCallback(lambda _: [client.report(e) for e in meter_events])
     reactor.addSystemEventTrigger("before", "shutdown", client.stop)
     reactor.run()
     return 0

@@ -13,6 +13,11 @@ with configured probabilities from a seeded random generator:
 - ``never_join``: the meter is ready but the device never joins (adds only; a removal is normal);
 - ``unreachable``: ``send`` fails with ``HeadEndUnreachable`` (a ``ConnectionError``).
 
+The meters themselves are a ``simulators.fleet.Fleet``: frames sent with ``SendFrames`` are
+decoded and answered by simulated SE 1.0 devices (delivery statuses and inbound frames come back
+as events), pings and meter reads are answered by ``query``, and the fleet's meters can be offline
+(provisioning fails) or run firmware that cannot run a HAN (provisioning is rejected).
+
 Commands are deduplicated by ``command_id``: a command sent again is acknowledged again and
 applied once. With a journal (a small SQLite file) the head-end survives a gateway restart:
 accepted commands and the step each reached are recorded, and ``start`` resumes unfinished ones.
@@ -43,13 +48,21 @@ from zope.interface import implementer
 
 from adapters.commands import (
     Command,
+    DeliveryStatus,
     DeprovisionDevice,
     HeadEndStatus,
+    InboundFrame,
+    OutboundFrame,
     ProvisionDevice,
     ProvisioningReport,
+    Query,
+    QueryFailed,
+    QueryResult,
     ReportRefused,
+    SendFrames,
 )
 from adapters.interfaces import IAdapterEvents, IHeadEndAdapter
+from simulators.fleet import Fleet, FleetConfig
 
 __all__ = [
     "Fault",
@@ -74,6 +87,10 @@ class Fault(enum.StrEnum):
     NO_ANSWER = "no_answer"
     NEVER_JOIN = "never_join"
     UNREACHABLE = "unreachable"
+    #: Set by the fleet, not configured: the meter's firmware cannot run a HAN (rejected), and
+    #: the meter is offline (the add or removal fails).
+    HAN_INCOMPATIBLE = "han_incompatible"
+    METER_OFFLINE = "meter_offline"
 
 
 class SimulatorConfigError(ValueError):
@@ -91,7 +108,12 @@ _DELAYS = (
     "join_delay_s",
     "remove_delay_s",
     "report_retry_delay_s",
+    "answer_delay_s",
+    "confirm_delay_s",
+    "offline_give_up_s",
 )
+#: Fleet probabilities, each 0 to 1 on its own.
+_FLEET_RATES = ("offline_rate", "incompatible_rate", "opt_out_rate", "silent_rate")
 #: Probabilities of the faults that shape an accepted command; their sum is at most 1.
 _COMMAND_RATES = {
     "reject_rate": Fault.REJECT,
@@ -147,6 +169,38 @@ class SimulatorConfig:
     #: When the gateway fails to record a report: wait this long, at most this many times.
     report_retry_delay_s: float = 1.0
     report_max_retries: int = 5
+    #: The meters served (see simulators/fleet.py): generated ones, a meter CSV, or (neither
+    #: set) every ESI ID asked about.
+    meters: int = 0
+    meters_csv: str | None = None
+    #: Devices already joined to each listed meter (0 to 5: display, thermostat, switch, ...).
+    devices_per_meter: int = 0
+    #: Probability that a meter is offline, and that its firmware cannot run a HAN.
+    offline_rate: float = 0.0
+    incompatible_rate: float = 0.0
+    #: Probability that a device's user opts out of load control, and that it never answers.
+    opt_out_rate: float = 0.0
+    silent_rate: float = 0.0
+    #: Seconds from a frame to the device's answer; to a user's confirmation of a text.
+    answer_delay_s: float = 0.05
+    confirm_delay_s: float = 0.5
+    #: Seconds a delivery to an offline meter stays pending before it fails.
+    offline_give_up_s: float = 300.0
+
+    def fleet_config(self) -> FleetConfig:
+        return FleetConfig(
+            meters=self.meters,
+            meters_csv=self.meters_csv,
+            devices_per_meter=self.devices_per_meter,
+            offline_rate=self.offline_rate,
+            incompatible_rate=self.incompatible_rate,
+            opt_out_rate=self.opt_out_rate,
+            silent_rate=self.silent_rate,
+            answer_delay_s=self.answer_delay_s,
+            confirm_delay_s=self.confirm_delay_s,
+            offline_give_up_s=self.offline_give_up_s,
+            seed=self.seed,
+        )
 
     def __post_init__(self) -> None:
         checked = _check("simulator", {f.name: getattr(self, f.name) for f in fields(self)})
@@ -196,7 +250,7 @@ def _check(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
             ):
                 raise SimulatorConfigError(f"{name} must be a number >= 0, got {value!r}")
             value = float(value)
-        elif key in _COMMAND_RATES or key == "unreachable_rate":
+        elif key in _COMMAND_RATES or key in _FLEET_RATES or key == "unreachable_rate":
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
                 raise SimulatorConfigError(f"{name} must be a number from 0 to 1, got {value!r}")
             value = float(value)
@@ -204,14 +258,20 @@ def _check(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
             value = _fault(name, value)
         elif key in ("faults_by_mac", "faults_by_esiid"):
             value = _fault_table(name, value, macs=key == "faults_by_mac")
-        elif key in ("seed", "report_max_retries"):
-            low = 0 if key == "report_max_retries" else -(2**63)
+        elif key == "devices_per_meter":
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 5:
+                raise SimulatorConfigError(f"{name} must be an integer from 0 to 5, got {value!r}")
+        elif key in ("seed", "report_max_retries", "meters"):
+            low = -(2**63) if key == "seed" else 0
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 wanted = "an integer >= 0" if low == 0 else "an integer"
                 raise SimulatorConfigError(f"{name} must be {wanted}, got {value!r}")
         elif key == "journal_path":
             if value is not None and (not isinstance(value, str) or not value):
                 raise SimulatorConfigError(f"{name} must be a file path, got {value!r}")
+        elif key == "meters_csv":
+            if value is not None and (not isinstance(value, str) or not Path(value).is_file()):
+                raise SimulatorConfigError(f"{name} must be a meter CSV file, got {value!r}")
         out[key] = value
     rates = [float(out.get(key, values.get(key, 0.0)) or 0.0) for key in _COMMAND_RATES]
     if sum(rates) > 1.0 + 1e-9:
@@ -263,15 +323,23 @@ _REASONS = {
     (ADD, Fault.FAIL): "simulated: the meter did not accept the install code",
     (REMOVE, Fault.REJECT): "simulated: the TDSP rejected the de-provisioning request",
     (REMOVE, Fault.FAIL): "simulated: the meter did not remove the device",
+    (ADD, Fault.HAN_INCOMPATIBLE): "the meter's firmware is not HAN-capable (simulated)",
+    (ADD, Fault.METER_OFFLINE): "the meter is offline: the install code was not loaded (simulated)",
+    (REMOVE, Fault.METER_OFFLINE): "the meter is offline: the device was not removed (simulated)",
 }
+FRAMES = "frames"
 
 
 def planned_steps(action: str, fault: Fault, config: SimulatorConfig) -> tuple[Step, ...]:
     """The reports a command makes (``action``: ``"add"`` or ``"remove"``); the first is the ack."""
     ack = Step(HeadEndStatus.ACKNOWLEDGED, config.ack_delay_s)
-    if fault is Fault.NO_ANSWER:
+    if fault is Fault.NO_ANSWER or action == FRAMES:
         return (ack,)
     reason = _REASONS.get((action, fault), "")
+    if fault is Fault.HAN_INCOMPATIBLE:
+        fault = Fault.REJECT
+    elif fault is Fault.METER_OFFLINE:
+        fault = Fault.FAIL
     if action == ADD:
         pending = Step(HeadEndStatus.ADD_PENDING, config.pending_delay_s)
         ready = Step(HeadEndStatus.METER_READY, config.meter_ready_delay_s)
@@ -307,6 +375,8 @@ class _Job:
     delivering: bool = False
     #: ``send`` Deferreds waiting for the acknowledgement step.
     waiting: list[Deferred[None]] = field(default_factory=list)
+    #: The frames of a SendFrames command (kept in memory only), delivered after the ack.
+    frames: tuple[OutboundFrame, ...] = ()
 
 
 class _Journal:
@@ -454,6 +524,8 @@ class SimulatedHeadEnd:
         self._applied: Counter[str] = Counter()
         #: Every command accepted by this simulator, each ``command_id`` once, in order.
         self.received: list[Command] = []
+        #: The meters and devices this head-end serves.
+        self.fleet = Fleet(config.fleet_config(), clock, self._emit)
         self._log = log.bind(tdsp_duns=config.tdsp_duns)
 
     # -- what tests and QA read and set --------------------------------------------------------
@@ -544,8 +616,8 @@ class SimulatedHeadEnd:
         bound = self._log.bind(
             command_id=command.command_id,
             esiid=command.esiid,
-            device_id=command.device_id,
-            mac=command.mac,
+            device_id=getattr(command, "device_id", None),
+            mac=getattr(command, "mac", None),
         )
         if not self._running:
             bound.warning("simulator.unreachable", why="not running")
@@ -567,21 +639,30 @@ class SimulatedHeadEnd:
         if self._known(command.command_id):
             bound.info("simulator.duplicate", sends=self._sent[command.command_id])
             return self._acknowledge_again()
+        frames: tuple[OutboundFrame, ...] = ()
         if isinstance(command, ProvisionDevice):
             action = ADD
         elif isinstance(command, DeprovisionDevice):
             action = REMOVE
+        elif isinstance(command, SendFrames):
+            action, frames = FRAMES, command.frames
         else:
             return fail(TypeError(f"the simulated head-end cannot carry {type(command).__name__}"))
-        fault = configured if configured is not None else self._draw_fault()
+        if action == FRAMES:
+            fault = Fault.NONE
+        else:
+            fault = self._meter_fault(action, command.esiid) or (
+                configured if configured is not None else self._draw_fault()
+            )
         job = _Job(
             command.command_id,
             action,
             command.esiid,
-            command.device_id,
-            normalize_mac(command.mac),
+            getattr(command, "device_id", ""),
+            normalize_mac(getattr(command, "mac", "")),
             fault,
             step_at=self._clock.seconds(),
+            frames=frames,
         )
         if self._journal is not None:
             self._journal.record(job)
@@ -595,6 +676,18 @@ class SimulatedHeadEnd:
         self._schedule(job)
         return acknowledged
 
+    def query(self, query: Query) -> Deferred[QueryResult]:
+        """Ping the ESI or a device, or read the meter, from the fleet."""
+        if not self._running:
+            return fail(QueryFailed(f"the simulated head-end of TDSP {self.tdsp_duns} is down"))
+        try:
+            result = self.fleet.query(query)
+        except QueryFailed as refusal:
+            return fail(refusal)
+        answer: Deferred[QueryResult] = Deferred()
+        self._clock.callLater(self.config.answer_delay_s, answer.callback, result)
+        return answer
+
     # -- inside --------------------------------------------------------------------------------
 
     def _steps(self, job: _Job) -> tuple[Step, ...]:
@@ -607,7 +700,7 @@ class SimulatedHeadEnd:
 
     def _configured_fault(self, command: Command) -> Fault | None:
         """The fault set for this command's MAC, ESI ID or the simulator; None: use the rates."""
-        mac = normalize_mac(command.mac)
+        mac = normalize_mac(getattr(command, "mac", ""))
         if mac in self._faults_by_mac:
             return self._faults_by_mac[mac]
         if command.esiid in self._faults_by_esiid:
@@ -615,6 +708,16 @@ class SimulatedHeadEnd:
         if self._fault is not Fault.NONE:
             return self._fault
         return None
+
+    def _meter_fault(self, action: str, esiid: str) -> Fault | None:
+        """What the fleet's meter makes of a provisioning command: rejected, failed or fine."""
+        refusal = self.fleet.provisioning_refusal(esiid)
+        if refusal is None:
+            return None
+        how, _ = refusal
+        if how == "fail":
+            return Fault.METER_OFFLINE
+        return Fault.HAN_INCOMPATIBLE if action == ADD else None
 
     def _draw_fault(self) -> Fault:
         config = self.config
@@ -660,6 +763,12 @@ class SimulatedHeadEnd:
             waiting, job.waiting = job.waiting, []
             for d in waiting:
                 d.callback(None)
+            if job.action == FRAMES:
+                frames, job.frames = job.frames, ()
+                for frame in frames:
+                    self.fleet.deliver(job.esiid, frame)
+                self._advance(job)
+                return
         report = ProvisioningReport(
             job.command_id, job.esiid, job.device_id, step.status, step.reason
         )
@@ -681,6 +790,10 @@ class SimulatedHeadEnd:
 
     def _delivered(self, _: object, job: _Job, report: ProvisioningReport) -> None:
         job.delivering = False
+        if report.status is HeadEndStatus.DEVICE_JOINED:
+            self.fleet.join(job.esiid, job.mac)
+        elif report.status is HeadEndStatus.DEVICE_REMOVED:
+            self.fleet.leave(job.esiid, job.mac)
         self._log.debug(
             "simulator.reported",
             command_id=job.command_id,
@@ -734,6 +847,27 @@ class SimulatedHeadEnd:
             self._schedule(job)
         if not self._running:
             self._close_journal_when_idle()
+
+    def _emit(self, event: DeliveryStatus | InboundFrame, attempt: int = 1) -> None:
+        """Send a fleet event to the gateway; retried like reports when it is not recorded."""
+        if self._events is None:
+            return
+        if isinstance(event, DeliveryStatus):
+            d: Deferred[Any] = maybeDeferred(self._events.delivery_status, event)
+        else:
+            d = maybeDeferred(self._events.inbound_frame, event)
+
+        def not_recorded(failure: Failure) -> None:
+            why = failure.getErrorMessage()
+            if failure.check(ReportRefused) or attempt > self.config.report_max_retries:
+                self._log.warning("simulator.event_dropped", esiid=event.esiid, why=why)
+                return
+            if self._running:
+                self._clock.callLater(
+                    self.config.report_retry_delay_s, self._emit, event, attempt + 1
+                )
+
+        d.addErrback(not_recorded)
 
     def _close_journal_when_idle(self) -> None:
         """Close the journal once stopped and no report is still on its way."""

@@ -18,7 +18,14 @@ from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.task import deferLater
 from zope.interface import implementer
 
-from adapters.commands import HeadEndStatus, ProvisioningReport
+from adapters.commands import (
+    DeliveryStatus,
+    HeadEndStatus,
+    InboundFrame,
+    MeterEvent,
+    ProvisioningReport,
+    ReportRefused,
+)
 from adapters.interfaces import IAdapterEvents
 from adapters.wire.gateway import HeadEndLinkFactory, WireAdapter
 from hangw import certs
@@ -38,18 +45,37 @@ FAST = {
 
 @implementer(IAdapterEvents)
 class RecordingEvents:
-    """The gateway's side of IAdapterEvents, recording every report in order."""
+    """The gateway's side of IAdapterEvents, recording every event in order."""
 
     def __init__(self) -> None:
         self.reports: list[ProvisioningReport] = []
+        self.deliveries: list[DeliveryStatus] = []
+        self.frames: list[InboundFrame] = []
+        self.meter_events: list[MeterEvent] = []
         self.refuse_esiids: set[str] = set()
 
-    def provisioning_report(self, report: ProvisioningReport) -> Deferred[None]:
-        if report.esiid in self.refuse_esiids:
-            from hangw.devices import ReportRefused
+    def _check(self, event: Any) -> None:
+        if event.esiid in self.refuse_esiids:
+            raise ReportRefused(f"ESI ID {event.esiid} is not served by TDSP {event.tdsp_duns}")
 
-            raise ReportRefused(f"ESI ID {report.esiid} is not served by TDSP {report.tdsp_duns}")
+    def provisioning_report(self, report: ProvisioningReport) -> Deferred[None]:
+        self._check(report)
         self.reports.append(report)
+        return succeed(None)
+
+    def delivery_status(self, status: DeliveryStatus) -> Deferred[None]:
+        self._check(status)
+        self.deliveries.append(status)
+        return succeed(None)
+
+    def inbound_frame(self, frame: InboundFrame) -> Deferred[None]:
+        self._check(frame)
+        self.frames.append(frame)
+        return succeed(None)
+
+    def meter_event(self, event: MeterEvent) -> Deferred[None]:
+        self._check(event)
+        self.meter_events.append(event)
         return succeed(None)
 
     def statuses_of(self, command_id: str) -> list[HeadEndStatus]:

@@ -224,3 +224,81 @@ async def test_ack_without_ref_is_refused_not_fatal(wired: Harness) -> None:
     assert link.transport.connected  # type: ignore[union-attr]
     link.transport.loseConnection()  # type: ignore[union-attr]
     await link.closed
+
+
+def meter_row(harness: Harness, esiid: str) -> tuple[Any, ...]:
+    engine = sa.create_engine(harness.config.store_url)
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text(
+                "SELECT meter_serial, firmware_version, han_capable, active FROM meters"
+                " WHERE esiid = :esiid"
+            ),
+            {"esiid": esiid},
+        ).one()
+    engine.dispose()
+    return tuple(row)
+
+
+@pytest_twisted.ensureDeferred
+async def test_meter_events_update_the_registry_and_refuse_other_meters(wired: Harness) -> None:
+    """A firmware change and a meter removal from the head-end change the meter registry, and a
+    REP can then no longer add a device there; an event about another TDSP's meter is refused."""
+    link = await dial(wired)
+    link.say(hello())
+    await eventually(lambda: link.of_type("welcome"), what="welcome")
+    other_before = meter_row(wired, E_OTHER_TDSP)
+    link.say(
+        {
+            "type": "meter_event",
+            "id": "me-1",
+            "esiid": E_OWN,
+            "event": "firmware_changed",
+            "firmware_version": "4.0.9",
+            "han_capable": False,
+        }
+    )
+    link.say({"type": "meter_event", "id": "me-2", "esiid": E_OTHER_TDSP, "event": "meter_removed"})
+    await eventually(
+        lambda: len(link.of_type("ack")) + len(link.of_type("nack")) == 2, what="answers"
+    )
+    assert [m["ref"] for m in link.of_type("ack")] == ["me-1"]
+    [nack] = link.of_type("nack")
+    assert nack["ref"] == "me-2" and "another TDSP" in nack["reason"]
+    assert meter_row(wired, E_OWN)[1:3] == ("4.0.9", False)
+    assert meter_row(wired, E_OTHER_TDSP) == other_before
+    rep = wired.caller("demo-rep-a")
+    status, problem = await rep.call("POST", f"/v1/esiids/{E_OWN}/han-devices", add_body())
+    assert status == 409 and "firmware" in problem["detail"], problem
+    link.say({"type": "meter_event", "id": "me-3", "esiid": E_OWN, "event": "meter_removed"})
+    await eventually(lambda: len(link.of_type("ack")) == 2, what="the removal's ack")
+    assert not meter_row(wired, E_OWN)[3]
+    link.transport.loseConnection()  # type: ignore[union-attr]
+    await link.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_inbound_frames_are_decoded_and_garbage_is_refused(wired: Harness) -> None:
+    """A Message Confirmation from a device is taken; a frame that is not SE 1.0 is refused with
+    the decoder's reason, and the link stays up."""
+    link = await dial(wired)
+    link.say(hello())
+    await eventually(lambda: link.of_type("welcome"), what="welcome")
+    frame = {
+        "type": "inbound_frame",
+        "esiid": E_OWN,
+        "source": "00124B0001ABCD01",
+        "cluster": 0x0703,
+        "received_at": 1_790_000_000,
+    }
+    # Message Confirmation by hand from sep1-wire.md: frame control 0x01 (cluster command, client
+    # to server), sequence 7, command 0x01, message id 42 and time 0x12345678, little-endian
+    link.say({**frame, "id": "in-1", "zcl": "010701" + "2a000000" + "78563412"})
+    link.say({**frame, "id": "in-2", "zcl": "010701ff"})
+    await eventually(lambda: link.of_type("ack") and link.of_type("nack"), what="answers")
+    assert [m["ref"] for m in link.of_type("ack")] == ["in-1"]
+    [nack] = link.of_type("nack")
+    assert nack["ref"] == "in-2" and "MessageConfirmation" in nack["reason"]
+    assert link.transport.connected  # type: ignore[union-attr]
+    link.transport.loseConnection()  # type: ignore[union-attr]
+    await link.closed

@@ -36,6 +36,8 @@ class SlowEvents:
         self.calls.append((report, done))
         return done
 
+    delivery_status = inbound_frame = meter_event = provisioning_report
+
 
 def status(event_id: str, esiid: str = "10443720000000001") -> dict[str, Any]:
     return {

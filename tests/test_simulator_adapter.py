@@ -70,6 +70,8 @@ class RecordingEvents:
         self.failures = failures
         self.attempts = 0
         self.timed: list[tuple[float, ProvisioningReport]] = []
+        #: Delivery statuses, inbound frames and meter events, with the clock's time.
+        self.others: list[tuple[float, Any]] = []
 
     def provisioning_report(self, report: ProvisioningReport) -> Deferred[None]:
         self.attempts += 1
@@ -78,6 +80,16 @@ class RecordingEvents:
             return fail(RuntimeError("store unavailable"))
         self.timed.append((self.clock.seconds(), report))
         return succeed(None)
+
+    def _other(self, event: Any) -> Deferred[None]:
+        self.attempts += 1
+        if self.failures:
+            self.failures -= 1
+            return fail(RuntimeError("store unavailable"))
+        self.others.append((self.clock.seconds(), event))
+        return succeed(None)
+
+    delivery_status = inbound_frame = meter_event = _other
 
     @property
     def statuses(self) -> list[HeadEndStatus]:

@@ -10,6 +10,8 @@ that TDSP's commands and reports. A newer connection from the same TDSP replaces
 from __future__ import annotations
 
 import hashlib
+import itertools
+import os
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,7 +26,17 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from adapters.commands import Command, ReportRefused
+from adapters.commands import (
+    Command,
+    DeliveryStatus,
+    InboundFrame,
+    MeterEvent,
+    ProvisioningReport,
+    Query,
+    QueryFailed,
+    QueryResult,
+    ReportRefused,
+)
 from adapters.interfaces import IAdapterEvents, IHeadEndAdapter
 from adapters.wire import protocol
 from adapters.wire.protocol import ProtocolError
@@ -94,6 +106,10 @@ class WireAdapter:
         #: Called with the TDSP's DUNS when its head-end has (re)connected (the router's link_up).
         self.on_connected: Callable[[str], None] | None = None
         self._seen_limit = 200_000
+        #: Queries asked and not yet answered: query id -> (answer, timeout).
+        self._queries: dict[str, tuple[Deferred[QueryResult], IDelayedCall]] = {}
+        self._query_ids = itertools.count(1)
+        self._query_prefix = "q-" + os.urandom(4).hex()
         self._log = log.bind(tdsp=self.tdsp_duns)
 
     # -- IHeadEndAdapter -----------------------------------------------------------------------
@@ -130,6 +146,22 @@ class WireAdapter:
         self._queue.append(command)
         self._pump()
         return done
+
+    def query(self, query: Query) -> Deferred[QueryResult]:
+        """Ask the head-end now (queries wait for no credit and are not queued or resent).
+
+        Fails with QueryFailed when no head-end is connected, the link is lost first, the
+        head-end refuses (its reason), or no answer comes within ``ack_timeout_s``.
+        """
+        link = self._link
+        if link is None:
+            return fail(QueryFailed(f"the head-end of TDSP {self.tdsp_duns} is not connected"))
+        query_id = f"{self._query_prefix}-{next(self._query_ids)}"
+        answer: Deferred[QueryResult] = Deferred()
+        timeout = self._clock.callLater(self.ack_timeout_s, self._query_timed_out, query_id)
+        self._queries[query_id] = (answer, timeout)
+        link.send(protocol.query_message(query_id, query))
+        return answer
 
     # -- the link --------------------------------------------------------------------------------
 
@@ -171,8 +203,28 @@ class WireAdapter:
         for done in waiting:
             done.callback(None)
 
+    def answered(self, message: dict[str, Any]) -> None:
+        """A query's result (``ping_result``, ``meter_read``) or the head-end's ``nack`` of it."""
+        entry = self._queries.pop(message["ref"], None)
+        if entry is None:
+            return  # late (after its timeout), or a nack of something that was not a query
+        answer, timeout = entry
+        if timeout.active():
+            timeout.cancel()
+        if message["type"] == "nack":
+            reason = message.get("reason") or "no reason given"
+            answer.errback(Failure(QueryFailed(f"the head-end refused: {reason}")))
+        else:
+            answer.callback(protocol.query_result_from_message(message))
+
+    def _query_timed_out(self, query_id: str) -> None:
+        entry = self._queries.pop(query_id, None)
+        if entry is not None:
+            error = QueryFailed(f"the head-end did not answer within {self.ack_timeout_s:g} s")
+            entry[0].errback(Failure(error))
+
     def report(self, message: dict[str, Any]) -> Deferred[str | None]:
-        """Apply a provisioning status once per event id.
+        """Apply an event (provisioning or delivery status, inbound frame, meter event) once per id.
 
         Fires with None when it was recorded, or with the reason it was refused (the head-end
         gets a nack); the same id again gets the same answer without being applied again. Fails
@@ -191,8 +243,7 @@ class WireAdapter:
         if self._events is None:
             return fail(HeadEndUnavailable("the gateway is not ready for reports yet"))
         self._applying[event_id] = []
-        report = protocol.report_from_message(message, self.tdsp_duns)
-        applied = maybeDeferred(self._events.provisioning_report, report)
+        applied = maybeDeferred(self._apply, protocol.event_from_message(message, self.tdsp_duns))
 
         def recorded(_: object) -> str | None:
             return None
@@ -217,6 +268,18 @@ class WireAdapter:
 
         return applied.addCallbacks(recorded, refused).addBoth(settle)
 
+    def _apply(self, event: protocol.Event) -> Deferred[Any]:
+        assert self._events is not None
+        if isinstance(event, ProvisioningReport):
+            return self._events.provisioning_report(event)
+        if isinstance(event, DeliveryStatus):
+            return self._events.delivery_status(event)
+        if isinstance(event, InboundFrame):
+            return self._events.inbound_frame(event)
+        if isinstance(event, MeterEvent):
+            return self._events.meter_event(event)
+        raise TypeError(f"no event {type(event).__name__}")
+
     def _pump(self) -> None:
         link = self._link
         while link is not None and self._queue and self._credit > 0:
@@ -235,6 +298,11 @@ class WireAdapter:
                 done.errback(Failure(error))
 
     def _fail_all(self, error: Exception) -> None:
+        queries, self._queries = self._queries, {}
+        for answer, timeout in queries.values():
+            if timeout.active():
+                timeout.cancel()
+            answer.errback(Failure(QueryFailed(str(error))))
         self._queue.clear()
         waiting, self._waiting = self._waiting, {}
         for dones, timeout in waiting.values():
@@ -324,8 +392,10 @@ class HeadEndLink(Int32StringReceiver):
             self.adapter.acknowledged(message["ref"])
         elif kind == "credit":
             self.adapter.grant(message["grant"])
-        elif kind == "provisioning_status":
+        elif kind in protocol.EVENT_TYPES:
             self._status(message)
+        elif kind in protocol.QUERY_RESULT_TYPES or kind == "nack":
+            self.adapter.answered(message)
         elif kind == "hello":
             self.send({"type": "error", "reason": "hello was already said"})
         elif kind == "error":

@@ -27,7 +27,14 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from adapters.commands import ProvisioningReport, ReportRefused
+from adapters.commands import (
+    DeliveryStatus,
+    InboundFrame,
+    MeterEvent,
+    ProvisioningReport,
+    QueryFailed,
+    ReportRefused,
+)
 from adapters.interfaces import IAdapterEvents
 from adapters.wire import protocol
 from adapters.wire.protocol import ProtocolError
@@ -46,6 +53,12 @@ class IHeadEndApplication(Interface):
 
         The client acknowledges the command to the gateway when it fires. The same
         ``command_id`` may come again (after a lost link) and must be applied once.
+        """
+
+    def query(query):
+        """Answer an ``adapters.commands.Query``: a Deferred firing with its QueryResult.
+
+        A failure (``QueryFailed`` with a reason for the person who asked) is sent as a nack.
         """
 
 
@@ -116,8 +129,10 @@ class _Link(Int32StringReceiver):
             self.client._welcomed(self, message)
         elif kind == "goodbye":
             self.client._goodbye(message.get("reason", ""))
-        elif kind in ("provision", "deprovision"):
+        elif kind in protocol.COMMAND_TYPES:
             self._command(message)
+        elif kind in protocol.QUERY_TYPES:
+            self._query(message)
         elif kind == "ack":
             self.client._settled(message["ref"], None)
         elif kind == "nack":
@@ -146,6 +161,22 @@ class _Link(Int32StringReceiver):
             self._grant_back()
 
         accepted.addCallbacks(ack, not_accepted)
+
+    def _query(self, message: dict[str, Any]) -> None:
+        ref = message["id"]
+        answer = maybeDeferred(self.client.application.query, protocol.query_from_message(message))
+
+        def result(value: Any) -> None:
+            if self.connected:
+                self.send(protocol.query_result_message(ref, value))
+
+        def refused(failure: Failure) -> None:
+            if not failure.check(QueryFailed):
+                log.error("headend.query_failed", query=ref, why=failure.getErrorMessage())
+            if self.connected:
+                self.send({"type": "nack", "ref": ref, "reason": failure.getErrorMessage()})
+
+        answer.addCallbacks(result, refused)
 
     def _grant_back(self) -> None:
         self._grants += 1
@@ -181,9 +212,9 @@ class _LinkFactory(Factory):
 class HeadEndClient:
     """A head-end's connection to the gateway, kept up with backoff.
 
-    ``report`` (and ``provisioning_report``, so a head-end model written against
-    IAdapterEvents can report through it) returns a Deferred that fires when the gateway has
-    recorded the report, or fails with ReportRefusedByGateway.
+    ``report`` (and the IAdapterEvents methods, so a head-end model written against
+    IAdapterEvents can report through it) sends an event and returns a Deferred that fires when
+    the gateway has recorded it, or fails with ReportRefusedByGateway.
     """
 
     versions: tuple[int, ...] = protocol.SUPPORTED_VERSIONS
@@ -257,16 +288,22 @@ class HeadEndClient:
         if self.link is not None:
             self.link._tls.abortConnection()
 
-    # -- reports -------------------------------------------------------------------------------
+    # -- events ----------------------------------------------------------------------------------
 
-    def report(self, report: ProvisioningReport) -> Deferred[None]:
+    def report(
+        self, event: ProvisioningReport | DeliveryStatus | InboundFrame | MeterEvent
+    ) -> Deferred[None]:
+        """Send an event; fires once the gateway recorded it (fails if the gateway refused it)."""
         event_id = f"{self._prefix}-{next(self._ids)}"
         done: Deferred[None] = Deferred()
-        self._outbox[event_id] = (protocol.report_message(event_id, report), done)
+        self._outbox[event_id] = (protocol.event_message(event_id, event), done)
         self._pump()
         return done
 
     provisioning_report = report
+    delivery_status = report
+    inbound_frame = report
+    meter_event = report
 
     @property
     def unacknowledged(self) -> int:
