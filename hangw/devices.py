@@ -29,7 +29,7 @@ from adapters.commands import (
     ProvisioningReport,
     ReportRefused,
 )
-from hangw import authz, logs, metrics
+from hangw import authz, head_end_events, logs, metrics
 from hangw.config import ProvisioningConfig
 from hangw.domain import Device, Grant, HistoryEntry, Meter, Party, Role
 from hangw.installcodes import InstallCodeError, derive_link_key, parse_install_code
@@ -285,6 +285,7 @@ class DeviceService:
         self._clock = clock
         self._config = config
         self._on_outbox = on_outbox  # wakes the router after a command was queued
+        self._pruned_at = 0.0  # when remembered head-end event ids were last pruned
         self._reports: TurnBatch[ProvisioningReport, Device | ReportRefused | None] = TurnBatch(
             store, clock, self.apply_reports_thd, self._log_statuses
         )
@@ -695,11 +696,33 @@ class DeviceService:
     def apply_reports_thd(
         self, conn: sa.Connection, reports: list[ProvisioningReport], now: float
     ) -> list[Device | ReportRefused | None]:
-        """Apply reports in the order they came, in one transaction; refusals are returned."""
-        results: list[Device | ReportRefused | None] = []
+        """Apply reports in the order they came, in one transaction; refusals are returned.
+
+        A report whose head-end event id was answered before (a copy resent because the gateway
+        died before its acknowledgement went out) gets the same answer and is not applied again;
+        the answer of every new one is recorded in this transaction.
+        """
+        answered: dict[tuple[str, str], str | None] = {}
+        by_tdsp: dict[str, list[str]] = {}
         for report in reports:
+            if report.event_id:
+                by_tdsp.setdefault(report.tdsp_duns, []).append(report.event_id)
+        for tdsp_duns, event_ids in by_tdsp.items():
+            earlier = head_end_events.answers_thd(conn, tdsp_duns, event_ids)
+            for event_id, refusal in earlier.items():
+                answered[tdsp_duns, event_id] = refusal
+        results: list[Device | ReportRefused | None] = []
+        new: dict[str, list[tuple[str, str | None]]] = {}
+        for report in reports:
+            key = (report.tdsp_duns, report.event_id)
+            if report.event_id and key in answered:
+                log.info("report.duplicate", device=report.device_id, event_id=report.event_id)
+                first = answered[key]
+                results.append(None if first is None else ReportRefused(first))
+                continue
             try:
                 results.append(self.apply_report_thd(conn, report, now))
+                answer: str | None = None
             except ReportRefused as refusal:
                 log.warning(
                     "report.refused",
@@ -709,6 +732,12 @@ class DeviceService:
                     why=str(refusal),
                 )
                 results.append(refusal)
+                answer = str(refusal)
+            if report.event_id:
+                answered[key] = answer
+                new.setdefault(report.tdsp_duns, []).append((report.event_id, answer))
+        for tdsp_duns, answers in new.items():
+            head_end_events.record_thd(conn, tdsp_duns, answers, now)
         return results
 
     def apply_report(self, report: ProvisioningReport) -> Deferred[Device | None]:
@@ -777,7 +806,11 @@ class DeviceService:
         return moved
 
     async def fire_timers(self) -> list[Device]:
-        moved = await self.store.run(self.fire_timers_thd, self._clock.seconds())
+        now = self._clock.seconds()
+        moved = await self.store.run(self.fire_timers_thd, now)
+        if now - self._pruned_at > 3600:
+            self._pruned_at = now
+            await self.store.run(head_end_events.prune_thd, now)
         for device in moved:
             log.info(
                 "device.status",

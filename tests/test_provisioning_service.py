@@ -3,6 +3,7 @@ of requests and head-end answers ever breaks the five-slot rule or leaves an ill
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from adapters.commands import DeprovisionDevice, HeadEndStatus, ProvisioningReport
+from adapters.commands import DeprovisionDevice, HeadEndStatus, ProvisioningReport, ReportRefused
 from hangw.devices import REPORT_EVENTS, AddDeviceRequest, DeviceService
 from hangw.domain import Party, Role
 from hangw.problems import Forbidden, IllegalTransitionProblem, Problem
@@ -139,6 +140,39 @@ def test_stale_report_is_ignored(tmp_path: Path) -> None:
     report = ProvisioningReport(add_command, E_OWN, device_id, HeadEndStatus.DEVICE_JOINED)
     assert service.store.transaction(service.apply_report_thd, report, clock.seconds()) is None
     assert snapshot(service, device_id) == before
+
+
+def test_a_report_resent_after_a_crash_is_applied_once(tmp_path: Path) -> None:
+    """A head-end event applied and committed, then resent under its id (the gateway died before
+    acknowledging it), gets the same answer and leaves one history row, even for the TDSP
+    acknowledgement that the table allows again in Add Acknowledged."""
+    service, clock = make_service(tmp_path / "s.sqlite")
+    device_id = place_device(service, DeviceStatus.ADD_ACKNOWLEDGED, None)
+    command = latest_command(service, device_id)
+    ack = ProvisioningReport(
+        command, E_OWN, device_id, HeadEndStatus.ACKNOWLEDGED, tdsp_duns=TDSP, event_id="hx-1"
+    )
+    first = service.store.transaction(service.apply_reports_thd, [ack], clock.seconds())
+    assert first[0] is not None
+    after_first = snapshot(service, device_id)
+    again = service.store.transaction(service.apply_reports_thd, [ack], clock.seconds())
+    assert again == [None]
+    assert snapshot(service, device_id) == after_first
+    # a refused event is refused again with the same reason, from the record
+    other = ProvisioningReport(
+        command, E_OTHER, device_id, HeadEndStatus.ACKNOWLEDGED, tdsp_duns=TDSP, event_id="hx-2"
+    )
+    refusals = [
+        service.store.transaction(service.apply_reports_thd, [other], clock.seconds())[0]
+        for _ in range(2)
+    ]
+    assert all(isinstance(r, ReportRefused) for r in refusals)
+    assert str(refusals[0]) == str(refusals[1])
+    # the same acknowledgement under a new id is a new event, and applied
+    fresh = service.store.transaction(
+        service.apply_reports_thd, [replace(ack, event_id="hx-3")], clock.seconds()
+    )
+    assert fresh[0] is not None and snapshot(service, device_id)[1] == after_first[1] + 1
 
 
 class ProvisioningMachine(RuleBasedStateMachine):

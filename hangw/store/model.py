@@ -131,3 +131,16 @@ outbox = sa.Table(
     # a device's latest command, which every head-end report is checked against
     sa.Index("ix_outbox_device_id_outbox_id", "device_id", "outbox_id"),
 )
+
+
+head_end_events = sa.Table(
+    "head_end_events",
+    metadata,
+    # Events a head-end sent that changed the store (provisioning reports, meter events), by the
+    # head-end's event id, written in the transaction that applied them: a copy resent after the
+    # gateway crashed before its acknowledgement went out gets the same answer, applied once.
+    sa.Column("tdsp_duns", sa.String(16), primary_key=True),
+    sa.Column("event_id", sa.String(100), primary_key=True),
+    sa.Column("refusal", sa.String(1000), nullable=True),  # NULL: applied (or stale, ignored)
+    sa.Column("received_at", sa.Float, nullable=False, index=True),
+)
