@@ -4,12 +4,17 @@ It creates the development certificates, loads a few demo meters (fresh ESI IDs 
 TDSP would), starts hangwd with the in-process simulated head-end, then as a REP: provisions
 devices and prints their statuses as they change, shows a refusal for meter firmware and one for
 a sixth device, removes a device, and says where the API and the certificates are.
+
+With ``--headend sim`` the demo TDSP is reached over the adapter protocol instead: hangwd listens
+on ``api.adapter_port`` and ``hangw-sim``, started as its own process, dials in over mutual TLS
+with the demo TDSP's certificate and serves the demo meters.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -145,19 +150,91 @@ def show(client: Client, esiids: list[str]) -> None:
         say(f"    {entry['at']}  {entry['status']:<20} {entry['event']:<18} by {entry['actor']}")
 
 
+SIM_STEPS = {
+    "ack_delay_s": 0.2,
+    "pending_delay_s": 0.5,
+    "meter_ready_delay_s": 0.5,
+    "join_delay_s": 1.0,
+}
+
+
+def wire_config(base: str | None, state_dir: Path) -> Path:
+    """A copy of the configuration whose demo TDSP is reached over the adapter protocol."""
+    path = Path(base) if base else config_module.DEFAULT_CONFIG_PATH
+    text = path.read_text(encoding="utf-8")
+    section = re.compile(rf"^\[adapters\.{TDSP}\][^\[]*", re.MULTILINE)
+    wire = f'[adapters.{TDSP}]\nkind = "wire"                   # hangw-sim dials in\n'
+    text = section.sub(wire, text) if section.search(text) else text + "\n" + wire
+    out = state_dir / "demo-wire.toml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)  # relative paths are taken from the working directory, as before
+    return out
+
+
+def start_sim(
+    config: config_module.Config, meters_csv: Path, log_path: Path
+) -> subprocess.Popen[bytes]:
+    steps = [f"--set={key}={value}" for key, value in SIM_STEPS.items()]
+    with open(log_path, "ab") as log_file:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "simulators.headend",
+                "--gateway",
+                f"{config.api.host}:{config.api.adapter_port}",
+                "--cert-dir",
+                str(config.cert_dir),
+                "--party",
+                "demo-tdsp",
+                "--tdsp-duns",
+                TDSP,
+                "--meters-csv",
+                str(meters_csv),
+                "--set",
+                f"journal_path={config.state_dir / 'hangw-sim.sqlite'}",
+                *steps,
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop(process: subprocess.Popen[bytes] | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bin/demo", description=__doc__)
     parser.add_argument("--once", action="store_true", help="stop the gateway after the showing")
     parser.add_argument("--config", help="configuration (default: config/hangw.toml)")
+    parser.add_argument(
+        "--headend",
+        choices=("inprocess", "sim"),
+        default="inprocess",
+        help="the demo TDSP's head-end: the in-process simulator (default), or hangw-sim "
+        "dialling in over the adapter protocol",
+    )
     args = parser.parse_args(argv)
     once = args.once or not sys.stdout.isatty()
 
-    config = config_module.load(args.config)
+    config_path = args.config
+    if args.headend == "sim":
+        config_path = str(wire_config(args.config, config_module.load(args.config).state_dir))
+    config = config_module.load(config_path)
     state_dir = config.state_dir
     from hangw import cli
 
     say(f"hangw demo: state in {state_dir.resolve()}")
-    config_args = ["--config", args.config] if args.config else []
+    config_args = ["--config", config_path] if config_path else []
     if cli.main([*config_args, "certs", "init"]) != 0:
         return 1
     meters_csv, esiids = demo_meters(state_dir)
@@ -173,8 +250,16 @@ def main(argv: list[str] | None = None) -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    sim: subprocess.Popen[bytes] | None = None
     try:
         wait_healthy(f"http://{config.api.host}:{config.api.ops_port}/healthz", process, log_path)
+        if args.headend == "sim":
+            sim_log = state_dir / "hangw-sim.log"
+            sim = start_sim(config, meters_csv, sim_log)
+            say(
+                f"hangw-sim dials the adapter protocol on {config.api.host}:"
+                f"{config.api.adapter_port} as TDSP {TDSP} (log: {sim_log})"
+            )
         cert_dir = config.cert_dir
         identity = Identity(
             cert_dir / "demo-rep-a.pem", cert_dir / "demo-rep-a-key.pem", cert_dir / "ca.pem"
@@ -195,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             f"  certificates {cert_dir.resolve()}"
             "   (demo-rep-a, demo-rep-b, demo-tdsp, demo-hsp, demo-customer)"
         )
-        say(f"  CLI          .venv/bin/hangw list {esiids[0]} --as demo-rep-a")
+        config_flag = f"--config {config_path} " if config_path else ""
+        say(f"  CLI          .venv/bin/hangw {config_flag}list {esiids[0]} --as demo-rep-a")
         say(
             f"  curl         curl --cacert {cert_dir}/ca.pem --cert {cert_dir}/demo-rep-a.pem "
             f"--key {cert_dir}/demo-rep-a-key.pem {api}/v1/esiids/{esiids[0]}/han-devices"
@@ -209,13 +295,10 @@ def main(argv: list[str] | None = None) -> int:
             say("")
         return 0
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        if sim is not None:
+            stop(sim)
+            say("hangw-sim stopped.")
+        stop(process)
         say("hangwd stopped.")
 
 

@@ -44,3 +44,32 @@ def test_demo_once_shows_the_gateway_working_and_stops_it(tmp_path: Path) -> Non
     assert "certificates" in out and "curl" in out
     left = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, text=True)
     assert left.stdout == "", f"processes left running: {left.stdout}"
+
+
+def test_demo_with_hangw_sim_runs_the_same_showing_over_the_adapter_protocol(
+    tmp_path: Path,
+) -> None:
+    """With --headend sim, hangw-sim dials in over TLS and the same flow ends in the same
+    statuses; both processes are stopped afterwards."""
+    config = tmp_path / "demo.toml"
+    config.write_text(
+        f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n'
+        f"[api]\nport = {free_port()}\nops_port = {free_port()}\nadapter_port = {free_port()}\n"
+        '[adapters.1039940674000]\nkind = "simulator"\n'
+    )
+    shown = subprocess.run(
+        [sys.executable, "-m", "hangw.demo", "--once", "--headend", "sim", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        stdin=subprocess.DEVNULL,
+    )
+    out = shown.stdout
+    assert shown.returncode == 0, f"{out}{shown.stderr}"
+    assert "hangw-sim dials the adapter protocol" in out
+    assert "Device Added" in out and "Device Removed" in out
+    assert "hangw-sim stopped." in out and "hangwd stopped." in out
+    sim_log = (tmp_path / "state" / "hangw-sim.log").read_text()
+    assert "headend.welcomed" in sim_log and "simulator.accepted" in sim_log
+    left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
+    assert left.stdout == "", f"processes left running: {left.stdout}"
