@@ -236,7 +236,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="FILE",
         help="write the meter CSV of the --meters generated meters for the gateway, and exit",
     )
-    fleet.add_argument("--ror-duns", default="123456789", help="ROR of written meters")
+    fleet.add_argument(
+        "--ror-duns", default="0000000000001", help="ROR of written meters (default: demo REP A)"
+    )
     faults = parser.add_argument_group("faults (probabilities 0 to 1)")
     for flag, what in (
         ("reject-rate", "the TDSP rejects a provisioning request"),
