@@ -24,7 +24,8 @@ class IAdapterEvents(Interface):
         """
 
     def delivery_status(status):
-        """Record an ``adapters.commands.DeliveryStatus``; a Deferred as for reports."""
+        """Record an ``adapters.commands.DeliveryStatus``; a Deferred as for reports, failing
+        with ``ReportRefused`` when the ESI ID is not a meter of the adapter's TDSP."""
 
     def inbound_frame(frame):
         """Take an ``adapters.commands.InboundFrame`` from a device; a Deferred as for reports.

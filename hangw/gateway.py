@@ -14,7 +14,7 @@ import sqlalchemy as sa
 import structlog
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.web.server import Site
 from zope.interface import implementer
@@ -36,7 +36,7 @@ from hangw.api.listener import PinnedClientContextFactory
 from hangw.config import AdapterConfig, Config, ConfigError
 from hangw.devices import DeviceService
 from hangw.domain import Meter
-from hangw.meters import apply_meter_event_thd
+from hangw.meters import MeterEventOutcome, apply_meter_event_thd, tdsp_of_thd
 from hangw.parties import PartyRegistry
 from hangw.router import Router
 from hangw.secrets import SecretBox, load_or_create_key
@@ -88,59 +88,97 @@ class GatewayEvents:
     """Where adapters deliver head-end events.
 
     Provisioning reports drive the devices' state machine and meter events the meter registry.
-    Delivery statuses and inbound frames are checked (an inbound frame must decode as SE 1.0),
-    counted in ``hangw_head_end_events`` and logged with their ESI ID.
+    Delivery statuses and inbound frames are checked (the ESI ID must be a meter of the head-end's
+    TDSP, and an inbound frame must decode as SE 1.0), counted in ``hangw_head_end_events`` and
+    logged with their ESI ID.
     """
+
+    #: How long the TDSP of an ESI ID is trusted from memory before the registry is asked again.
+    OWNER_TTL_S = 300.0
 
     def __init__(self, devices: DeviceService) -> None:
         self._devices = devices
+        self._owners: dict[str, tuple[str | None, float]] = {}
 
     def provisioning_report(self, report: ProvisioningReport) -> Deferred[Any]:
         return self._devices.apply_report(report)
 
+    async def _check_owner(self, esiid: str, tdsp_duns: str, kind: str) -> None:
+        """Raise ReportRefused unless the ESI ID is a meter of ``tdsp_duns`` (when it is given)."""
+        if not tdsp_duns:
+            return
+        now = time.monotonic()
+        cached = self._owners.get(esiid)
+        if cached is None or now - cached[1] > self.OWNER_TTL_S:
+            owner = await self._devices.store.run(tdsp_of_thd, esiid)
+            if len(self._owners) > 500_000:
+                self._owners.clear()
+            self._owners[esiid] = cached = (owner, now)
+        owner = cached[0]
+        if owner == tdsp_duns:
+            return
+        metrics.head_end_events.labels(tdsp_duns, kind, "refused").inc()
+        if owner is None:
+            raise ReportRefused(f"ESI ID {esiid} is not in the meter registry")
+        raise ReportRefused(f"ESI ID {esiid} is a meter of another TDSP")
+
     def delivery_status(self, status: DeliveryStatus) -> Deferred[None]:
-        metrics.head_end_events.labels(status.tdsp_duns, "delivery_status", status.state).inc()
-        log.info(
-            "delivery.status",
-            tdsp=status.tdsp_duns,
-            esiid=status.esiid,
-            delivery=status.delivery_id,
-            state=status.state.value,
-            reason=status.reason or None,
-        )
-        return succeed(None)
+        async def take() -> None:
+            await self._check_owner(status.esiid, status.tdsp_duns, "delivery_status")
+            metrics.head_end_events.labels(status.tdsp_duns, "delivery_status", status.state).inc()
+            log.info(
+                "delivery.status",
+                tdsp=status.tdsp_duns,
+                esiid=status.esiid,
+                delivery=status.delivery_id,
+                state=status.state.value,
+                reason=status.reason or None,
+            )
+
+        return Deferred.fromCoroutine(take())
 
     def inbound_frame(self, frame: InboundFrame) -> Deferred[None]:
-        try:
-            decoded = sep1.decode_frame(frame.cluster, frame.zcl)
-        except sep1.DecodeError as error:
-            metrics.head_end_events.labels(frame.tdsp_duns, "inbound_frame", "refused").inc()
-            return fail(ReportRefused(f"inbound frame from {frame.source}: {error}"))
-        metrics.head_end_events.labels(frame.tdsp_duns, "inbound_frame", "taken").inc()
-        log.info(
-            "han.frame_received",
-            tdsp=frame.tdsp_duns,
-            esiid=frame.esiid,
-            source=frame.source,
-            message=type(decoded.message).__name__,
-        )
-        return succeed(None)
-
-    def meter_event(self, event: MeterEvent) -> Deferred[Meter]:
-        def applied(meter: Meter) -> Meter:
-            metrics.head_end_events.labels(event.tdsp_duns, "meter_event", event.kind).inc()
+        async def take() -> None:
+            await self._check_owner(frame.esiid, frame.tdsp_duns, "inbound_frame")
+            try:
+                decoded = sep1.decode_frame(frame.cluster, frame.zcl)
+            except sep1.DecodeError as error:
+                metrics.head_end_events.labels(frame.tdsp_duns, "inbound_frame", "refused").inc()
+                raise ReportRefused(f"inbound frame from {frame.source}: {error}") from None
+            metrics.head_end_events.labels(frame.tdsp_duns, "inbound_frame", "taken").inc()
             log.info(
-                "meter.event",
-                tdsp=event.tdsp_duns,
-                esiid=event.esiid,
-                kind=event.kind.value,
-                active=meter.active,
-                han_capable=meter.han_capable,
-                firmware=meter.firmware_version,
+                "han.frame_received",
+                tdsp=frame.tdsp_duns,
+                esiid=frame.esiid,
+                source=frame.source,
+                message=type(decoded.message).__name__,
             )
+
+        return Deferred.fromCoroutine(take())
+
+    def meter_event(self, event: MeterEvent) -> Deferred[Meter | None]:
+        def applied(outcome: MeterEventOutcome) -> Meter | None:
+            if outcome.refusal is not None:
+                if not outcome.duplicate:
+                    metrics.head_end_events.labels(event.tdsp_duns, "meter_event", "refused").inc()
+                raise ReportRefused(outcome.refusal)
+            meter = outcome.meter
+            if not outcome.duplicate and meter is not None:
+                metrics.head_end_events.labels(event.tdsp_duns, "meter_event", event.kind).inc()
+                log.info(
+                    "meter.event",
+                    tdsp=event.tdsp_duns,
+                    esiid=event.esiid,
+                    kind=event.kind.value,
+                    active=meter.active,
+                    han_capable=meter.han_capable,
+                    firmware=meter.firmware_version,
+                )
             return meter
 
-        d: Deferred[Meter] = self._devices.store.run(apply_meter_event_thd, event, time.time())
+        d: Deferred[MeterEventOutcome] = self._devices.store.run(
+            apply_meter_event_thd, event, time.time()
+        )
         return d.addCallback(applied)
 
 

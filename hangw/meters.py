@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from adapters.commands import MeterEvent, MeterEventKind, ReportRefused
+from adapters.commands import MeterEvent, MeterEventKind
 from hangw import head_end_events
 from hangw.domain import Meter
 from hangw.store.model import meters
@@ -133,20 +133,31 @@ def upsert_meters_thd(conn: sa.Connection, rows: list[Meter]) -> tuple[int, int]
     return len(fresh), len(stale)
 
 
-def apply_meter_event_thd(conn: sa.Connection, event: MeterEvent, now: float) -> Meter:
-    """Apply a TDSP's meter event to the registry and return the meter as it is now.
+@dataclass(frozen=True)
+class MeterEventOutcome:
+    """What a meter event did: the meter as it is now, or why it was refused; ``duplicate``: a
+    copy of an event already answered, which changed nothing this time."""
 
-    A meter exchange sets the new serial (and firmware and HAN capability when given); a removal
-    makes the meter inactive, so no new device can be added to it; a firmware change sets the
-    version and, when given, whether the firmware is HAN-capable. Raises ReportRefused for an
-    unknown ESI ID or a meter of another TDSP.
+    meter: Meter | None
+    refusal: str | None = None
+    duplicate: bool = False
+
+
+def apply_meter_event_thd(conn: sa.Connection, event: MeterEvent, now: float) -> MeterEventOutcome:
+    """Apply a TDSP's meter event to the registry.
+
+    A meter exchange sets the new serial (and firmware and HAN capability when given) and makes
+    the meter active; a removal makes it inactive, so no new device can be added to it; a
+    firmware change sets the version and, when given, whether it can serve a HAN. An unknown ESI
+    ID or a meter of another TDSP is refused. The answer is recorded under the event's id in this
+    transaction (a refusal too: it is returned, not raised, so the record is kept).
     """
     if event.event_id:
         earlier = head_end_events.answers_thd(conn, event.tdsp_duns, [event.event_id])
         if event.event_id in earlier:  # a copy resent after a crash: the same answer, once
-            if earlier[event.event_id] is not None:
-                raise ReportRefused(str(earlier[event.event_id]))
-            return _current(conn, event.esiid)
+            refusal = earlier[event.event_id]
+            meter = None if refusal is not None else _current(conn, event.esiid)
+            return MeterEventOutcome(meter, refusal, duplicate=True)
     row = conn.execute(sa.select(meters).where(meters.c.esiid == event.esiid)).first()
     refusal = None
     if row is None:
@@ -155,8 +166,8 @@ def apply_meter_event_thd(conn: sa.Connection, event: MeterEvent, now: float) ->
         refusal = f"ESI ID {event.esiid} is a meter of another TDSP"
     if event.event_id:
         head_end_events.record_thd(conn, event.tdsp_duns, [(event.event_id, refusal)], now)
-    if refusal is not None or row is None:
-        raise ReportRefused(refusal or "")
+    if refusal is not None:
+        return MeterEventOutcome(None, refusal)
     changes: dict[str, object] = {}
     if event.kind is MeterEventKind.METER_REMOVED:
         changes["active"] = False
@@ -170,7 +181,15 @@ def apply_meter_event_thd(conn: sa.Connection, event: MeterEvent, now: float) ->
         changes["han_capable"] = event.han_capable
     if changes:
         conn.execute(meters.update().where(meters.c.esiid == event.esiid).values(**changes))
-    return _current(conn, event.esiid)
+    return MeterEventOutcome(_current(conn, event.esiid))
+
+
+def tdsp_of_thd(conn: sa.Connection, esiid: str) -> str | None:
+    """The DUNS of the TDSP whose meter the ESI ID is; None when it is not in the registry."""
+    tdsp: str | None = conn.execute(
+        sa.select(meters.c.tdsp_duns).where(meters.c.esiid == esiid)
+    ).scalar()
+    return tdsp
 
 
 def _current(conn: sa.Connection, esiid: str) -> Meter:

@@ -219,7 +219,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tdsp-duns", default="1039940674000")
     fleet = parser.add_argument_group("meters and devices")
     fleet.add_argument(
-        "--meters", type=int, default=0, metavar="N", help="serve N generated meters"
+        "--meters", type=int, default=None, metavar="N", help="serve N generated meters"
     )
     fleet.add_argument(
         "--meters-csv", type=Path, help="serve the meters of this meter CSV (hangw meters import)"
@@ -227,7 +227,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     fleet.add_argument(
         "--devices-per-meter",
         type=int,
-        default=0,
+        default=None,
         help="devices already on each meter, 0 to 5 (display, thermostat, switch, ...)",
     )
     fleet.add_argument(
@@ -272,13 +272,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--duplicate-rate",
         type=float,
         default=0.0,
-        help="send a report twice with this probability",
+        help="send an event twice with this probability",
     )
     parser.add_argument(
-        "--reorder-rate", type=float, default=0.0, help="hold a report back behind the next one"
+        "--reorder-rate", type=float, default=0.0, help="hold an event back behind the next one"
     )
     parser.add_argument(
-        "--latency-ms", type=float, default=0.0, help="delay before each report goes out"
+        "--latency-ms", type=float, default=0.0, help="delay before each event goes out"
     )
     parser.add_argument(
         "--credit", type=int, default=256, help="commands the gateway may have unacknowledged"
@@ -295,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure("info", "auto")
     host, _, port_text = args.gateway.rpartition(":")
     if args.write_meters is not None:
-        if args.meters <= 0:
+        if not args.meters or args.meters < 0:
             print("hangw-sim: --write-meters needs --meters N", file=sys.stderr)
             return 2
         count = write_meter_csv(
@@ -324,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "seed",
         ):
             value = getattr(args, key)
-            if value:
+            if value is not None:
                 settings[key] = value
         if args.meters_csv is not None:
             settings["meters_csv"] = str(args.meters_csv)

@@ -9,13 +9,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 import sqlalchemy as sa
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
 from twisted.protocols.basic import Int32StringReceiver
 
+from adapters.commands import PingEsi, QueryFailed
 from simulators.headend import SimulatedHeadEndClient, tls_endpoint
 from simulators.inprocess import SimulatedHeadEnd, SimulatorConfig
 from tests.adapter_harness import FAST, eventually
@@ -300,5 +303,80 @@ async def test_inbound_frames_are_decoded_and_garbage_is_refused(wired: Harness)
     [nack] = link.of_type("nack")
     assert nack["ref"] == "in-2" and "MessageConfirmation" in nack["reason"]
     assert link.transport.connected  # type: ignore[union-attr]
+    link.transport.loseConnection()  # type: ignore[union-attr]
+    await link.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_events_about_another_tdsps_meter_are_refused(wired: Harness) -> None:
+    """A delivery status or a device frame for a meter of another TDSP, or for an ESI ID not in
+    the registry, is refused with the reason."""
+    link = await dial(wired)
+    link.say(hello())
+    await eventually(lambda: link.of_type("welcome"), what="welcome")
+    link.say(
+        {
+            "type": "delivery_status",
+            "id": "ds-1",
+            "delivery_id": "d-1",
+            "esiid": E_OTHER_TDSP,
+            "state": "delivered",
+        }
+    )
+    link.say(
+        {
+            "type": "inbound_frame",
+            "id": "in-9",
+            "esiid": "99999999999999999",
+            "source": "esi",
+            "cluster": 0x0703,
+            "zcl": "010701" + "2a000000" + "78563412",
+            "received_at": 1_790_000_000,
+        }
+    )
+    await eventually(lambda: len(link.of_type("nack")) == 2, what="two refusals")
+    reasons = {m["ref"]: m["reason"] for m in link.of_type("nack")}
+    assert "another TDSP" in reasons["ds-1"]
+    assert "not in the meter registry" in reasons["in-9"]
+    link.transport.loseConnection()  # type: ignore[union-attr]
+    await link.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_queries_use_no_credit_and_take_only_their_own_answer(wired: Harness) -> None:
+    """A ping goes out even with no command credit left; a head-end nack fails it with the
+    head-end's reason, and an answer of the wrong kind fails it instead of passing for one."""
+    adapter = wired.gateway.adapters[TDSP]
+    link = await dial(wired)
+    link.say({"type": "hello", "versions": [1], "credit": 1})
+    await eventually(lambda: link.of_type("welcome"), what="welcome")
+    first = adapter.query(PingEsi(E_OWN))
+    second = adapter.query(PingEsi(E_OWN))
+    await eventually(lambda: len(link.of_type("ping_esi")) == 2, what="both pings")
+    one, two = (m["id"] for m in link.of_type("ping_esi"))
+    link.say({"type": "nack", "ref": one, "reason": "meter not answering"})
+    link.say({"type": "meter_read", "ref": two, "zcl": "180101", "read_at": 1_790_000_000})
+    with pytest.raises(QueryFailed, match="meter not answering"):
+        await first
+    with pytest.raises(QueryFailed, match="answered with meter_read, not ping_result"):
+        await second
+    link.transport.loseConnection()  # type: ignore[union-attr]
+    await link.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_message_returns_credit_only_if_it_used_some(wired: Harness) -> None:
+    """An event refused with an error gives its unit of credit back; a bad ack, which used no
+    credit, gives none."""
+    link = await dial(wired)
+    link.say(hello())
+    await eventually(lambda: link.of_type("welcome"), what="welcome")
+    link.say({"type": "ack"})
+    await eventually(lambda: link.of_type("error"), what="the error")
+    await deferLater(reactor, 0.3)
+    assert link.of_type("credit") == []
+    link.say({"type": "delivery_status", "id": "ds-2", "esiid": E_OWN, "state": "lost"})
+    await eventually(lambda: link.of_type("credit"), what="the credit")
+    assert [m["grant"] for m in link.of_type("credit")] == [1]
     link.transport.loseConnection()  # type: ignore[union-attr]
     await link.closed

@@ -107,7 +107,7 @@ class WireAdapter:
         self.on_connected: Callable[[str], None] | None = None
         self._seen_limit = 200_000
         #: Queries asked and not yet answered: query id -> (answer, timeout).
-        self._queries: dict[str, tuple[Deferred[QueryResult], IDelayedCall]] = {}
+        self._queries: dict[str, tuple[Deferred[QueryResult], IDelayedCall, str]] = {}
         self._query_ids = itertools.count(1)
         self._query_prefix = "q-" + os.urandom(4).hex()
         self._log = log.bind(tdsp=self.tdsp_duns)
@@ -159,8 +159,9 @@ class WireAdapter:
         query_id = f"{self._query_prefix}-{next(self._query_ids)}"
         answer: Deferred[QueryResult] = Deferred()
         timeout = self._clock.callLater(self.ack_timeout_s, self._query_timed_out, query_id)
-        self._queries[query_id] = (answer, timeout)
-        link.send(protocol.query_message(query_id, query))
+        message = protocol.query_message(query_id, query)
+        self._queries[query_id] = (answer, timeout, protocol.QUERY_ANSWERS[message["type"]])
+        link.send(message)
         return answer
 
     # -- the link --------------------------------------------------------------------------------
@@ -208,12 +209,15 @@ class WireAdapter:
         entry = self._queries.pop(message["ref"], None)
         if entry is None:
             return  # late (after its timeout), or a nack of something that was not a query
-        answer, timeout = entry
+        answer, timeout, expected = entry
         if timeout.active():
             timeout.cancel()
         if message["type"] == "nack":
             reason = message.get("reason") or "no reason given"
             answer.errback(Failure(QueryFailed(f"the head-end refused: {reason}")))
+        elif message["type"] != expected:
+            wrong = QueryFailed(f"the head-end answered with {message['type']}, not {expected}")
+            answer.errback(Failure(wrong))
         else:
             answer.callback(protocol.query_result_from_message(message))
 
@@ -299,7 +303,7 @@ class WireAdapter:
 
     def _fail_all(self, error: Exception) -> None:
         queries, self._queries = self._queries, {}
-        for answer, timeout in queries.values():
+        for answer, timeout, _ in queries.values():
             if timeout.active():
                 timeout.cancel()
             answer.errback(Failure(QueryFailed(str(error))))
@@ -378,8 +382,10 @@ class HeadEndLink(Int32StringReceiver):
             self.send(answer)
             if error.fatal or self.adapter is None:
                 self.close(error.reason)
-            else:
-                self._grant_one()  # the refused message used a unit of the head-end's credit
+            elif error.ref is not None:
+                # a refused message with an id was taken for an event, which used a unit of the
+                # head-end's credit: it comes back (messages without an id use none)
+                self._grant_one()
             return
         kind = message["type"]
         if self.adapter is None:

@@ -174,9 +174,11 @@ class _Link(Int32StringReceiver):
             if not failure.check(QueryFailed):
                 log.error("headend.query_failed", query=ref, why=failure.getErrorMessage())
             if self.connected:
-                self.send({"type": "nack", "ref": ref, "reason": failure.getErrorMessage()})
+                reason = failure.getErrorMessage()[:1000]
+                self.send({"type": "nack", "ref": ref, "reason": reason})
 
-        answer.addCallbacks(result, refused)
+        # an application answering with something that is no query result is refused too
+        answer.addCallback(result).addErrback(refused)
 
     def _grant_back(self) -> None:
         self._grants += 1

@@ -9,6 +9,7 @@ the tables here are the code's side of it and a test keeps the two in step.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -104,14 +105,14 @@ def _count(lo: int, hi: int) -> Callable[[Any], str | None]:
     return check
 
 
+_HEX = re.compile(r"(?:[0-9A-Fa-f]{2})*")
+
+
 def _hex_bytes(*sizes: int) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
-        if not isinstance(value, str):
-            return "must be a hex string"
-        try:
-            raw = bytes.fromhex(value)
-        except ValueError:
-            return "must be a hex string"
+        if not isinstance(value, str) or not _HEX.fullmatch(value):
+            return "must be a hex string (two digits per byte, nothing between)"
+        raw = bytes.fromhex(value)
         if len(raw) not in sizes:
             return f"must be {' or '.join(map(str, sizes))} bytes"
         return None
@@ -124,11 +125,9 @@ def _zcl(value: Any) -> str | None:
         return "must be a non-empty hex string"
     if len(value) > 2 * MAX_ZCL_BYTES:
         return f"must be at most {MAX_ZCL_BYTES} bytes"
-    try:
-        raw = bytes.fromhex(value)
-    except ValueError:
-        return "must be a hex string"
-    if len(raw) < 3:
+    if not _HEX.fullmatch(value):
+        return "must be a hex string (two digits per byte, nothing between)"
+    if len(value) < 6:
         return "must hold at least a ZCL header (3 bytes)"
     return None
 
@@ -230,7 +229,8 @@ _FRAME_FIELDS: Fields = {
     "cluster": _count(0, 0xFFFF),
     "zcl": _zcl,
 }
-#: Message type -> required fields and their checks; ``reason`` is optional where present.
+#: Message type -> its fields and their checks; _OPTIONAL and _OPTIONAL_BY_TYPE say which fields
+#: may be left out.
 HEADEND_TO_GATEWAY: dict[str, Fields] = {
     "hello": {"versions": _versions, "credit": _count(1, 100_000), "software": _optional_text},
     "ack": {"ref": ID},
@@ -320,6 +320,12 @@ COMMAND_TYPES = frozenset({"provision", "deprovision", "send_frames"})
 QUERY_TYPES = frozenset({"ping_esi", "ping_device", "read_meter"})
 EVENT_TYPES = frozenset({"provisioning_status", "delivery_status", "inbound_frame", "meter_event"})
 QUERY_RESULT_TYPES = frozenset({"ping_result", "meter_read"})
+#: The answer each query expects.
+QUERY_ANSWERS = {
+    "ping_esi": "ping_result",
+    "ping_device": "ping_result",
+    "read_meter": "meter_read",
+}
 
 
 def encode(message: Mapping[str, Any]) -> bytes:
@@ -393,7 +399,7 @@ def command_message(command: Command) -> dict[str, Any]:
 
 
 def command_from_message(message: Mapping[str, Any]) -> Command:
-    """The command a checked ``provision`` or ``deprovision`` message carries."""
+    """The command a checked ``provision``, ``deprovision`` or ``send_frames`` message carries."""
     if message["type"] == "provision":
         return ProvisionDevice(
             command_id=message["id"],
