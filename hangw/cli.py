@@ -154,6 +154,18 @@ def _print(data: Any, args: argparse.Namespace) -> None:
         if "id" in data:
             print(f"{data['id']} is {data['status']}")
         return
+    if isinstance(data, dict) and "reachable" in data:
+        what = data.get("device_id") or f"the meter of {data['esiid']}"
+        if data["reachable"]:
+            detail = (
+                [f"firmware {data['firmware_version']}"] if data.get("firmware_version") else []
+            )
+            if data.get("rtt_ms"):
+                detail.append(f"{data['rtt_ms']:g} ms")
+            print(f"{what} answers" + (f" ({', '.join(detail)})" if detail else ""))
+        else:
+            print(f"{what} does not answer: {data['reason']}")
+        return
     if isinstance(data, dict) and "status" in data and "id" in data:
         print(
             f"{data['id']} on {data['esiid']}: {data['status']}"
@@ -178,6 +190,9 @@ def read_install_code(given: str | None) -> str:
 def cmd_api(config: config_module.Config, args: argparse.Namespace) -> int:
     from hangw.client import ApiError
 
+    if args.command == "ping" and not (args.esiid or args.device):
+        print("hangw ping: give an ESI ID, or --device DEVICE_ID", file=sys.stderr)
+        return 2
     client = _client(config, args)
     try:
         q = {name: quote(str(value), safe="") for name, value in vars(args).items() if value}
@@ -198,6 +213,11 @@ def cmd_api(config: config_module.Config, args: argparse.Namespace) -> int:
             data = client.get(f"/v1/han-devices/{q['device_id']}")
         elif args.command == "history":
             data = client.get(f"/v1/esiids/{q['esiid']}/han-history")
+        elif args.command == "ping":
+            if args.device:
+                data = client.post(f"/v1/han-devices/{q['device']}/ping", {})
+            else:
+                data = client.post(f"/v1/esiids/{q['esiid']}/ping", {})
         elif args.command == "grant":
             data = client.post(f"/v1/esiids/{q['esiid']}/grants", {"hsp_party_id": args.hsp})
         elif args.command == "revoke":
@@ -276,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("device_id")
     p = api_command("history", "the consolidated HAN history of an ESI ID")
     p.add_argument("esiid")
+    p = api_command("ping", "ask the head-end whether the meter (or --device) answers now")
+    p.add_argument("esiid", nargs="?", help="the ESI ID whose meter to ping")
+    p.add_argument("--device", help="ping this HAN device (its id) instead of the meter")
     p = api_command("grant", "grant a HAN service provider access (customer)")
     p.add_argument("esiid")
     p.add_argument("hsp")

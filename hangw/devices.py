@@ -549,6 +549,28 @@ class DeviceService:
 
         return await self.store.run(thd)
 
+    async def authorized_meter(self, party: Party, esiid: str) -> Meter:
+        """The meter of an ESI ID the party may see the devices of (else Forbidden/NotFound)."""
+        check_esiid(esiid)
+
+        def thd(conn: sa.Connection) -> Meter:
+            meter = self._load_meter(conn, esiid)
+            self._authorize(conn, party, meter)
+            return meter
+
+        return await self.store.run(thd)
+
+    async def authorized_device(self, party: Party, device_id: str) -> tuple[Device, Meter]:
+        """A device the party may see, with its meter (else Forbidden/NotFound)."""
+
+        def thd(conn: sa.Connection) -> tuple[Device, Meter]:
+            device = self._load_device(conn, device_id)
+            meter = self._load_meter(conn, device.esiid)
+            self._authorize(conn, party, meter)
+            return device, meter
+
+        return await self.store.run(thd)
+
     async def get_device(self, party: Party, device_id: str) -> tuple[Device, list[HistoryEntry]]:
         def thd(conn: sa.Connection) -> tuple[Device, list[HistoryEntry]]:
             device = self._load_device(conn, device_id)

@@ -35,6 +35,7 @@ from hangw.api.app import Api, OpsApi
 from hangw.api.listener import PinnedClientContextFactory
 from hangw.config import AdapterConfig, Config, ConfigError
 from hangw.devices import DeviceService
+from hangw.diagnostics import Diagnostics
 from hangw.domain import Meter
 from hangw.meters import MeterEventOutcome, apply_meter_event_thd, tdsp_of_thd
 from hangw.parties import PartyRegistry
@@ -248,7 +249,12 @@ class Gateway(MultiService):
         timers.clock = clock
         timers.setServiceParent(self)
 
-        self.api = Api(self.devices, self.registry, max_body_bytes=config.api.max_body_bytes)
+        self.api = Api(
+            self.devices,
+            self.registry,
+            max_body_bytes=config.api.max_body_bytes,
+            diagnostics=Diagnostics(self.devices, self.adapters),
+        )
         tls = PinnedClientContextFactory(server_cert, server_key, self.registry.is_registered)
         self.api_endpoint = SSL4ServerEndpoint(
             reactor, config.api.port, tls, interface=config.api.host

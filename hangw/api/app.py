@@ -24,6 +24,7 @@ from werkzeug.exceptions import NotFound as RouteNotFound
 
 from hangw import authz, metrics, tls
 from hangw.devices import AddDeviceRequest, DeviceService
+from hangw.diagnostics import Diagnostics
 from hangw.domain import Device, Grant, HistoryEntry, Party
 from hangw.parties import PartyRegistry
 from hangw.problems import (
@@ -114,10 +115,16 @@ class Api:
     app = Klein()
 
     def __init__(
-        self, devices: DeviceService, registry: PartyRegistry, *, max_body_bytes: int = 65536
+        self,
+        devices: DeviceService,
+        registry: PartyRegistry,
+        *,
+        max_body_bytes: int = 65536,
+        diagnostics: Diagnostics | None = None,
     ) -> None:
         self.devices = devices
         self.registry = registry
+        self.diagnostics = diagnostics or Diagnostics(devices, {})
         self.max_body_bytes = max_body_bytes
         self._openapi = openapi_document()
 
@@ -395,6 +402,22 @@ class Api:
             row["device_type"] = device.device_type
             rows.append(row)
         return self._json(request, 200, {"esiid": esiid, "history": rows})
+
+    # ---- pings through the head-end ------------------------------------------------------------
+
+    @app.route("/v1/esiids/<esiid>/ping", methods=["POST"])
+    async def ping_esi(self, request: IRequest, esiid: str) -> bytes:
+        party = self._party(request)
+        answer = await self.diagnostics.ping_esi(party, esiid)
+        answer["asked_at"] = iso(answer["asked_at"])
+        return self._json(request, 200, answer)
+
+    @app.route("/v1/han-devices/<device_id>/ping", methods=["POST"])
+    async def ping_device(self, request: IRequest, device_id: str) -> bytes:
+        party = self._party(request)
+        answer = await self.diagnostics.ping_device(party, device_id)
+        answer["asked_at"] = iso(answer["asked_at"])
+        return self._json(request, 200, answer)
 
     # ---- grants --------------------------------------------------------------------------------
 
