@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 
 
@@ -44,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     failed: list[str] = []
 
     def started() -> None:
+        # What exists now (modules, configuration, tables) lives as long as the daemon: keep it
+        # out of the collector's full passes, which otherwise walk it again and again under load.
+        gc.collect()
+        gc.freeze()
         try:
             gateway.startService()
         except Exception as error:

@@ -36,6 +36,7 @@ class Router(Service):
         batch: int = 200,
         poll_interval_s: float = 2.0,
         max_backoff_s: float = 30.0,
+        window: int = 1024,
     ) -> None:
         self._devices = devices
         self._adapters = dict(adapters)
@@ -44,6 +45,12 @@ class Router(Service):
         self._poll_interval_s = poll_interval_s
         self._max_backoff_s = max_backoff_s
         self._in_flight: set[str] = set()
+        #: At most ``window`` commands per TDSP are handed to its adapter and not yet settled;
+        #: the rest wait in the outbox (not in the adapter's memory, where their ack timeouts
+        #: would run while they wait for credit). Reading resumes when half the window is free.
+        self._window = window
+        self._in_flight_by_tdsp: dict[str, int] = {}
+        self._window_full: set[str] = set()
         #: Commands accepted in one reactor turn are retired by one store job.
         self._retirements: TurnBatch[str, None] = TurnBatch(
             devices.store, clock, devices.retire_many_thd
@@ -113,11 +120,16 @@ class Router(Service):
             if rescan:
                 self._after[tdsp_duns] = 0
             while True:
+                room = self._window - self._in_flight_by_tdsp.get(tdsp_duns, 0)
+                if room <= 0:
+                    self._window_full.add(tdsp_duns)  # read on when half the window settled
+                    break
+                limit = min(self._batch, room)
                 try:
                     commands, last = await self._devices.store.run(
                         self._devices.pending_after_thd,
                         tdsp_duns,
-                        self._batch,
+                        limit,
                         frozenset(self._in_flight),
                         self._after.get(tdsp_duns, 0),
                     )
@@ -129,11 +141,16 @@ class Router(Service):
                 for command in commands:
                     self._send(tdsp_duns, adapter, command)
                 metrics.outbox_pending.labels(tdsp_duns).set(len(self._in_flight))
-                if len(commands) < self._batch or not self.running:
+                if len(commands) < limit or not self.running:
+                    break
+                if self._not_before.get(tdsp_duns, 0.0) > self._clock.seconds():
+                    # the adapter refused (its head-end is gone): the rest waits for the back-off
+                    self._rescan = True
                     break
 
     def _send(self, tdsp_duns: str, adapter: IHeadEndAdapter, command: Command) -> None:
         self._in_flight.add(command.command_id)
+        self._in_flight_by_tdsp[tdsp_duns] = self._in_flight_by_tdsp.get(tdsp_duns, 0) + 1
         d: Deferred[object] = maybeDeferred(adapter.send, command)
         kind = type(command).__name__
 
@@ -146,14 +163,15 @@ class Router(Service):
             self._rescan = True  # send it again from the start of the outbox
             now = self._clock.seconds()
             # A lost link fails every command in flight at once: that is one failure, and it
-            # doubles the wait once, not once per command.
-            if self._not_before.get(tdsp_duns, 0.0) <= now:
+            # doubles the wait once, not once per command (and is logged once).
+            episode = self._not_before.get(tdsp_duns, 0.0) <= now
+            if episode:
                 delay = min(self._backoff.get(tdsp_duns, 0.25) * 2, self._max_backoff_s)
                 self._backoff[tdsp_duns] = delay
                 self._not_before[tdsp_duns] = now + delay
             delay = self._not_before[tdsp_duns] - now
             metrics.outbox_failures.labels(tdsp_duns).inc()
-            log.warning(
+            (log.warning if episode else log.debug)(
                 "router.send_failed",
                 tdsp=tdsp_duns,
                 command=command.command_id,
@@ -163,6 +181,11 @@ class Router(Service):
 
         def settled(result: object) -> None:
             self._in_flight.discard(command.command_id)
+            left = self._in_flight_by_tdsp.get(tdsp_duns, 1) - 1
+            self._in_flight_by_tdsp[tdsp_duns] = left
+            if tdsp_duns in self._window_full and left <= self._window // 2:
+                self._window_full.discard(tdsp_duns)
+                self.wake()
 
         d.addCallbacks(accepted, refused)
         d.addErrback(

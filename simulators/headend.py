@@ -283,6 +283,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--credit", type=int, default=256, help="commands the gateway may have unacknowledged"
     )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="info logs every command; warning keeps a run at scale quiet",
+    )
     return parser.parse_args(argv)
 
 
@@ -292,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from hangw.logs import configure
 
-    configure("info", "auto")
+    configure(args.log_level, "auto")
     host, _, port_text = args.gateway.rpartition(":")
     if args.write_meters is not None:
         if not args.meters or args.meters < 0:
