@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
 from twisted.internet.task import Clock
 
 import sep1
@@ -29,6 +31,7 @@ from sep1.messages import (
     CancelAllLoadControlEvents,
     CancelLoadControlEvent,
     DeviceClass,
+    DisplayMessage,
     EventStatus,
     LoadControlEvent,
 )
@@ -315,3 +318,38 @@ def test_a_joined_device_answers_and_a_removed_one_stops() -> None:
     f.leave(ESIID, mac)
     send(f, lce(90), destination=mac)
     assert out.deliveries() == [("d", DeliveryState.FAILED)]
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_a_fleet_of_200000_meters_with_five_devices_each_answers() -> None:
+    """200,000 generated meters with five devices each all take a text that asks for
+    confirmation: every meter's delivery and every display's confirmation come back."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    meters = 200_000
+    counts = {"delivered": 0, "confirmed": 0}
+
+    def emit(event: DeliveryStatus | InboundFrame) -> None:
+        if isinstance(event, DeliveryStatus) and event.state is DeliveryState.DELIVERED:
+            counts["delivered"] += 1
+        elif isinstance(event, InboundFrame):
+            counts["confirmed"] += 1
+
+    f = Fleet(
+        FleetConfig(meters=meters, devices_per_meter=5, answer_delay_s=0.01, confirm_delay_s=0.01),
+        reactor,
+        emit,
+    )
+    text = DisplayMessage(message_id=5, message_control=0x80, message="Conserve 3-7 pm")
+    zcl = sep1.encode(text, 1)
+    for index in range(meters):
+        f.deliver(generated_esiid(index), OutboundFrame(f"d{index}", TO_ALL, 0x0703, zcl))
+        if index % 20_000 == 0:
+            await deferLater(reactor, 0)  # let answers already due go out meanwhile
+    deadline = time.monotonic() + 120
+    displays = 3  # an in-home display and two thermostats of the five
+    while counts["confirmed"] < meters * displays and time.monotonic() < deadline:
+        await deferLater(reactor, 0.1)
+    assert counts == {"delivered": meters, "confirmed": meters * displays}
