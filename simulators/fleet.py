@@ -219,6 +219,8 @@ class Fleet:
         self._csv: dict[str, dict[str, str]] = {}
         self._tsn = 0
         self._decoded: dict[tuple[int, bytes], Any] = {}
+        #: Every answer still to come, so that ``stop`` can cancel them.
+        self._calls: set[IDelayedCall] = set()
         if config.meters_csv is not None:
             with open(config.meters_csv, newline="", encoding="utf-8") as f:
                 self._csv = {row["esiid"]: row for row in csv.DictReader(f)}
@@ -481,17 +483,34 @@ class Fleet:
             return
         self._end(meter, device, event, EventStatus.EVENT_CANCELLED)
 
-    @staticmethod
-    def _cancel_calls(event: _Event) -> None:
+    def _cancel_calls(self, event: _Event) -> None:
         for call in event.calls:
             if call.active():
                 call.cancel()
+            self._calls.discard(call)
         event.calls = []
 
     # -- what leaves --------------------------------------------------------------------------
 
     def _later(self, delay: float, f: Callable[..., Any], *args: Any) -> IDelayedCall:
-        return self._clock.callLater(delay, f, *args)
+        holder: list[IDelayedCall] = []
+        call = self._clock.callLater(delay, self._run, holder, f, args)
+        holder.append(call)
+        self._calls.add(call)
+        return call
+
+    def _run(
+        self, holder: list[IDelayedCall], f: Callable[..., Any], args: tuple[Any, ...]
+    ) -> None:
+        self._calls.discard(holder[0])
+        f(*args)
+
+    def stop(self) -> None:
+        """Cancel every answer still to come (the head-end stopped)."""
+        for call in self._calls:
+            if call.active():
+                call.cancel()
+        self._calls.clear()
 
     def _status(self, frame: OutboundFrame, esiid: str, state: DeliveryState, reason: str) -> None:
         self._emit(DeliveryStatus(frame.delivery_id, esiid, state, reason))

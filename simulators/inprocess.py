@@ -606,6 +606,7 @@ class SimulatedHeadEnd:
             waiting.append(d)
         for d in waiting:
             d.errback(Failure(stopped))
+        self.fleet.stop()
         self._close_journal_when_idle()
         self._log.info("simulator.stopped", unfinished=len(self._jobs))
         return succeed(None)
@@ -850,7 +851,7 @@ class SimulatedHeadEnd:
 
     def _emit(self, event: DeliveryStatus | InboundFrame, attempt: int = 1) -> None:
         """Send a fleet event to the gateway; retried like reports when it is not recorded."""
-        if self._events is None:
+        if self._events is None or not self._running:
             return
         if isinstance(event, DeliveryStatus):
             d: Deferred[Any] = maybeDeferred(self._events.delivery_status, event)

@@ -353,3 +353,30 @@ async def test_a_fleet_of_200000_meters_with_five_devices_each_answers() -> None
     while counts["confirmed"] < meters * displays and time.monotonic() < deadline:
         await deferLater(reactor, 0.1)
     assert counts == {"delivered": meters, "confirmed": meters * displays}
+
+
+def test_stopping_the_head_end_cancels_every_answer_still_to_come() -> None:
+    """Once the simulated head-end stops, no device answer is left scheduled or sent."""
+    clock = Clock()
+    clock.advance(T0)
+    sent: list[object] = []
+
+    class Events:
+        def delivery_status(self, status: object) -> None:
+            sent.append(status)
+
+        inbound_frame = provisioning_report = delivery_status
+
+    simulator = SimulatedHeadEnd(
+        SimulatorConfig(tdsp_duns="1039940674000", meters=3, devices_per_meter=5), clock
+    )
+    simulator.start(Events())  # type: ignore[arg-type]
+    message = lce(1, start=T0 + 600)
+    simulator.fleet.deliver(
+        ESIID, OutboundFrame("d", TO_ALL, message.CLUSTER_ID, sep1.encode(message, 1))
+    )
+    assert clock.getDelayedCalls()
+    simulator.stop()
+    assert clock.getDelayedCalls() == []
+    clock.advance(3600)
+    assert sent == []
