@@ -6,7 +6,6 @@ clock, so tests build a Gateway on a real reactor with a temporary state directo
 
 from __future__ import annotations
 
-import time
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -16,6 +15,7 @@ from twisted.application.internet import StreamServerEndpointService, TimerServi
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.server import Site
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -97,8 +97,9 @@ class GatewayEvents:
     #: How long the TDSP of an ESI ID is trusted from memory before the registry is asked again.
     OWNER_TTL_S = 300.0
 
-    def __init__(self, devices: DeviceService) -> None:
+    def __init__(self, devices: DeviceService, clock: IReactorTime) -> None:
         self._devices = devices
+        self._clock = clock
         self._owners: dict[str, tuple[str | None, float]] = {}
 
     def provisioning_report(self, report: ProvisioningReport) -> Deferred[Any]:
@@ -108,7 +109,7 @@ class GatewayEvents:
         """Raise ReportRefused unless the ESI ID is a meter of ``tdsp_duns`` (when it is given)."""
         if not tdsp_duns:
             return
-        now = time.monotonic()
+        now = self._clock.seconds()
         cached = self._owners.get(esiid)
         if cached is None or now - cached[1] > self.OWNER_TTL_S:
             owner = await self._devices.store.run(tdsp_of_thd, esiid)
@@ -178,7 +179,7 @@ class GatewayEvents:
             return meter
 
         d: Deferred[MeterEventOutcome] = self._devices.store.run(
-            apply_meter_event_thd, event, time.time()
+            apply_meter_event_thd, event, self._clock.seconds()
         )
         return d.addCallback(applied)
 
@@ -243,7 +244,7 @@ class Gateway(MultiService):
         refresh = TimerService(5.0, self._refresh_parties)
         refresh.clock = clock
         refresh.setServiceParent(self)
-        AdaptersService(self.adapters, GatewayEvents(self.devices)).setServiceParent(self)
+        AdaptersService(self.adapters, GatewayEvents(self.devices, clock)).setServiceParent(self)
         self.router.setServiceParent(self)
         timers = TimerService(config.provisioning.timer_interval_s, self._fire_timers)
         timers.clock = clock

@@ -188,19 +188,8 @@ class SimulatorConfig:
     offline_give_up_s: float = 300.0
 
     def fleet_config(self) -> FleetConfig:
-        return FleetConfig(
-            meters=self.meters,
-            meters_csv=self.meters_csv,
-            devices_per_meter=self.devices_per_meter,
-            offline_rate=self.offline_rate,
-            incompatible_rate=self.incompatible_rate,
-            opt_out_rate=self.opt_out_rate,
-            silent_rate=self.silent_rate,
-            answer_delay_s=self.answer_delay_s,
-            confirm_delay_s=self.confirm_delay_s,
-            offline_give_up_s=self.offline_give_up_s,
-            seed=self.seed,
-        )
+        """The fleet's options, which are this configuration's fields of the same names."""
+        return FleetConfig(**{f.name: getattr(self, f.name) for f in fields(FleetConfig)})
 
     def __post_init__(self) -> None:
         checked = _check("simulator", {f.name: getattr(self, f.name) for f in fields(self)})

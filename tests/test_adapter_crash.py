@@ -8,13 +8,11 @@ import json
 import os
 import queue
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from contextlib import closing
@@ -31,6 +29,8 @@ from hangw.meters import upsert_meters_thd
 from hangw.store import schema
 from hangw.store.db import Store
 from tests.gateway_harness import INSTALL_CODE, REP_A, TDSP, prepare_state
+from tests.test_daemon_restart import free_port
+from tests.test_daemon_restart import start as start_hangwd
 
 pytestmark = pytest.mark.slow
 
@@ -47,12 +47,6 @@ ADDED_ONCE = [
     ("Device Added", "device joined"),
 ]
 FINAL = ("Device Added", "Add Failed", "Add Rejected")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def write_config(tmp_path: Path) -> Path:
@@ -89,28 +83,6 @@ def seed_meters(config: Config) -> list[str]:
     Store(engine, reactor=None).transaction(upsert_meters_thd, meters)  # type: ignore[arg-type]
     engine.dispose()
     return [meter.esiid for meter in meters]
-
-
-def start_hangwd(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    config = load(config_path)
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "hangw.daemon", "--config", str(config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log_path.read_text()
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{config.api.ops_port}/healthz", timeout=1
-            ):
-                return process
-        except OSError:
-            time.sleep(0.1)
-    process.kill()
-    raise AssertionError("hangwd did not start: " + log_path.read_text())
 
 
 def start_sim(config: Config, journal: Path, log_path: Path) -> subprocess.Popen[bytes]:
