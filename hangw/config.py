@@ -50,6 +50,32 @@ class ProvisioningConfig:
 
 
 @dataclass(frozen=True)
+class MessagingConfig:
+    #: A delivery with no confirmation, opt-out or failure by then fails (FLR), in seconds after
+    #: it was accepted (an event that ends sooner fails at its end).
+    settle_timeout_s: int = 3600
+    #: Bodies of POST /v1/messages and PUT /v1/groups/{name} may be this large (200,000 ESI IDs).
+    max_body_bytes: int = 16 << 20
+    #: ESI IDs per fan-out command handed to a head-end.
+    fan_out_chunk: int = 2000
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    #: Consecutive failed attempts after which a subscription is parked (with the reason).
+    max_attempts: int = 8
+    #: Back-off between attempts: doubles from the first to the most, in seconds.
+    first_retry_s: float = 1.0
+    max_retry_s: float = 300.0
+    #: Seconds to wait for a receiver's answer.
+    timeout_s: float = 10.0
+    #: Notifications per POST.
+    batch: int = 100
+    #: Extra CA certificates (PEM) trusted for https receivers, besides the system's.
+    ca_file: str = ""
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "info"
     format: str = "auto"
@@ -70,6 +96,8 @@ class Config:
     store: StoreConfig = StoreConfig()
     api: ApiConfig = ApiConfig()
     provisioning: ProvisioningConfig = ProvisioningConfig()
+    messaging: MessagingConfig = MessagingConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
     logging: LoggingConfig = LoggingConfig()
     adapters: tuple[AdapterConfig, ...] = ()
     source: str = "<defaults>"
@@ -135,7 +163,16 @@ def _known(section: str, table: Mapping[str, Any], cls: type) -> None:
 
 def from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> Config:
     """Validate a parsed TOML document into a Config."""
-    sections = {"gateway", "store", "api", "provisioning", "logging", "adapters"}
+    sections = {
+        "gateway",
+        "store",
+        "api",
+        "provisioning",
+        "messaging",
+        "webhooks",
+        "logging",
+        "adapters",
+    }
     for key in data:
         if key not in sections:
             raise ConfigError(f"{key}: unknown section (known: {', '.join(sorted(sections))})")
@@ -178,6 +215,29 @@ def from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> Config:
         ),
     )
 
+    m = _table("messaging", data.get("messaging", {}))
+    _known("messaging", m, MessagingConfig)
+    messaging = MessagingConfig(
+        settle_timeout_s=_integer(
+            "messaging.settle_timeout_s", m.get("settle_timeout_s", 3600), 1, 7 * 86400
+        ),
+        max_body_bytes=_integer(
+            "messaging.max_body_bytes", m.get("max_body_bytes", 16 << 20), 1024, 1 << 30
+        ),
+        fan_out_chunk=_integer("messaging.fan_out_chunk", m.get("fan_out_chunk", 2000), 1, 5000),
+    )
+
+    w = _table("webhooks", data.get("webhooks", {}))
+    _known("webhooks", w, WebhooksConfig)
+    webhooks = WebhooksConfig(
+        max_attempts=_integer("webhooks.max_attempts", w.get("max_attempts", 8), 1, 1000),
+        first_retry_s=_number("webhooks.first_retry_s", w.get("first_retry_s", 1.0), 0.01),
+        max_retry_s=_number("webhooks.max_retry_s", w.get("max_retry_s", 300.0), 0.01),
+        timeout_s=_number("webhooks.timeout_s", w.get("timeout_s", 10.0), 0.1),
+        batch=_integer("webhooks.batch", w.get("batch", 100), 1, 1000),
+        ca_file=_string("webhooks.ca_file", w.get("ca_file", "")),
+    )
+
     lg = _table("logging", data.get("logging", {}))
     _known("logging", lg, LoggingConfig)
     logging = LoggingConfig(
@@ -200,6 +260,8 @@ def from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> Config:
         store=store,
         api=api,
         provisioning=provisioning,
+        messaging=messaging,
+        webhooks=webhooks,
         logging=logging,
         adapters=tuple(adapters),
         source=source,

@@ -141,6 +141,147 @@ head_end_events = sa.Table(
     # gateway crashed before its acknowledgement went out gets the same answer, applied once.
     sa.Column("tdsp_duns", sa.String(16), primary_key=True),
     sa.Column("event_id", sa.String(100), primary_key=True),
-    sa.Column("refusal", sa.String(1000), nullable=True),  # NULL: applied (or stale, ignored)
+    # NULL: applied (or stale, ignored); for a batch of events, the JSON list of refusals
+    sa.Column("refusal", sa.Text, nullable=True),
     sa.Column("received_at", sa.Float, nullable=False, index=True),
+)
+
+
+#: An integer key that autoincrements on SQLite (INTEGER PRIMARY KEY) and PostgreSQL (BIGSERIAL).
+_BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+#: Named lists of ESI IDs a party sends to together (a demand-response program).
+esiid_groups = sa.Table(
+    "esiid_groups",
+    metadata,
+    sa.Column("party_id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+group_members = sa.Table(
+    "group_members",
+    metadata,
+    sa.Column("party_id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("esiid", sa.String(64), primary_key=True),
+)
+
+#: One row per messaging request: PRM, LCE, STM, and the cancellations CLE, CAL, CSM.
+message_requests = sa.Table(
+    "message_requests",
+    metadata,
+    sa.Column("request_id", sa.String(32), primary_key=True),
+    sa.Column("category", sa.String(3), nullable=False),
+    sa.Column("party_id", sa.String(64), nullable=False),
+    sa.Column("party_role", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    # the issuer event id (PRM, LCE, CLE) or message id (STM, CSM) the devices see
+    sa.Column("issuer_event_id", sa.BigInteger, nullable=True),
+    # "<party>:<category>:<issuer_event_id>" for PRM, LCE and STM: unique per sender
+    sa.Column("event_key", sa.String(120), nullable=True, unique=True),
+    sa.Column("cancellation_id", sa.String(32), nullable=True, unique=True),
+    sa.Column("cancels_request_id", sa.String(32), nullable=True, index=True),
+    sa.Column("device_class", sa.Integer, nullable=True),
+    sa.Column("enrollment_group", sa.Integer, nullable=True),
+    sa.Column("start_at", sa.Float, nullable=True),  # POSIX; the event's (or price's) start
+    sa.Column("end_at", sa.Float, nullable=True),  # NULL: until changed
+    sa.Column("destination", sa.String(8), nullable=False),  # all | esi
+    sa.Column("cluster", sa.Integer, nullable=False),
+    sa.Column("zcl", sa.LargeBinary, nullable=False),
+    sa.Column("fields", sa.Text, nullable=False),  # the accepted SE 1.0 fields, JSON
+    sa.Column("group_name", sa.String(64), nullable=True),
+    sa.Column("targets", sa.Integer, nullable=False),  # ESI IDs
+    sa.Column("state", sa.String(16), nullable=False),  # queued | sent | settled
+    sa.Column("cancelled_by", sa.String(32), nullable=True),  # the CLE/CAL/CSM request
+    sa.Column("superseded_by", sa.String(32), nullable=True),
+    sa.Index("ix_message_requests_party_id_created_at", "party_id", "created_at"),
+    sa.Index("ix_message_requests_issuer_event_id", "issuer_event_id"),
+)
+
+#: One delivery (MessageStatusID) per ESI ID of a request (mac ''), and per device (mac set)
+#: once the device is known: registered on the meter, or heard from.
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("delivery_id", _BIG_ID, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(32), nullable=False),
+    sa.Column("esiid", sa.String(64), nullable=False),
+    sa.Column("mac", sa.String(16), nullable=False),  # '' for the ESI ID itself
+    sa.Column("tdsp_duns", sa.String(16), nullable=False),
+    sa.Column("chunk", sa.Integer, nullable=False),  # which fan-out command carries it
+    sa.Column("status", sa.String(3), nullable=False),
+    sa.Column("status_desc", sa.String(500), nullable=False),
+    sa.Column("status_at", sa.Float, nullable=False),
+    sa.Column("settled_at", sa.Float, nullable=True),  # first CON, STR, OPT or FLR
+    sa.Column("deadline", sa.Float, nullable=True),  # FLR if not settled by then
+    sa.UniqueConstraint("request_id", "esiid", "mac"),
+    sa.Index("ix_deliveries_request_id_chunk", "request_id", "chunk"),
+    sa.Index("ix_deliveries_esiid", "esiid"),
+    sa.Index("ix_deliveries_deadline", "deadline"),
+)
+
+#: The message log: one row per status a delivery took (what the SMT log columns show).
+delivery_statuses = sa.Table(
+    "delivery_statuses",
+    metadata,
+    sa.Column("status_id", _BIG_ID, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(32), nullable=False),
+    sa.Column("esiid", sa.String(64), nullable=False),
+    sa.Column("mac", sa.String(16), nullable=False),
+    sa.Column("code", sa.String(3), nullable=False),
+    sa.Column("description", sa.String(500), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Index("ix_delivery_statuses_request_id_status_id", "request_id", "status_id"),
+    sa.Index("ix_delivery_statuses_esiid", "esiid"),
+)
+
+#: Fan-out commands waiting for their head-end: ``chunk`` of ``request_id``'s deliveries.
+message_outbox = sa.Table(
+    "message_outbox",
+    metadata,
+    sa.Column("outbox_id", _BIG_ID, primary_key=True, autoincrement=True),
+    sa.Column("tdsp_duns", sa.String(16), nullable=False),
+    sa.Column("command_id", sa.String(48), nullable=False, unique=True),
+    sa.Column("request_id", sa.String(32), nullable=False),
+    sa.Column("chunk", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("retired_at", sa.Float, nullable=True),
+    sa.Index("ix_message_outbox_pending", "tdsp_duns", "retired_at", "outbox_id"),
+)
+
+#: Webhook subscriptions: where a party wants its device and message status changes posted.
+webhook_subscriptions = sa.Table(
+    "webhook_subscriptions",
+    metadata,
+    sa.Column("subscription_id", sa.String(32), primary_key=True),
+    sa.Column("party_id", sa.String(64), nullable=False, index=True),
+    sa.Column("url", sa.String(2000), nullable=False),
+    sa.Column("secret_enc", sa.LargeBinary, nullable=False),  # AES-GCM, never logged
+    sa.Column("state", sa.String(16), nullable=False),  # active | parked | deleted
+    sa.Column("parked_reason", sa.String(1000), nullable=False, server_default=""),
+    sa.Column("failures", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", sa.Float, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+#: The notification outbox: each change for each subscription, posted in this order.
+notifications = sa.Table(
+    "notifications",
+    metadata,
+    sa.Column("notification_id", _BIG_ID, primary_key=True, autoincrement=True),
+    sa.Column("subscription_id", sa.String(32), nullable=False),
+    sa.Column("event_id", sa.String(64), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),  # JSON
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("sent_at", sa.Float, nullable=True),
+    sa.Index(
+        "ix_notifications_subscription_id_sent_at_notification_id",
+        "subscription_id",
+        "sent_at",
+        "notification_id",
+    ),
 )
