@@ -13,7 +13,7 @@ import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 import structlog
@@ -58,6 +58,9 @@ from hangw.secrets import SecretBox
 from hangw.store.db import Store, TurnBatch
 from hangw.store.model import LIVE_STATUS, device_history, grants, han_devices, meters, outbox
 from hangw.store.prepared import Prepared
+
+if TYPE_CHECKING:
+    from hangw.webhooks import Notifier
 
 log = structlog.get_logger(__name__)
 
@@ -279,12 +282,14 @@ class DeviceService:
         clock: IReactorTime,
         config: ProvisioningConfig,
         on_outbox: Callable[[], None] = lambda: None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.store = store
         self._box = box
         self._clock = clock
         self._config = config
         self._on_outbox = on_outbox  # wakes the router after a command was queued
+        self._notifier = notifier  # tells the owner's webhooks of every status change
         self._pruned_at = 0.0  # when remembered head-end event ids were last pruned
         self._reports: TurnBatch[ProvisioningReport, Device | ReportRefused | None] = TurnBatch(
             store, clock, self.apply_reports_thd, self._log_statuses
@@ -366,6 +371,22 @@ class DeviceService:
                 "reason": reason,
             },
         )
+        if self._notifier is not None:
+            self._notifier.enqueue_thd(
+                conn,
+                device.owner_party_id,
+                [
+                    {
+                        "type": "device.status",
+                        "device_id": device.device_id,
+                        "esiid": device.esiid,
+                        "status": status.value,
+                        "event": event,
+                        "reason": reason,
+                        "at": now,
+                    }
+                ],
+            )
 
     def _transition_thd(
         self,
