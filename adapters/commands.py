@@ -80,7 +80,32 @@ class SendFrames:
     frames: tuple[OutboundFrame, ...]
 
 
-Command = ProvisionDevice | DeprovisionDevice | SendFrames
+@dataclass(frozen=True)
+class FanOutTarget:
+    """One ESI ID of a fan-out, and the delivery that tracks the frame there."""
+
+    esiid: str
+    delivery_id: str
+
+
+@dataclass(frozen=True)
+class FanOutFrame:
+    """One SE 1.0 frame for the HANs of many ESI IDs: a price, an event or a text to a program.
+
+    Every target gets the same bytes (the same issuer event id, the same fields); the head-end
+    reports a ``DeliveryStatus`` per target under the target's ``delivery_id``, and the devices'
+    answers come back as ``InboundFrame``s.
+    """
+
+    command_id: str
+    #: ``"all"`` (every device on each HAN) or ``"esi"`` (the meter itself).
+    destination: str
+    cluster: int
+    zcl: bytes
+    targets: tuple[FanOutTarget, ...]
+
+
+Command = ProvisionDevice | DeprovisionDevice | SendFrames | FanOutFrame
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,20 @@ class IAdapterEvents(Interface):
         (the reason names the field and byte) or the ESI ID is not the adapter's TDSP's.
         """
 
+    def delivery_statuses(statuses, batch_id=""):
+        """Record a list of ``DeliveryStatus``es at once (what a fan-out brings back).
+
+        Returns a Deferred firing with one entry per status, in order: None when it was
+        recorded, or the reason it was refused (as ``delivery_status`` would have raised
+        ``ReportRefused``). The Deferred fails only when nothing could be recorded (the store is
+        unreachable). ``batch_id`` is the head-end's id of the batch (statuses' ``tdsp_duns`` name
+        the head-end): the gateway records it with the batch's effect, so a batch sent again
+        gets the first answer and is applied once. Empty: an adapter that never resends.
+        """
+
+    def inbound_frames(frames, batch_id=""):
+        """Take a list of ``InboundFrame``s at once; answered as ``delivery_statuses`` is."""
+
     def meter_event(event):
         """Apply an ``adapters.commands.MeterEvent`` to the meter registry; as for reports."""
 

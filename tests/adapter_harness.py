@@ -73,6 +73,28 @@ class RecordingEvents:
         self.frames.append(frame)
         return succeed(None)
 
+    def _take_all(self, items: list[Any], into: list[Any]) -> Deferred[list[str | None]]:
+        results: list[str | None] = []
+        for item in items:
+            try:
+                self._check(item)
+            except ReportRefused as refused:
+                results.append(str(refused))
+            else:
+                into.append(item)
+                results.append(None)
+        return succeed(results)
+
+    def delivery_statuses(
+        self, statuses: list[DeliveryStatus], batch_id: str = ""
+    ) -> Deferred[list[str | None]]:
+        return self._take_all(statuses, self.deliveries)
+
+    def inbound_frames(
+        self, frames: list[InboundFrame], batch_id: str = ""
+    ) -> Deferred[list[str | None]]:
+        return self._take_all(frames, self.frames)
+
     def meter_event(self, event: MeterEvent) -> Deferred[None]:
         self._check(event)
         self.meter_events.append(event)

@@ -14,6 +14,7 @@ DIRECTIONS = {
 }
 _MESSAGE_HEADING = re.compile(r"### `([a-z_]+)`")
 _FIRST_CELL = re.compile(r"\| `([a-z_-]+)` \|")
+_ITEM_ROW = re.compile(r"\| `([a-z_]+)\[\]\.([a-z_]+)` \|")
 
 
 def _section(text: str, heading: str) -> str:
@@ -55,6 +56,29 @@ def test_message_tables_match_the_protocol_tables() -> None:
     for heading, table in DIRECTIONS.items():
         documented = _message_fields(_section(text, heading))
         assert documented == {kind: set(fields) for kind, fields in table.items()}, heading
+
+
+def _item_rows(section: str) -> dict[str, dict[str, set[str]]]:
+    """Message type -> list field -> the fields of its objects, from ``list[].field`` rows."""
+    rows: dict[str, dict[str, set[str]]] = {}
+    current = None
+    for line in section.splitlines():
+        heading = _MESSAGE_HEADING.fullmatch(line.strip())
+        if heading is not None:
+            current = rows.setdefault(heading.group(1), {})
+        elif current is not None and (row := _ITEM_ROW.match(line)) is not None:
+            current.setdefault(row.group(1), set()).add(row.group(2))
+    return rows
+
+
+def test_batch_items_are_documented_as_their_single_events() -> None:
+    """Each batch event's item rows are exactly the fields of its single event, without id."""
+    rows = _item_rows(_section(DOC.read_text(), "Messages from the head-end to the gateway"))
+    singles = {"delivery_statuses": "delivery_status", "inbound_frames": "inbound_frame"}
+    assert set(singles) == protocol.BATCH_TYPES
+    for batch, single in singles.items():
+        fields = set(protocol.HEADEND_TO_GATEWAY[single]) - {"id"}
+        assert rows[batch] == {protocol.BATCH_FIELDS[batch]: fields}, batch
 
 
 def test_every_head_end_status_is_documented() -> None:

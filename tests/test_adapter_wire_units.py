@@ -1,15 +1,24 @@
-"""The wire adapter's bookkeeping, without sockets: report ids, command timeouts and credit."""
+"""The wire adapter's bookkeeping, without sockets: report and batch ids, command timeouts and
+credit, and the fan-outs it will not send."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.testing import MemoryReactorClock
 from zope.interface import implementer
 
-from adapters.commands import DeprovisionDevice, ProvisioningReport, ReportRefused
+from adapters.commands import (
+    DeliveryStatus,
+    DeprovisionDevice,
+    FanOutFrame,
+    FanOutTarget,
+    ProvisioningReport,
+    ReportRefused,
+)
 from adapters.interfaces import IAdapterEvents
 from adapters.wire.gateway import HeadEndUnavailable, WireAdapter
 
@@ -28,6 +37,7 @@ class SlowEvents:
     def __init__(self) -> None:
         self.calls: list[tuple[ProvisioningReport, Deferred[None]]] = []
         self.refuse: set[str] = set()
+        self.batches: list[tuple[list[Any], str, Deferred[Any]]] = []
 
     def provisioning_report(self, report: ProvisioningReport) -> Deferred[None]:
         if report.esiid in self.refuse:
@@ -37,6 +47,13 @@ class SlowEvents:
         return done
 
     delivery_status = inbound_frame = meter_event = provisioning_report
+
+    def delivery_statuses(self, statuses: list[Any], batch_id: str = "") -> Deferred[Any]:
+        done: Deferred[Any] = Deferred()
+        self.batches.append((statuses, batch_id, done))
+        return done
+
+    inbound_frames = delivery_statuses
 
 
 def status(event_id: str, esiid: str = "10443720000000001") -> dict[str, Any]:
@@ -115,3 +132,108 @@ def test_a_command_waiting_for_credit_times_out(tmp_path: Path) -> None:
     assert failed == [HeadEndUnavailable]
     wire.grant(1)
     assert [m["id"] for m in link.sent] == ["c-1"]  # the timed-out command is not sent late
+
+
+class Link:
+    peer = "test"
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+
+
+def batch(batch_id: str, *esiids: str) -> dict[str, Any]:
+    return {
+        "type": "delivery_statuses",
+        "id": batch_id,
+        "statuses": [
+            {"delivery_id": f"d-{n}", "esiid": esiid, "state": "delivered"}
+            for n, esiid in enumerate(esiids)
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    ("targets", "esiid", "problem"),
+    [
+        (0, "10443720000000001", "fan_out.targets must be a list of 1 to 5000"),
+        (5001, "10443720000000001", "fan_out.targets must be a list of 1 to 5000"),
+        (5000, "\U0001f50c" * 64, "fan_out is 1"),
+    ],
+)
+def test_a_fan_out_the_protocol_cannot_carry_fails_at_once(
+    tmp_path: Path, targets: int, esiid: str, problem: str
+) -> None:
+    """A fan-out with no targets, too many, or over the frame limit fails and is not sent."""
+    wire, _, _ = adapter(tmp_path)
+    link = Link()
+    wire.attach(link, credit=10)  # type: ignore[arg-type]
+    fan = FanOutFrame(
+        "fan-1",
+        "all",
+        0x0701,
+        bytes(8),
+        tuple(FanOutTarget(esiid, f"d-{n}") for n in range(targets)),
+    )
+    failures: list[Any] = []
+    wire.send(fan).addErrback(failures.append)
+    [failure] = failures
+    assert failure.check(ValueError) and problem in failure.getErrorMessage()
+    assert link.sent == []
+
+
+def test_copies_of_a_batch_are_applied_once_and_answered_alike(tmp_path: Path) -> None:
+    """A batch copy arriving while the first is recorded, and one after, get its refusals."""
+    wire, events, _ = adapter(tmp_path)
+    answers: list[Any] = []
+    wire.report_batch(batch("b-1", "E1", "E2", "E3")).addCallback(answers.append)
+    wire.report_batch(batch("b-1", "E1", "E2", "E3")).addCallback(answers.append)
+    [(statuses, batch_id, done)] = events.batches
+    assert batch_id == "b-1" and all(isinstance(s, DeliveryStatus) for s in statuses)
+    done.callback([None, "E2 is another TDSP's", None])
+    wire.report_batch(batch("b-1", "E1", "E2", "E3")).addCallback(answers.append)
+    assert answers == [((1, "E2 is another TDSP's"),)] * 3
+    assert len(events.batches) == 1
+
+
+def test_a_batch_refused_as_a_whole_refuses_every_item(tmp_path: Path) -> None:
+    """ReportRefused for a whole batch comes back as every item refused with its reason."""
+    wire, events, _ = adapter(tmp_path)
+    answers: list[Any] = []
+    wire.report_batch(batch("b-2", "E1", "E2")).addCallback(answers.append)
+    events.batches[0][2].errback(ReportRefused("not this TDSP's head-end"))
+    assert answers == [((0, "not this TDSP's head-end"), (1, "not this TDSP's head-end"))]
+
+
+@pytest.mark.parametrize("outcome", [ConnectionError("store unavailable"), [None], None], ids=str)
+def test_a_batch_not_recorded_is_not_answered_nor_remembered(tmp_path: Path, outcome: Any) -> None:
+    """A batch not recorded (or answered wrongly) fails, and a copy is applied again."""
+    wire, events, _ = adapter(tmp_path)
+    failures: list[Any] = []
+    wire.report_batch(batch("b-3", "E1", "E2")).addErrback(failures.append)
+    done = events.batches[0][2]
+    if isinstance(outcome, Exception):
+        done.errback(outcome)
+    else:
+        done.callback(outcome)
+    assert len(failures) == 1
+    wire.report_batch(batch("b-3", "E1", "E2"))
+    assert len(events.batches) == 2
+
+
+def test_remembered_batches_count_their_refusals_against_the_limit(tmp_path: Path) -> None:
+    """A remembered batch weighs one plus its refusals against the memory limit."""
+    wire, events, _ = adapter(tmp_path)
+    wire._seen_limit = 10
+    wire.report_batch(batch("b-4", *["E"] * 8))
+    events.batches[0][2].callback(["no"] * 8)
+    wire.report(status("e-1"))
+    events.calls[0][1].callback(None)
+    assert "b-4" in wire._seen  # 9 + 1
+    wire.report(status("e-2"))
+    events.calls[1][1].callback(None)
+    assert list(wire._seen) == ["e-1", "e-2"]  # 9 + 2 is over: the batch is forgotten
+    wire.report_batch(batch("b-4", *["E"] * 8))
+    assert len(events.batches) == 2

@@ -29,6 +29,7 @@ from zope.interface import implementer
 from adapters.commands import (
     Command,
     DeliveryStatus,
+    FanOutFrame,
     InboundFrame,
     MeterEvent,
     ProvisioningReport,
@@ -96,13 +97,16 @@ class WireAdapter:
         self._events: IAdapterEvents | None = None
         self._link: HeadEndLink | None = None
         self._credit = 0
-        #: Commands in the order they are to go out, and what waits for each one's answer.
-        self._queue: deque[Command] = deque()
+        #: Commands (their ids and messages) in the order they are to go out, and what waits
+        #: for each one's answer.
+        self._queue: deque[tuple[str, dict[str, Any]]] = deque()
         self._waiting: dict[str, tuple[list[Deferred[None]], IDelayedCall]] = {}
-        #: Event ids recently answered and the answer (None: recorded; text: refused), so a
-        #: resent event gets the same answer and is not applied again.
-        self._seen: OrderedDict[str, str | None] = OrderedDict()
-        self._applying: dict[str, list[Deferred[str | None]]] = {}
+        #: Event ids recently answered and the answer (None: recorded; text: refused; for a
+        #: batch, its refused (index, reason) pairs), so a resent event gets the same answer and
+        #: is not applied again. A batch weighs one plus its refused items against the limit.
+        self._seen: OrderedDict[str, _Answer] = OrderedDict()
+        self._seen_weight = 0
+        self._applying: dict[str, list[Deferred[_Answer]]] = {}
         #: Called with the TDSP's DUNS when its head-end has (re)connected (the router's link_up).
         self.on_connected: Callable[[str], None] | None = None
         self._seen_limit = 200_000
@@ -131,11 +135,19 @@ class WireAdapter:
         Fails with HeadEndUnavailable when no head-end is connected, when the link is lost
         first, or when no acknowledgement comes within ``ack_timeout_s`` (waiting for credit
         included): the router sends it again later and the head-end drops the duplicate.
+        Fails at once with ValueError, the reason named, for a FanOutFrame the protocol cannot
+        carry (no targets or more than MAX_FAN_OUT_TARGETS, a field out of its rules, a repeated
+        delivery id, a message over MAX_FRAME_BYTES): sending it again would not help.
         """
         if self._link is None:
             return fail(
                 HeadEndUnavailable(f"the head-end of TDSP {self.tdsp_duns} is not connected")
             )
+        message = protocol.command_message(command)
+        if isinstance(command, FanOutFrame):
+            problem = _unsendable(message)
+            if problem is not None:
+                return fail(ValueError(f"command {command.command_id}: {problem}"))
         done: Deferred[None] = Deferred()
         waiting = self._waiting.get(command.command_id)
         if waiting is not None:  # the same command twice at once: one acknowledgement for both
@@ -143,7 +155,7 @@ class WireAdapter:
             return done
         timeout = self._clock.callLater(self.ack_timeout_s, self._timed_out, command.command_id)
         self._waiting[command.command_id] = ([done], timeout)
-        self._queue.append(command)
+        self._queue.append((command.command_id, message))
         self._pump()
         return done
 
@@ -235,34 +247,64 @@ class WireAdapter:
         when it could not be recorded (the store is down): then nothing is answered and the
         head-end sends it again.
         """
-        event_id = message["id"]
+
+        def apply() -> Deferred[_Answer]:
+            event = protocol.event_from_message(message, self.tdsp_duns)
+            return maybeDeferred(self._apply, event).addCallbacks(_recorded, _refused)
+
+        def single(answer: _Answer) -> str | None:
+            # an id that was a batch's: it was taken, and is not applied again
+            return None if isinstance(answer, tuple) else answer
+
+        return self._once(message["id"], apply).addCallback(single)
+
+    def report_batch(self, message: dict[str, Any]) -> Deferred[tuple[tuple[int, str], ...]]:
+        """Apply a ``delivery_statuses`` or ``inbound_frames`` batch once per id.
+
+        Fires with the ``(index, reason)`` of every item refused (empty: all were recorded); the
+        same id again gets the same answer without being applied again. Fails when nothing could
+        be recorded (the store is down): then nothing is answered and the head-end sends it
+        again.
+        """
+        batch_id = message["id"]
+        count = len(message[protocol.BATCH_FIELDS[message["type"]]])
+
+        def apply() -> Deferred[_Answer]:
+            assert self._events is not None
+            items = protocol.batch_from_message(message, self.tdsp_duns)
+            if message["type"] == "delivery_statuses":
+                method = self._events.delivery_statuses
+            else:
+                method = self._events.inbound_frames
+            applied: Deferred[Any] = maybeDeferred(method, items, batch_id=batch_id)
+            return applied.addCallbacks(lambda results: _refusals(results, count), _refused)
+
+        def batch(answer: _Answer) -> tuple[tuple[int, str], ...]:
+            if isinstance(answer, tuple):
+                return answer
+            # an id that was a single event's: its answer stands for every item
+            return () if answer is None else tuple((index, answer) for index in range(count))
+
+        return self._once(batch_id, apply).addCallback(batch)
+
+    def _once(self, event_id: str, apply: Callable[[], Deferred[_Answer]]) -> Deferred[_Answer]:
+        """Apply an event or a batch unless its id was answered (or is being applied) already."""
         if event_id in self._seen:
             self._seen.move_to_end(event_id)
             return succeed(self._seen[event_id])
         copies = self._applying.get(event_id)
         if copies is not None:  # a copy arrived while the first is being recorded
-            answer: Deferred[str | None] = Deferred()
+            answer: Deferred[_Answer] = Deferred()
             copies.append(answer)
             return answer
         if self._events is None:
             return fail(HeadEndUnavailable("the gateway is not ready for reports yet"))
         self._applying[event_id] = []
-        applied = maybeDeferred(self._apply, protocol.event_from_message(message, self.tdsp_duns))
 
-        def recorded(_: object) -> str | None:
-            return None
-
-        def refused(failure: Failure) -> str | Failure:
-            if failure.check(ReportRefused):
-                return failure.getErrorMessage()
-            return failure  # not recorded: no answer, the head-end resends
-
-        def settle(result: str | Failure | None) -> str | Failure | None:
+        def settle(result: _Answer | Failure) -> _Answer | Failure:
             copies = self._applying.pop(event_id, [])
             if not isinstance(result, Failure):
-                self._seen[event_id] = result
-                if len(self._seen) > self._seen_limit:
-                    self._seen.popitem(last=False)
+                self._remember(event_id, result)
             for copy in copies:
                 if isinstance(result, Failure):
                     copy.errback(result)
@@ -270,7 +312,14 @@ class WireAdapter:
                     copy.callback(result)
             return result
 
-        return applied.addCallbacks(recorded, refused).addBoth(settle)
+        return maybeDeferred(apply).addBoth(settle)
+
+    def _remember(self, event_id: str, answer: _Answer) -> None:
+        self._seen[event_id] = answer
+        self._seen_weight += _weight(answer)
+        while self._seen_weight > self._seen_limit and len(self._seen) > 1:
+            _, forgotten = self._seen.popitem(last=False)
+            self._seen_weight -= _weight(forgotten)
 
     def _apply(self, event: protocol.Event) -> Deferred[Any]:
         assert self._events is not None
@@ -287,11 +336,11 @@ class WireAdapter:
     def _pump(self) -> None:
         link = self._link
         while link is not None and self._queue and self._credit > 0:
-            command = self._queue.popleft()
-            if command.command_id not in self._waiting:
+            command_id, message = self._queue.popleft()
+            if command_id not in self._waiting:
                 continue  # timed out while it waited for credit
             self._credit -= 1
-            link.send(protocol.command_message(command))
+            link.send(message)
 
     def _timed_out(self, command_id: str) -> None:
         entry = self._waiting.pop(command_id, None)
@@ -314,6 +363,49 @@ class WireAdapter:
                 timeout.cancel()
             for done in dones:
                 done.errback(Failure(error))
+
+
+#: What the gateway answered to an event id: None (recorded), the reason it was refused, or for a
+#: batch the (index, reason) of each item refused.
+_Answer = str | tuple[tuple[int, str], ...] | None
+
+
+def _recorded(_: object) -> None:
+    return None
+
+
+def _refused(failure: Failure) -> str | Failure:
+    if failure.check(ReportRefused):
+        return failure.getErrorMessage()
+    return failure  # not recorded: no answer, the head-end resends
+
+
+def _refusals(results: Any, count: int) -> tuple[tuple[int, str], ...]:
+    """The refused items of a batch from IAdapterEvents' per-item results."""
+    if not isinstance(results, list | tuple) or len(results) != count:
+        raise TypeError(f"the answer to a batch of {count} items is not a list of {count} entries")
+    return tuple(
+        (index, (reason if isinstance(reason, str) else str(reason)) or "refused")
+        for index, reason in enumerate(results)
+        if reason is not None
+    )
+
+
+def _weight(answer: _Answer) -> int:
+    return 1 + len(answer) if isinstance(answer, tuple) else 1
+
+
+def _unsendable(message: dict[str, Any]) -> str | None:
+    """Why a command message cannot go to the head-end, or None."""
+    try:
+        protocol.check_message(message, protocol.GATEWAY_TO_HEADEND)
+    except ProtocolError as error:
+        return error.reason
+    size = len(protocol.encode(message))
+    limit = protocol.MAX_FRAME_BYTES
+    if size > limit:
+        return f"{message['type']} is {size} bytes, over the {limit}-byte frame limit"
+    return None
 
 
 class HeadEndLink(Int32StringReceiver):
@@ -398,6 +490,8 @@ class HeadEndLink(Int32StringReceiver):
             self.adapter.acknowledged(message["ref"])
         elif kind == "credit":
             self.adapter.grant(message["grant"])
+        elif kind in protocol.BATCH_TYPES:
+            self._batch(message)
         elif kind in protocol.EVENT_TYPES:
             self._status(message)
         elif kind in protocol.QUERY_RESULT_TYPES or kind == "nack":
@@ -460,6 +554,26 @@ class HeadEndLink(Int32StringReceiver):
             self._grant_one()
 
         self.adapter.report(message).addCallbacks(answered, not_applied)
+
+    def _batch(self, message: dict[str, Any]) -> None:
+        assert self.adapter is not None
+        batch_id = message["id"]
+
+        def answered(refused: tuple[tuple[int, str], ...]) -> None:
+            self.send(protocol.batch_ack(batch_id, refused))
+            self._grant_one()
+
+        def not_applied(failure: Failure) -> None:
+            # nothing recorded (the store is down): no answer, so the head-end sends it again
+            log.error(
+                "headend.batch_not_applied",
+                kind=message["type"],
+                batch=batch_id,
+                why=failure.getErrorMessage(),
+            )
+            self._grant_one()
+
+        self.adapter.report_batch(message).addCallbacks(answered, not_applied)
 
     def _grant_one(self) -> None:
         assert self.adapter is not None

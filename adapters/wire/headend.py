@@ -2,11 +2,13 @@
 
 A head-end gives ``HeadEndClient`` an application (IHeadEndApplication) that carries out the
 gateway's commands, and reports back through ``report`` (which fires once the gateway has
-recorded the report). The client dials the gateway over TLS with the TDSP's certificate and keeps
-dialling with backoff (``twisted.application.internet.ClientService``); reports not yet
-acknowledged are sent again after a reconnect, under the same id, so the gateway applies each
-once. Commands are acknowledged only after the application accepted them; a command that
-arrives again (after a lost link) is handed to the application again, which must drop it by id.
+recorded the report), or with many delivery statuses or inbound frames at once through
+``delivery_statuses`` and ``inbound_frames``. The client dials the gateway over TLS with the
+TDSP's certificate and keeps dialling with backoff (``twisted.application.internet.ClientService``);
+reports not yet acknowledged are sent again after a reconnect, under the same id, so the gateway
+applies each once. Commands are acknowledged only after the application accepted them; a command
+that arrives again (after a lost link) is handed to the application again, which must drop it by
+id.
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ from __future__ import annotations
 import itertools
 import os
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
@@ -134,7 +136,7 @@ class _Link(Int32StringReceiver):
         elif kind in protocol.QUERY_TYPES:
             self._query(message)
         elif kind == "ack":
-            self.client._settled(message["ref"], None)
+            self.client._settled(message["ref"], None, message.get("refused", ()))
         elif kind == "nack":
             self.client._settled(message["ref"], message.get("reason", "refused"))
         elif kind == "credit":
@@ -210,13 +212,32 @@ class _LinkFactory(Factory):
         return _Link(self.client)
 
 
+class _Sent:
+    """An event or a batch in the outbox, and what waits for the gateway's answer to it."""
+
+    __slots__ = ("count", "done", "message")
+
+    def __init__(self, message: dict[str, Any], done: Deferred[Any], count: int | None) -> None:
+        self.message = message
+        #: For an event: fires with None, or fails with ReportRefusedByGateway. For a batch:
+        #: fires with the (index, reason) of each item refused.
+        self.done = done
+        #: None for an event; the number of items of a batch.
+        self.count = count
+
+
+#: The id the size of a batch is measured with: as long as an id may be.
+_LONGEST_ID = "x" * 100
+
+
 @implementer(IAdapterEvents)
 class HeadEndClient:
     """A head-end's connection to the gateway, kept up with backoff.
 
     ``report`` (and the IAdapterEvents methods, so a head-end model written against
     IAdapterEvents can report through it) sends an event and returns a Deferred that fires when
-    the gateway has recorded it, or fails with ReportRefusedByGateway.
+    the gateway has recorded it, or fails with ReportRefusedByGateway. ``delivery_statuses`` and
+    ``inbound_frames`` send many at once, in batch messages, and fire with each one's answer.
     """
 
     versions: tuple[int, ...] = protocol.SUPPORTED_VERSIONS
@@ -248,8 +269,8 @@ class HeadEndClient:
         self._credit = 0
         self._ids = itertools.count(1)
         self._prefix = os.urandom(6).hex()
-        #: Reports not yet acknowledged, in the order they were made.
-        self._outbox: OrderedDict[str, tuple[dict[str, Any], Deferred[None]]] = OrderedDict()
+        #: Reports and batches not yet acknowledged, in the order they were made.
+        self._outbox: OrderedDict[str, _Sent] = OrderedDict()
         #: Event id -> when it went out; answered ones leave, unanswered ones go again.
         self._in_flight: dict[str, float] = {}
         self._ready: list[Deferred[None]] = []
@@ -296,9 +317,9 @@ class HeadEndClient:
         self, event: ProvisioningReport | DeliveryStatus | InboundFrame | MeterEvent
     ) -> Deferred[None]:
         """Send an event; fires once the gateway recorded it (fails if the gateway refused it)."""
-        event_id = f"{self._prefix}-{next(self._ids)}"
+        event_id = self._next_id()
         done: Deferred[None] = Deferred()
-        self._outbox[event_id] = (protocol.event_message(event_id, event), done)
+        self._outbox[event_id] = _Sent(protocol.event_message(event_id, event), done, None)
         self._pump()
         return done
 
@@ -307,23 +328,68 @@ class HeadEndClient:
     inbound_frame = report
     meter_event = report
 
+    def delivery_statuses(
+        self, statuses: Sequence[DeliveryStatus], batch_id: str = ""
+    ) -> Deferred[list[str | None]]:
+        """Send many delivery statuses at once; fires with one entry per status, in order: None
+        when the gateway recorded it, or the reason it was refused.
+
+        They go in ``delivery_statuses`` messages of at most MAX_EVENTS_PER_BATCH statuses (and
+        MAX_FRAME_BYTES), each with an id of its own, sent and resent like single events; the
+        Deferred fires when every one has been answered. A status that breaks the protocol's
+        rules is not sent: its entry is the reason (``not sent: ...``). ``batch_id`` is not
+        used: the client names every message it sends.
+        """
+        items = [protocol.delivery_status_item(status) for status in statuses]
+        return self._send_batch("delivery_statuses", items)
+
+    def inbound_frames(
+        self, frames: Sequence[InboundFrame], batch_id: str = ""
+    ) -> Deferred[list[str | None]]:
+        """Send many inbound frames at once, in ``inbound_frames`` messages; answered as
+        ``delivery_statuses`` is."""
+        items = [protocol.inbound_frame_item(frame) for frame in frames]
+        return self._send_batch("inbound_frames", items)
+
+    def _send_batch(self, kind: str, items: list[dict[str, Any]]) -> Deferred[list[str | None]]:
+        results: list[str | None] = [None] * len(items)
+        positions: Sequence[int] = range(len(items))
+        problems = protocol.batch_item_problems(kind, items)
+        if problems:
+            for index, reason in problems.items():
+                results[index] = f"not sent: {reason}"
+            positions = [index for index in positions if index not in problems]
+            items = [items[index] for index in positions]
+        answers = []
+        for start, end in _chunks(kind, items):
+            event_id = self._next_id()
+            done: Deferred[list[tuple[int, str]]] = Deferred()
+            message = protocol.batch_message(kind, event_id, items[start:end])
+            self._outbox[event_id] = _Sent(message, done, end - start)
+            answers.append(done.addCallback(_place, results, positions[start:end]))
+        self._pump()
+        return gatherResults(answers).addCallback(lambda _: results)
+
+    def _next_id(self) -> str:
+        return f"{self._prefix}-{next(self._ids)}"
+
     @property
     def unacknowledged(self) -> int:
-        """Reports sent or waiting that the gateway has not acknowledged yet."""
+        """Reports and batches sent or waiting that the gateway has not acknowledged yet."""
         return len(self._outbox)
 
     def _pump(self) -> None:
         link = self.link
         if link is None or not link.welcomed:
             return
-        for event_id, (message, _) in self._outbox.items():
+        for event_id, sent in self._outbox.items():
             if self._credit <= 0:
                 break
             if event_id in self._in_flight:
                 continue
             self._in_flight[event_id] = self.clock.seconds()
             self._credit -= 1
-            self._transmit(link, message)
+            self._transmit(link, sent.message)
 
     def _transmit(self, link: _Link, message: dict[str, Any]) -> None:
         """Put one report on the wire (a subclass may delay, repeat or reorder it)."""
@@ -353,17 +419,69 @@ class HeadEndClient:
             self._in_flight.clear()
             log.info("headend.disconnected", why=why)
 
-    def _settled(self, ref: str, refusal: str | None) -> None:
+    def _settled(self, ref: str, refusal: str | None, refused: Sequence[Any] = ()) -> None:
+        """The gateway's ``ack`` (``refusal`` None, a batch's ``refused`` pairs) or ``nack``."""
         entry = self._outbox.pop(ref, None)
         self._in_flight.pop(ref, None)
         if entry is None:
             return  # acknowledged twice (a resend crossed the first acknowledgement)
-        done = entry[1]
-        if refusal is None:
-            done.callback(None)
+        done, count = entry.done, entry.count
+        if count is None:
+            if refusal is None:
+                done.callback(None)
+            else:
+                done.errback(ReportRefusedByGateway(refusal))
+        elif refusal is not None:  # a whole batch refused
+            done.callback([(index, refusal) for index in range(count)])
         else:
-            done.errback(ReportRefusedByGateway(refusal))
+            done.callback([(index, reason) for index, reason in refused if index < count])
 
     def _grant(self, grant: int) -> None:
         self._credit += grant
         self._pump()
+
+
+def _place(
+    refused: list[tuple[int, str]], results: list[str | None], positions: Sequence[int]
+) -> None:
+    """Put a batch message's refusals at the positions its items had in the caller's list."""
+    for index, reason in refused:
+        results[positions[index]] = reason
+
+
+def _status_bound(item: dict[str, Any]) -> int:
+    """No fewer than the bytes a checked ``delivery_statuses`` item takes in JSON, comma included
+    (6 bytes a character at most, for a control character escaped; keys, state and
+    punctuation under 80)."""
+    return 6 * (len(item["delivery_id"]) + len(item["esiid"]) + len(item.get("reason", ""))) + 80
+
+
+def _frame_bound(item: dict[str, Any]) -> int:
+    """As _status_bound, for a checked ``inbound_frames`` item (the ZCL is hex already; keys,
+    cluster, time and punctuation take under 100)."""
+    return len(item["zcl"]) + 6 * (len(item["esiid"]) + len(item["source"])) + 100
+
+
+_BOUNDS = {"delivery_statuses": _status_bound, "inbound_frames": _frame_bound}
+
+
+def _chunks(kind: str, items: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """Checked ``items`` cut into ranges that each make a batch message the gateway takes: at
+    most MAX_EVENTS_PER_BATCH items and MAX_FRAME_BYTES long."""
+    ranges: list[tuple[int, int]] = []
+    step = protocol.MAX_EVENTS_PER_BATCH
+    bound = _BOUNDS[kind]
+    room = protocol.MAX_FRAME_BYTES - 200  # the type, the id and the braces
+    pending = [(start, min(start + step, len(items))) for start in range(0, len(items), step)]
+    pending.reverse()
+    while pending:
+        start, end = pending.pop()
+        chunk = items[start:end]
+        if end - start > 1 and sum(map(bound, chunk)) > room:
+            body = protocol.encode(protocol.batch_message(kind, _LONGEST_ID, chunk))
+            if len(body) > protocol.MAX_FRAME_BYTES:
+                middle = (start + end) // 2
+                pending += [(middle, end), (start, middle)]
+                continue
+        ranges.append((start, end))
+    return ranges

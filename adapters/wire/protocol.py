@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from adapters.commands import (
@@ -20,6 +20,8 @@ from adapters.commands import (
     DeliveryState,
     DeliveryStatus,
     DeprovisionDevice,
+    FanOutFrame,
+    FanOutTarget,
     HeadEndStatus,
     InboundFrame,
     MeterEvent,
@@ -38,18 +40,33 @@ from adapters.commands import (
 )
 
 __all__ = [
+    "BATCH_FIELDS",
+    "BATCH_TYPES",
     "GATEWAY_TO_HEADEND",
     "HEADEND_TO_GATEWAY",
+    "MAX_EVENTS_PER_BATCH",
+    "MAX_FAN_OUT_TARGETS",
     "MAX_FRAME_BYTES",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "ProtocolError",
+    "batch_ack",
+    "batch_from_message",
+    "batch_item_problems",
+    "batch_message",
+    "check_message",
     "command_from_message",
     "command_message",
     "decode",
+    "delivery_status_item",
+    "delivery_statuses_from_message",
+    "delivery_statuses_message",
     "encode",
     "event_from_message",
     "event_message",
+    "inbound_frame_item",
+    "inbound_frames_from_message",
+    "inbound_frames_message",
     "query_from_message",
     "query_message",
     "query_result_from_message",
@@ -67,6 +84,16 @@ MAX_FRAMES_PER_SEND = 64
 MAX_ZCL_BYTES = 1024
 #: At most this many attributes in one ``read_meter``.
 MAX_READ_ATTRIBUTES = 32
+#: At most this many ESI IDs in one ``fan_out``: with ASCII ids of the longest lengths allowed
+#: and the longest ZCL frame, a full one is still under MAX_FRAME_BYTES.
+MAX_FAN_OUT_TARGETS = 5000
+#: At most this many items in one ``delivery_statuses`` or ``inbound_frames`` (which must also
+#: fit in MAX_FRAME_BYTES: 2000 inbound frames of 64-byte ZCL take about half of it).
+MAX_EVENTS_PER_BATCH = 2000
+
+
+Check = Callable[[Any], str | None]
+Fields = Mapping[str, Check]
 
 
 class ProtocolError(ValueError):
@@ -105,12 +132,17 @@ def _count(lo: int, hi: int) -> Callable[[Any], str | None]:
     return check
 
 
-_HEX = re.compile(r"(?:[0-9A-Fa-f]{2})*")
+_HEX_DIGITS = re.compile(r"[0-9A-Fa-f]*")
+
+
+def _is_hex(value: str) -> bool:
+    """Two hex digits per byte, nothing between."""
+    return len(value) % 2 == 0 and _HEX_DIGITS.fullmatch(value) is not None
 
 
 def _hex_bytes(*sizes: int) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
-        if not isinstance(value, str) or not _HEX.fullmatch(value):
+        if not isinstance(value, str) or not _is_hex(value):
             return "must be a hex string (two digits per byte, nothing between)"
         raw = bytes.fromhex(value)
         if len(raw) not in sizes:
@@ -125,17 +157,18 @@ def _zcl(value: Any) -> str | None:
         return "must be a non-empty hex string"
     if len(value) > 2 * MAX_ZCL_BYTES:
         return f"must be at most {MAX_ZCL_BYTES} bytes"
-    if not _HEX.fullmatch(value):
+    if not _is_hex(value):
         return "must be a hex string (two digits per byte, nothing between)"
     if len(value) < 6:
         return "must hold at least a ZCL header (3 bytes)"
     return None
 
 
+_MAC = re.compile(r"[0-9A-F]{16}")
+
+
 def _is_mac(value: Any) -> bool:
-    return (
-        isinstance(value, str) and len(value) == 16 and all(c in "0123456789ABCDEF" for c in value)
-    )
+    return isinstance(value, str) and _MAC.fullmatch(value) is not None
 
 
 def _mac(value: Any) -> str | None:
@@ -154,18 +187,76 @@ def _source(value: Any) -> str | None:
     return f"must be {TO_ESI!r} or a MAC (16 upper-case hex digits)"
 
 
-def _frames(value: Any) -> str | None:
-    if not isinstance(value, list) or not 1 <= len(value) <= MAX_FRAMES_PER_SEND:
-        return f"must be a list of 1 to {MAX_FRAMES_PER_SEND} frames"
-    for index, frame in enumerate(value):
-        if not isinstance(frame, dict):
-            return f"[{index}] must be an object"
-        for name, check in _FRAME_FIELDS.items():
-            if name not in frame:
-                return f"[{index}] is missing {name!r}"
-            problem = check(frame[name])
+def _fan_out_destination(value: Any) -> str | None:
+    if value in (TO_ALL, TO_ESI):
+        return None
+    return f"must be {TO_ALL!r} or {TO_ESI!r}"
+
+
+def _item_problem(
+    item: Any, fields: tuple[tuple[str, Check], ...], optional: frozenset[str]
+) -> str | None:
+    """What is wrong with one object of a list, worded to follow its ``[index]``."""
+    if not isinstance(item, dict):
+        return " must be an object"
+    for name, check in fields:
+        if name in item:
+            problem = check(item[name])
             if problem is not None:
-                return f"[{index}].{name} {problem}"
+                return f".{name} {problem}"
+        elif name not in optional:
+            return f" is missing {name!r}"
+    return None
+
+
+def _objects(fields: Fields, optional: frozenset[str], most: int, noun: str) -> Check:
+    """A check of a list of 1 to ``most`` objects whose fields are ``fields``."""
+    named = tuple(fields.items())
+
+    def check(value: Any) -> str | None:
+        if not isinstance(value, list) or not 1 <= len(value) <= most:
+            return f"must be a list of 1 to {most} {noun}"
+        for index, item in enumerate(value):
+            problem = _item_problem(item, named, optional)
+            if problem is not None:
+                return f"[{index}]{problem}"
+        return None
+
+    return check
+
+
+def _targets(value: Any) -> str | None:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_FAN_OUT_TARGETS:
+        return f"must be a list of 1 to {MAX_FAN_OUT_TARGETS} [esiid, delivery_id] pairs"
+    first: dict[str, int] = {}
+    for index, target in enumerate(value):
+        if not isinstance(target, list) or len(target) != 2:
+            return f"[{index}] must be a list of two strings: [esiid, delivery_id]"
+        esiid, delivery_id = target
+        problem = _ESIID(esiid)
+        if problem is not None:
+            return f"[{index}][0] (esiid) {problem}"
+        problem = ID(delivery_id)
+        if problem is not None:
+            return f"[{index}][1] (delivery_id) {problem}"
+        earlier = first.setdefault(delivery_id, index)
+        if earlier != index:
+            return f"[{index}][1] (delivery_id) is also the delivery_id of [{earlier}]"
+    return None
+
+
+def _refused(value: Any) -> str | None:
+    if not isinstance(value, list) or len(value) > MAX_EVENTS_PER_BATCH:
+        return f"must be a list of at most {MAX_EVENTS_PER_BATCH} [index, reason] pairs"
+    for n, pair in enumerate(value):
+        if not isinstance(pair, list) or len(pair) != 2:
+            return f"[{n}] must be a list of two: [index, reason]"
+        index, reason = pair
+        if type(index) is not int or not 0 <= index < MAX_EVENTS_PER_BATCH:
+            return f"[{n}][0] (index) must be an integer in 0..{MAX_EVENTS_PER_BATCH - 1}"
+        problem = _optional_text(reason)
+        if problem is not None:
+            return f"[{n}][1] (reason) {problem}"
     return None
 
 
@@ -196,12 +287,11 @@ def _milliseconds(value: Any) -> str | None:
 
 
 def _one_of(kind: type[Any]) -> Callable[[Any], str | None]:
+    values = frozenset(v.value for v in kind)
+    wrong = f"must be one of {', '.join(v.value for v in kind)}"
+
     def check(value: Any) -> str | None:
-        try:
-            kind(value)
-        except ValueError:
-            return f"must be one of {', '.join(v.value for v in kind)}"
-        return None
+        return None if isinstance(value, str) and value in values else wrong
 
     return check
 
@@ -220,14 +310,43 @@ def _status(value: Any) -> str | None:
     return None
 
 
-Fields = Mapping[str, Callable[[Any], str | None]]
-
 ID = _text(100)
+_ESIID = _text(64)
 _FRAME_FIELDS: Fields = {
     "delivery_id": ID,
     "destination": _destination,
     "cluster": _count(0, 0xFFFF),
     "zcl": _zcl,
+}
+#: The fields of a ``delivery_status`` and an ``inbound_frame`` besides their ``id``: the fields
+#: of each item of ``delivery_statuses`` and ``inbound_frames``.
+_DELIVERY_STATUS_FIELDS: Fields = {
+    "delivery_id": ID,
+    "esiid": _ESIID,
+    "state": _one_of(DeliveryState),
+    "reason": _optional_text,
+}
+_INBOUND_FRAME_FIELDS: Fields = {
+    "esiid": _ESIID,
+    "source": _source,
+    "cluster": _count(0, 0xFFFF),
+    "zcl": _zcl,
+    "received_at": _seconds,
+}
+#: Fields a message (or an object in one of its lists) may leave out; every other field of its
+#: table is required.
+_OPTIONAL = frozenset({"reason", "software"})
+_OPTIONAL_BY_TYPE = {
+    "ack": {"refused"},
+    "error": {"ref"},
+    "meter_event": {"meter_serial", "firmware_version", "han_capable"},
+    "ping_result": {"firmware_version", "rtt_ms"},
+}
+_frames = _objects(_FRAME_FIELDS, frozenset(), MAX_FRAMES_PER_SEND, "frames")
+#: Batch event type -> the field holding its items, and the fields of each item.
+_BATCH_ITEMS: dict[str, tuple[str, Fields]] = {
+    "delivery_statuses": ("statuses", _DELIVERY_STATUS_FIELDS),
+    "inbound_frames": ("frames", _INBOUND_FRAME_FIELDS),
 }
 #: Message type -> its fields and their checks; _OPTIONAL and _OPTIONAL_BY_TYPE say which fields
 #: may be left out.
@@ -237,29 +356,26 @@ HEADEND_TO_GATEWAY: dict[str, Fields] = {
     "provisioning_status": {
         "id": ID,
         "command_id": ID,
-        "esiid": _text(64),
+        "esiid": _ESIID,
         "device_id": _text(100),
         "status": _status,
         "reason": _optional_text,
     },
-    "delivery_status": {
+    "delivery_status": {"id": ID, **_DELIVERY_STATUS_FIELDS},
+    "inbound_frame": {"id": ID, **_INBOUND_FRAME_FIELDS},
+    "delivery_statuses": {
         "id": ID,
-        "delivery_id": ID,
-        "esiid": _text(64),
-        "state": _one_of(DeliveryState),
-        "reason": _optional_text,
+        "statuses": _objects(
+            _DELIVERY_STATUS_FIELDS, _OPTIONAL, MAX_EVENTS_PER_BATCH, "delivery statuses"
+        ),
     },
-    "inbound_frame": {
+    "inbound_frames": {
         "id": ID,
-        "esiid": _text(64),
-        "source": _source,
-        "cluster": _count(0, 0xFFFF),
-        "zcl": _zcl,
-        "received_at": _seconds,
+        "frames": _objects(_INBOUND_FRAME_FIELDS, _OPTIONAL, MAX_EVENTS_PER_BATCH, "frames"),
     },
     "meter_event": {
         "id": ID,
-        "esiid": _text(64),
+        "esiid": _ESIID,
         "event": _one_of(MeterEventKind),
         "meter_serial": _text(64),
         "firmware_version": _text(32),
@@ -289,36 +405,43 @@ GATEWAY_TO_HEADEND: dict[str, Fields] = {
     "goodbye": {"reason": _optional_text},
     "provision": {
         "id": ID,
-        "esiid": _text(64),
+        "esiid": _ESIID,
         "device_id": _text(100),
         "mac": _text(32),
         "install_code": _hex_bytes(8, 10, 14, 18),
         "link_key": _hex_bytes(16),
         "join_window_s": _count(1, 86_400),
     },
-    "deprovision": {"id": ID, "esiid": _text(64), "device_id": _text(100), "mac": _text(32)},
-    "send_frames": {"id": ID, "esiid": _text(64), "frames": _frames},
-    "ping_esi": {"id": ID, "esiid": _text(64)},
-    "ping_device": {"id": ID, "esiid": _text(64), "mac": _mac},
-    "read_meter": {"id": ID, "esiid": _text(64), "attribute_ids": _attribute_ids},
-    "ack": {"ref": ID},
+    "deprovision": {"id": ID, "esiid": _ESIID, "device_id": _text(100), "mac": _text(32)},
+    "send_frames": {"id": ID, "esiid": _ESIID, "frames": _frames},
+    "fan_out": {
+        "id": ID,
+        "destination": _fan_out_destination,
+        "cluster": _count(0, 0xFFFF),
+        "zcl": _zcl,
+        "targets": _targets,
+    },
+    "ping_esi": {"id": ID, "esiid": _ESIID},
+    "ping_device": {"id": ID, "esiid": _ESIID, "mac": _mac},
+    "read_meter": {"id": ID, "esiid": _ESIID, "attribute_ids": _attribute_ids},
+    "ack": {"ref": ID, "refused": _refused},
     "nack": {"ref": ID, "reason": _optional_text},
     "credit": {"grant": _count(1, 100_000)},
     "heartbeat": {},
     "error": {"reason": _optional_text, "ref": ID},
 }
-#: Fields a message may leave out; every other field of its table is required.
-_OPTIONAL = {"reason", "software"}
-_OPTIONAL_BY_TYPE = {
-    "error": {"ref"},
-    "meter_event": {"meter_serial", "firmware_version", "han_capable"},
-    "ping_result": {"firmware_version", "rtt_ms"},
-}
 #: Message types that are commands (acknowledged with ``ack``, one unit of credit each), queries
-#: (answered with a result or a ``nack``, no credit) and events (acknowledged or refused).
-COMMAND_TYPES = frozenset({"provision", "deprovision", "send_frames"})
+#: (answered with a result or a ``nack``, no credit) and events (one unit of credit each,
+#: acknowledged or refused; a batch is acknowledged with the indexes of the items refused).
+COMMAND_TYPES = frozenset({"provision", "deprovision", "send_frames", "fan_out"})
 QUERY_TYPES = frozenset({"ping_esi", "ping_device", "read_meter"})
-EVENT_TYPES = frozenset({"provisioning_status", "delivery_status", "inbound_frame", "meter_event"})
+#: Batch event type -> the field that holds its items.
+BATCH_FIELDS = {kind: name for kind, (name, _) in _BATCH_ITEMS.items()}
+BATCH_TYPES = frozenset(BATCH_FIELDS)
+EVENT_TYPES = (
+    frozenset({"provisioning_status", "delivery_status", "inbound_frame", "meter_event"})
+    | BATCH_TYPES
+)
 QUERY_RESULT_TYPES = frozenset({"ping_result", "meter_read"})
 #: The answer each query expects.
 QUERY_ANSWERS = {
@@ -345,18 +468,26 @@ def decode(body: bytes, table: Mapping[str, Fields]) -> dict[str, Any]:
     ref = message.get("id") if isinstance(message.get("id"), str) else None
     if not isinstance(kind, str):
         raise ProtocolError("message without a string 'type'", ref=ref)
-    fields = table.get(kind)
-    if fields is None:
+    if table.get(kind) is None:
         raise ProtocolError(f"unknown message type {kind[:40]!r}", ref=ref)
-    for name, check in fields.items():
+    check_message(message, table)
+    return message
+
+
+def check_message(message: Mapping[str, Any], table: Mapping[str, Fields]) -> None:
+    """Check a message with a string ``type`` of ``table``'s fields; raises ProtocolError."""
+    kind = message["type"]
+    ref = message.get("id") if isinstance(message.get("id"), str) else None
+    for name, field_check in table[kind].items():
         if name not in message:
             if name in _OPTIONAL or name in _OPTIONAL_BY_TYPE.get(kind, ()):
                 continue
             raise ProtocolError(f"{kind}: missing field {name!r}", ref=ref)
-        problem = check(message[name])
+        problem = field_check(message[name])
         if problem is not None:
-            raise ProtocolError(f"{kind}.{name} {problem}", ref=ref)
-    return message
+            # a list's check names the item first: "frames[2].zcl must be ..."
+            space = "" if problem.startswith("[") else " "
+            raise ProtocolError(f"{kind}.{name}{space}{problem}", ref=ref)
 
 
 def command_message(command: Command) -> dict[str, Any]:
@@ -395,11 +526,21 @@ def command_message(command: Command) -> dict[str, Any]:
                 for frame in command.frames
             ],
         }
+    if isinstance(command, FanOutFrame):
+        return {
+            "type": "fan_out",
+            "id": command.command_id,
+            "destination": command.destination,
+            "cluster": command.cluster,
+            "zcl": command.zcl.hex(),
+            "targets": [[target.esiid, target.delivery_id] for target in command.targets],
+        }
     raise TypeError(f"the adapter protocol has no message for {type(command).__name__}")
 
 
 def command_from_message(message: Mapping[str, Any]) -> Command:
-    """The command a checked ``provision``, ``deprovision`` or ``send_frames`` message carries."""
+    """The command a checked ``provision``, ``deprovision``, ``send_frames`` or ``fan_out``
+    message carries."""
     if message["type"] == "provision":
         return ProvisionDevice(
             command_id=message["id"],
@@ -429,6 +570,16 @@ def command_from_message(message: Mapping[str, Any]) -> Command:
                     zcl=bytes.fromhex(frame["zcl"]),
                 )
                 for frame in message["frames"]
+            ),
+        )
+    if message["type"] == "fan_out":
+        return FanOutFrame(
+            command_id=message["id"],
+            destination=message["destination"],
+            cluster=message["cluster"],
+            zcl=bytes.fromhex(message["zcl"]),
+            targets=tuple(
+                FanOutTarget(esiid, delivery_id) for esiid, delivery_id in message["targets"]
             ),
         )
     raise ValueError(f"{message['type']} is not a command")
@@ -607,3 +758,126 @@ def report_from_message(message: Mapping[str, Any], tdsp_duns: str) -> Provision
         tdsp_duns=tdsp_duns,
         event_id=message["id"],
     )
+
+
+def delivery_status_item(status: DeliveryStatus) -> dict[str, Any]:
+    """The object of a ``delivery_statuses`` list that carries one delivery status."""
+    item = {"delivery_id": status.delivery_id, "esiid": status.esiid, "state": status.state.value}
+    if status.reason:
+        item["reason"] = status.reason
+    return item
+
+
+def inbound_frame_item(frame: InboundFrame) -> dict[str, Any]:
+    """The object of an ``inbound_frames`` list that carries one frame."""
+    return {
+        "esiid": frame.esiid,
+        "source": frame.source,
+        "cluster": frame.cluster,
+        "zcl": frame.zcl.hex(),
+        "received_at": frame.received_at,
+    }
+
+
+def batch_message(kind: str, batch_id: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``delivery_statuses`` or ``inbound_frames`` message (``kind``) holding ``items``."""
+    return {"type": kind, "id": batch_id, _BATCH_ITEMS[kind][0]: items}
+
+
+def delivery_statuses_message(batch_id: str, statuses: Sequence[DeliveryStatus]) -> dict[str, Any]:
+    """The ``delivery_statuses`` message that carries ``statuses`` under ``batch_id``."""
+    return batch_message("delivery_statuses", batch_id, [delivery_status_item(s) for s in statuses])
+
+
+def inbound_frames_message(batch_id: str, frames: Sequence[InboundFrame]) -> dict[str, Any]:
+    """The ``inbound_frames`` message that carries ``frames`` under ``batch_id``."""
+    return batch_message("inbound_frames", batch_id, [inbound_frame_item(f) for f in frames])
+
+
+_STATES = {state.value: state for state in DeliveryState}
+
+
+def delivery_statuses_from_message(
+    message: Mapping[str, Any], tdsp_duns: str
+) -> list[DeliveryStatus]:
+    """The statuses a checked ``delivery_statuses`` carries, from the head-end of ``tdsp_duns``.
+
+    Their ``event_id`` is empty: the batch's id is the message's ``id``.
+    """
+    states = _STATES
+    return [
+        DeliveryStatus(
+            delivery_id=item["delivery_id"],
+            esiid=item["esiid"],
+            state=states[item["state"]],
+            reason=item.get("reason", ""),
+            tdsp_duns=tdsp_duns,
+        )
+        for item in message["statuses"]
+    ]
+
+
+def inbound_frames_from_message(message: Mapping[str, Any], tdsp_duns: str) -> list[InboundFrame]:
+    """The frames a checked ``inbound_frames`` carries, from the head-end of ``tdsp_duns``.
+
+    Their ``event_id`` is empty: the batch's id is the message's ``id``.
+    """
+    fromhex = bytes.fromhex
+    return [
+        InboundFrame(
+            esiid=item["esiid"],
+            source=item["source"],
+            cluster=item["cluster"],
+            zcl=fromhex(item["zcl"]),
+            received_at=float(item["received_at"]),
+            tdsp_duns=tdsp_duns,
+        )
+        for item in message["frames"]
+    ]
+
+
+def batch_from_message(
+    message: Mapping[str, Any], tdsp_duns: str
+) -> list[DeliveryStatus] | list[InboundFrame]:
+    """The items of a checked ``delivery_statuses`` or ``inbound_frames``."""
+    if message["type"] == "delivery_statuses":
+        return delivery_statuses_from_message(message, tdsp_duns)
+    if message["type"] == "inbound_frames":
+        return inbound_frames_from_message(message, tdsp_duns)
+    raise ValueError(f"{message['type']} is not a batch event")
+
+
+def batch_item_problems(kind: str, items: Sequence[Any]) -> dict[int, str]:
+    """The items of a would-be ``kind`` batch that break its rules: index -> the reason, worded
+    as the gateway's ``error`` would word it (``inbound_frames.frames[3].zcl must be ...``)."""
+    name, fields = _BATCH_ITEMS[kind]
+    named = tuple(fields.items())
+    problems = {}
+    for index, item in enumerate(items):
+        problem = _item_problem(item, named, _OPTIONAL)
+        if problem is not None:
+            problems[index] = f"{kind}.{name}[{index}]{problem}"
+    return problems
+
+
+#: What a refused item's reason is cut to when the whole ``ack`` would not fit in a frame:
+#: MAX_EVENTS_PER_BATCH reasons of this many characters fit, even at 6 bytes a character (a
+#: control character is written as ``\u001f``).
+_SHORT_REASON = 80
+
+
+def batch_ack(ref: str, refused: Sequence[tuple[int, str]]) -> dict[str, Any]:
+    """The ``ack`` of batch ``ref`` with its refused ``(index, reason)`` pairs.
+
+    Reasons are cut to 1000 characters, and to 80 when the whole ``ack`` would be over
+    MAX_FRAME_BYTES.
+    """
+    message: dict[str, Any] = {"type": "ack", "ref": ref}
+    if not refused:
+        return message
+    pairs = [(index, reason[:1000]) for index, reason in refused]
+    message["refused"] = pairs
+    if sum(len(reason) for _, reason in pairs) * 6 + 20 * len(pairs) + 200 > MAX_FRAME_BYTES:
+        if len(encode(message)) > MAX_FRAME_BYTES:
+            message["refused"] = [(index, reason[:_SHORT_REASON]) for index, reason in pairs]
+    return message
