@@ -19,6 +19,7 @@ from urllib.parse import quote, urlencode
 
 import sqlalchemy as sa
 
+from hangw import cli_messaging
 from hangw import config as config_module
 
 
@@ -196,7 +197,11 @@ def cmd_api(config: config_module.Config, args: argparse.Namespace) -> int:
     client = _client(config, args)
     try:
         q = {name: quote(str(value), safe="") for name, value in vars(args).items() if value}
-        if args.command == "provision":
+        if args.command in cli_messaging.COMMANDS:
+            data = cli_messaging.run(client, args)
+            if data is None:
+                return 0
+        elif args.command == "provision":
             body = {
                 "mac": args.mac,
                 "install_code": read_install_code(args.install_code),
@@ -230,6 +235,9 @@ def cmd_api(config: config_module.Config, args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"hangw: cannot reach the API: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\nhangw: stopped waiting; the request goes on in the gateway", file=sys.stderr)
+        return 130
     finally:
         client.close()
     _print(data, args)
@@ -305,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = api_command("revoke", "revoke a HAN service provider's access (customer)")
     p.add_argument("esiid")
     p.add_argument("hsp")
+    cli_messaging.add_commands(sub, api_command)
     return parser
 
 

@@ -7,7 +7,7 @@ import json
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 
@@ -69,6 +69,23 @@ class Client:
                 response.status, data if isinstance(data, dict) else {"detail": str(data)}
             )
         return response.status, data
+
+    def download(self, path: str, out: BinaryIO, accept: str = "text/csv") -> int:
+        """Stream a long answer (the CSV message log) into ``out``; returns the bytes written."""
+        self._connection.request("GET", path, headers={"accept": accept})
+        response = self._connection.getresponse()
+        if response.status >= 400:
+            raw = response.read()
+            try:
+                problem = json.loads(raw)
+            except ValueError:
+                problem = {"detail": raw[:200].decode("utf-8", "replace")}
+            raise ApiError(response.status, problem)
+        written = 0
+        while chunk := response.read(65536):
+            out.write(chunk)
+            written += len(chunk)
+        return written
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)[1]

@@ -20,7 +20,6 @@ from twisted.web.server import Site
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-import sep1
 from adapters.commands import (
     DeliveryStatus,
     InboundFrame,
@@ -37,6 +36,7 @@ from hangw.config import AdapterConfig, Config, ConfigError
 from hangw.devices import DeviceService
 from hangw.diagnostics import Diagnostics
 from hangw.domain import Meter
+from hangw.messaging.service import MessagingService
 from hangw.meters import MeterEventOutcome, apply_meter_event_thd, tdsp_of_thd
 from hangw.parties import PartyRegistry
 from hangw.router import Router
@@ -44,6 +44,7 @@ from hangw.secrets import SecretBox, load_or_create_key
 from hangw.store import schema
 from hangw.store.db import Store
 from hangw.store.model import han_devices
+from hangw.webhooks import WebhookService
 
 log = structlog.get_logger(__name__)
 
@@ -89,17 +90,20 @@ class GatewayEvents:
     """Where adapters deliver head-end events.
 
     Provisioning reports drive the devices' state machine and meter events the meter registry.
-    Delivery statuses and inbound frames are checked (the ESI ID must be a meter of the head-end's
-    TDSP, and an inbound frame must decode as SE 1.0), counted in ``hangw_head_end_events`` and
-    logged with their ESI ID.
+    Delivery statuses and inbound frames go to messaging, which checks them (a delivery the
+    gateway sent to the head-end's TDSP; a frame that decodes as SE 1.0 from one of its meters)
+    and applies them to the deliveries they answer; they are counted in ``hangw_head_end_events``.
     """
 
     #: How long the TDSP of an ESI ID is trusted from memory before the registry is asked again.
     OWNER_TTL_S = 300.0
 
-    def __init__(self, devices: DeviceService, clock: IReactorTime) -> None:
+    def __init__(
+        self, devices: DeviceService, clock: IReactorTime, messaging: MessagingService
+    ) -> None:
         self._devices = devices
         self._clock = clock
+        self._messaging = messaging
         self._owners: dict[str, tuple[str | None, float]] = {}
 
     def provisioning_report(self, report: ProvisioningReport) -> Deferred[Any]:
@@ -127,36 +131,55 @@ class GatewayEvents:
     def delivery_status(self, status: DeliveryStatus) -> Deferred[None]:
         async def take() -> None:
             await self._check_owner(status.esiid, status.tdsp_duns, "delivery_status")
-            metrics.head_end_events.labels(status.tdsp_duns, "delivery_status", status.state).inc()
-            log.info(
-                "delivery.status",
-                tdsp=status.tdsp_duns,
-                esiid=status.esiid,
-                delivery=status.delivery_id,
-                state=status.state.value,
-                reason=status.reason or None,
-            )
+            refusal = (await self.delivery_statuses([status], status.event_id))[0]
+            if refusal is not None:
+                raise ReportRefused(refusal)
 
         return Deferred.fromCoroutine(take())
 
     def inbound_frame(self, frame: InboundFrame) -> Deferred[None]:
         async def take() -> None:
-            await self._check_owner(frame.esiid, frame.tdsp_duns, "inbound_frame")
-            try:
-                decoded = sep1.decode_frame(frame.cluster, frame.zcl)
-            except sep1.DecodeError as error:
-                metrics.head_end_events.labels(frame.tdsp_duns, "inbound_frame", "refused").inc()
-                raise ReportRefused(f"inbound frame from {frame.source}: {error}") from None
-            metrics.head_end_events.labels(frame.tdsp_duns, "inbound_frame", "taken").inc()
-            log.info(
-                "han.frame_received",
-                tdsp=frame.tdsp_duns,
-                esiid=frame.esiid,
-                source=frame.source,
-                message=type(decoded.message).__name__,
-            )
+            refusal = (await self.inbound_frames([frame], frame.event_id))[0]
+            if refusal is not None:
+                raise ReportRefused(refusal)
 
         return Deferred.fromCoroutine(take())
+
+    def delivery_statuses(
+        self, statuses: list[DeliveryStatus], batch_id: str = ""
+    ) -> Deferred[list[str | None]]:
+        return self._counted(
+            "delivery_status", statuses, self._messaging.delivery_statuses(statuses, batch_id)
+        )
+
+    def inbound_frames(
+        self, frames: list[InboundFrame], batch_id: str = ""
+    ) -> Deferred[list[str | None]]:
+        return self._counted(
+            "inbound_frame", frames, self._messaging.inbound_frames(frames, batch_id)
+        )
+
+    def _counted(
+        self, kind: str, items: list[Any], answered: Deferred[list[str | None]]
+    ) -> Deferred[list[str | None]]:
+        def count(results: list[str | None]) -> list[str | None]:
+            refused = [r for r in results if r is not None]
+            tdsp_duns = items[0].tdsp_duns if items else ""
+            if refused:
+                metrics.head_end_events.labels(tdsp_duns, kind, "refused").inc(len(refused))
+                log.info(
+                    "head_end.events_refused",
+                    tdsp=tdsp_duns,
+                    kind=kind,
+                    refused=len(refused),
+                    first=refused[0],
+                )
+            taken = len(results) - len(refused)
+            if taken:
+                metrics.head_end_events.labels(tdsp_duns, kind, "taken").inc(taken)
+            return results
+
+        return answered.addCallback(count)
 
     def meter_event(self, event: MeterEvent) -> Deferred[Meter | None]:
         def applied(outcome: MeterEventOutcome) -> Meter | None:
@@ -236,15 +259,24 @@ class Gateway(MultiService):
         box = SecretBox(load_or_create_key(config.store_key_path))
         self.registry = PartyRegistry(self.store)
         self.adapters = {a.tdsp_duns: load_adapter(a, clock, config) for a in config.adapters}
-        self.devices = DeviceService(self.store, box, clock, config.provisioning)
-        self.router = Router(self.devices, self.adapters, clock)
+        self.webhooks = WebhookService(self.store, box, clock, config.webhooks, reactor)
+        self.devices = DeviceService(
+            self.store, box, clock, config.provisioning, notifier=self.webhooks
+        )
+        self.messaging = MessagingService(
+            self.store, clock, config.messaging, notifier=self.webhooks
+        )
+        self.router = Router(self.devices, self.adapters, clock, sources=[self.messaging])
         self.devices._on_outbox = self.router.wake
+        self.messaging._on_outbox = self.router.wake
 
         StoreService(self.store).setServiceParent(self)
+        self.webhooks.sender.setServiceParent(self)
         refresh = TimerService(5.0, self._refresh_parties)
         refresh.clock = clock
         refresh.setServiceParent(self)
-        AdaptersService(self.adapters, GatewayEvents(self.devices, clock)).setServiceParent(self)
+        events = GatewayEvents(self.devices, clock, self.messaging)
+        AdaptersService(self.adapters, events).setServiceParent(self)
         self.router.setServiceParent(self)
         timers = TimerService(config.provisioning.timer_interval_s, self._fire_timers)
         timers.clock = clock
@@ -255,6 +287,9 @@ class Gateway(MultiService):
             self.registry,
             max_body_bytes=config.api.max_body_bytes,
             diagnostics=Diagnostics(self.devices, self.adapters),
+            messaging=self.messaging,
+            webhooks=self.webhooks,
+            messaging_max_body=config.messaging.max_body_bytes,
         )
         tls = PinnedClientContextFactory(server_cert, server_key, self.registry.is_registered)
         self.api_endpoint = SSL4ServerEndpoint(
@@ -317,7 +352,11 @@ class Gateway(MultiService):
         return d
 
     def _fire_timers(self) -> Deferred[Any]:
-        d = Deferred.fromCoroutine(self.devices.fire_timers())
+        async def fire() -> None:
+            await self.devices.fire_timers()
+            await self.messaging.fire_timers()
+
+        d = Deferred.fromCoroutine(fire())
         d.addErrback(lambda failure: log.error("timers.failed", error=failure.getErrorMessage()))
         return d
 

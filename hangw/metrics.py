@@ -34,6 +34,23 @@ head_end_events = Counter(
     ["tdsp_duns", "kind", "outcome"],
     registry=registry,
 )
+messages_accepted = Counter(
+    "hangw_messages_accepted",
+    "Messaging requests accepted (PRM, LCE, STM and cancellations), by sender role",
+    ["role"],
+    registry=registry,
+)
+deliveries_changed = Counter(
+    "hangw_delivery_statuses",
+    "Statuses taken by message deliveries, by status code (RQA ... FLR)",
+    ["code"],
+    registry=registry,
+)
+inbound_unmatched = Counter(
+    "hangw_inbound_frames_unmatched",
+    "Frames from devices that answer no delivery the gateway knows (or ask for something)",
+    registry=registry,
+)
 
 store_jobs = Counter(
     "hangw_store_jobs", "Units of database work run (each in its own savepoint)", registry=registry

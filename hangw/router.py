@@ -7,7 +7,8 @@ lost link it is sent again (receivers drop duplicates by command id: effect exac
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import structlog
 from twisted.application.service import Service
@@ -24,6 +25,18 @@ from hangw.store.db import TurnBatch
 log = structlog.get_logger(__name__)
 
 
+class OutboxSource(Protocol):
+    """An outbox the router drains: device commands, or messaging fan-outs."""
+
+    store: Any
+
+    def pending_after_thd(
+        self, conn: Any, tdsp_duns: str, limit: int, skip: frozenset[str], after: int
+    ) -> tuple[Sequence[Command], int]: ...
+
+    def retire_many_thd(self, conn: Any, command_ids: list[str], now: float) -> None: ...
+
+
 class Router(Service):
     name = "router"
 
@@ -37,8 +50,11 @@ class Router(Service):
         poll_interval_s: float = 2.0,
         max_backoff_s: float = 30.0,
         window: int = 1024,
+        sources: Sequence[OutboxSource] = (),
     ) -> None:
         self._devices = devices
+        #: Every outbox drained, the devices' first: provisioning commands go before fan-outs.
+        self._sources: list[OutboxSource] = [devices, *sources]
         self._adapters = dict(adapters)
         self._clock = clock
         self._batch = batch
@@ -51,14 +67,14 @@ class Router(Service):
         self._window = window
         self._in_flight_by_tdsp: dict[str, int] = {}
         self._window_full: set[str] = set()
-        #: Commands accepted in one reactor turn are retired by one store job.
-        self._retirements: TurnBatch[str, None] = TurnBatch(
-            devices.store, clock, devices.retire_many_thd
-        )
+        #: Commands accepted in one reactor turn are retired by one store job per source.
+        self._retirements: list[TurnBatch[str, None]] = [
+            TurnBatch(devices.store, clock, source.retire_many_thd) for source in self._sources
+        ]
         self._backoff: dict[str, float] = {}  # tdsp_duns -> seconds to wait after a failure
         self._not_before: dict[str, float] = {}
-        #: tdsp_duns -> the last outbox row handed out; a drain reads only rows after it.
-        self._after: dict[str, int] = {}
+        #: (source, tdsp_duns) -> the last outbox row handed out; a drain reads only rows after it.
+        self._after: dict[tuple[int, str], int] = {}
         self._draining: Deferred[None] | None = None
         self._again = False
         self._rescan = True
@@ -117,38 +133,56 @@ class Router(Service):
             if self._not_before.get(tdsp_duns, 0.0) > now:
                 self._rescan = True  # what could not be sent waits for the next poll
                 continue
-            if rescan:
-                self._after[tdsp_duns] = 0
-            while True:
-                room = self._window - self._in_flight_by_tdsp.get(tdsp_duns, 0)
-                if room <= 0:
-                    self._window_full.add(tdsp_duns)  # read on when half the window settled
-                    break
-                limit = min(self._batch, room)
-                try:
-                    commands, last = await self._devices.store.run(
-                        self._devices.pending_after_thd,
-                        tdsp_duns,
-                        limit,
-                        frozenset(self._in_flight),
-                        self._after.get(tdsp_duns, 0),
-                    )
-                except Exception:
-                    log.exception("router.read_failed", tdsp=tdsp_duns)
-                    self._rescan = True
-                    break
-                self._after[tdsp_duns] = last
-                for command in commands:
-                    self._send(tdsp_duns, adapter, command)
-                metrics.outbox_pending.labels(tdsp_duns).set(len(self._in_flight))
-                if len(commands) < limit or not self.running:
-                    break
-                if self._not_before.get(tdsp_duns, 0.0) > self._clock.seconds():
-                    # the adapter refused (its head-end is gone): the rest waits for the back-off
-                    self._rescan = True
+            for number, source in enumerate(self._sources):
+                if not await self._drain_source(number, source, tdsp_duns, adapter, rescan):
                     break
 
-    def _send(self, tdsp_duns: str, adapter: IHeadEndAdapter, command: Command) -> None:
+    async def _drain_source(
+        self,
+        number: int,
+        source: OutboxSource,
+        tdsp_duns: str,
+        adapter: IHeadEndAdapter,
+        rescan: bool,
+    ) -> bool:
+        """Hand over what this source has for the TDSP; False when the TDSP can take no more."""
+        key = (number, tdsp_duns)
+        if rescan:
+            self._after[key] = 0
+        while True:
+            room = self._window - self._in_flight_by_tdsp.get(tdsp_duns, 0)
+            if room <= 0:
+                self._window_full.add(tdsp_duns)  # read on when half the window settled
+                return False
+            limit = min(self._batch, room)
+            try:
+                commands, last = await self._devices.store.run(
+                    source.pending_after_thd,
+                    tdsp_duns,
+                    limit,
+                    frozenset(self._in_flight),
+                    self._after.get(key, 0),
+                )
+            except Exception:
+                log.exception("router.read_failed", tdsp=tdsp_duns)
+                self._rescan = True
+                return False
+            self._after[key] = last
+            for command in commands:
+                self._send(tdsp_duns, adapter, command, number)
+            metrics.outbox_pending.labels(tdsp_duns).set(len(self._in_flight))
+            if not self.running:
+                return False
+            if self._not_before.get(tdsp_duns, 0.0) > self._clock.seconds():
+                # the adapter refused (its head-end is gone): the rest waits for the back-off
+                self._rescan = True
+                return False
+            if len(commands) < limit:
+                return True
+
+    def _send(
+        self, tdsp_duns: str, adapter: IHeadEndAdapter, command: Command, source: int = 0
+    ) -> None:
         self._in_flight.add(command.command_id)
         self._in_flight_by_tdsp[tdsp_duns] = self._in_flight_by_tdsp.get(tdsp_duns, 0) + 1
         d: Deferred[object] = maybeDeferred(adapter.send, command)
@@ -157,7 +191,7 @@ class Router(Service):
         def accepted(_: object) -> Deferred[None]:
             self._backoff.pop(tdsp_duns, None)
             metrics.outbox_sent.labels(tdsp_duns, kind).inc()
-            return self._retirements.add(command.command_id)
+            return self._retirements[source].add(command.command_id)
 
         def refused(failure: object) -> None:
             self._rescan = True  # send it again from the start of the outbox

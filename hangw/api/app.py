@@ -23,6 +23,8 @@ from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
 from hangw import authz, metrics, tls
+from hangw.api.message_routes import register as register_message_routes
+from hangw.api.webhook_routes import register as register_webhook_routes
 from hangw.devices import AddDeviceRequest, DeviceService
 from hangw.diagnostics import Diagnostics
 from hangw.domain import Device, Grant, HistoryEntry, Party
@@ -41,6 +43,7 @@ from hangw.problems import (
     UnsupportedMediaType,
 )
 from hangw.store.model import idempotency_keys
+from hangw.webhooks import WebhookService
 
 log = structlog.get_logger(__name__)
 
@@ -121,9 +124,16 @@ class Api:
         *,
         max_body_bytes: int = 65536,
         diagnostics: Diagnostics | None = None,
+        messaging: Any = None,
+        messaging_max_body: int = 16 << 20,
+        webhooks: WebhookService | None = None,
     ) -> None:
         self.devices = devices
         self.registry = registry
+        #: hangw.messaging.service.MessagingService (the messaging paths answer 503 without it)
+        self.messaging = messaging
+        self.messaging_max_body = messaging_max_body
+        self.webhooks = webhooks  # the webhook paths answer 503 without it
         self.diagnostics = diagnostics or Diagnostics(devices, {})
         self.max_body_bytes = max_body_bytes
         self._openapi = openapi_document()
@@ -146,15 +156,15 @@ class Api:
         structlog.contextvars.bind_contextvars(request_id=request_id, party=party.party_id)
         return party
 
-    def _body(self, request: IRequest) -> dict[str, Any]:
+    def _body(self, request: IRequest, limit: int | None = None) -> dict[str, Any]:
+        most = limit or self.max_body_bytes
         length = request.getHeader(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-            raise PayloadTooLarge(
-                f"the body is {int(length)} bytes; at most {self.max_body_bytes} are accepted"
-            )
-        raw = request.content.read(self.max_body_bytes + 1)
-        if len(raw) > self.max_body_bytes:
-            raise PayloadTooLarge(f"the body is over {self.max_body_bytes} bytes")
+        if length is not None and length.isdigit() and int(length) > most:
+            raise PayloadTooLarge(f"the body is {int(length)} bytes; at most {most} are accepted")
+        request.content.seek(0)
+        raw = request.content.read(most + 1)
+        if len(raw) > most:
+            raise PayloadTooLarge(f"the body is over {most} bytes")
         content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
         if content_type != b"application/json":
             raise UnsupportedMediaType("send the body as JSON with Content-Type: application/json")
@@ -446,6 +456,10 @@ class Api:
         party = self._party(request)
         grant = await self.devices.revoke(party, esiid, hsp_party_id)
         return self._json(request, 200, grant_json(grant))
+
+
+register_message_routes(Api.app)
+register_webhook_routes(Api.app)
 
 
 class OpsApi:

@@ -1,0 +1,200 @@
+"""The messaging paths of the v1 API: requests, cancellations, groups and the message log.
+
+Registered on the ``Api`` Klein app by ``register``; handlers get the Api instance as ``self``
+and its ``messaging`` service. Bodies may be as large as ``messaging.max_body_bytes`` (a request
+to 200,000 ESI IDs is one request); the message log streams as CSV page by page.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.web.iweb import IRequest
+from zope.interface import implementer
+
+from hangw.messaging import log as message_log
+from hangw.messaging import requests as specs
+from hangw.problems import InvalidField
+
+_LOG_PAGE_FOR_CSV = 5000
+
+
+@implementer(IPushProducer)
+class _Paced:
+    """Pauses the writer of a long answer while the client's connection is full."""
+
+    def __init__(self) -> None:
+        self._resumed: Deferred[None] | None = None
+        self.stopped = False
+
+    def pauseProducing(self) -> None:
+        if self._resumed is None:
+            self._resumed = Deferred()
+
+    def resumeProducing(self) -> None:
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None:
+            resumed.callback(None)
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+        self.resumeProducing()
+
+    async def room(self) -> None:
+        if self._resumed is not None:
+            await self._resumed
+
+
+def _args(request: IRequest) -> dict[str, str]:
+    return {
+        key.decode("utf-8", "replace"): values[0].decode("utf-8", "replace")
+        for key, values in request.args.items()
+        if values
+    }
+
+
+def _page_size(args: dict[str, str]) -> int:
+    raw = args.get("limit", str(message_log.DEFAULT_PAGE))
+    if not raw.isdigit() or not 1 <= int(raw) <= message_log.MAX_PAGE:
+        raise InvalidField("limit", f"limit must be from 1 to {message_log.MAX_PAGE}")
+    return int(raw)
+
+
+def register(app: Klein) -> None:
+    """Add the messaging routes to the Api class's app."""
+
+    @app.route("/v1/messages", methods=["POST"])
+    async def send_message(self: Any, request: IRequest) -> bytes:
+        party = self._party(request)
+        body = self._body(request, limit=self.messaging_max_body)
+
+        async def handle() -> bytes:
+            summary = await self.messaging.send(party, body)
+            request.setHeader(b"location", summary["links"]["self"].encode())
+            return self._json(request, 202, summary)
+
+        return await self._idempotent(request, party, handle)
+
+    @app.route("/v1/messages/<request_id>", methods=["GET"])
+    async def get_message(self: Any, request: IRequest, request_id: str) -> bytes:
+        party = self._party(request)
+        return self._json(request, 200, await self.messaging.get_request(party, request_id))
+
+    @app.route("/v1/messages/<request_id>/cancel", methods=["POST"])
+    async def cancel_message(self: Any, request: IRequest, request_id: str) -> bytes:
+        party = self._party(request)
+        body = self._body(request) if _has_body(request) else {}
+
+        async def handle() -> bytes:
+            summary = await self.messaging.cancel(party, request_id, body)
+            request.setHeader(b"location", summary["links"]["self"].encode())
+            return self._json(request, 202, summary)
+
+        return await self._idempotent(request, party, handle)
+
+    @app.route("/v1/esiids/<esiid>/load-control/cancel-all", methods=["POST"])
+    async def cancel_all_esiid(self: Any, request: IRequest, esiid: str) -> bytes:
+        party = self._party(request)
+        body = self._body(request) if _has_body(request) else {}
+        targets = specs.Targets(esiids=specs.esiid_list([esiid], "esiid"))
+
+        async def handle() -> bytes:
+            summary = await self.messaging.cancel_all(party, targets, body)
+            return self._json(request, 202, summary)
+
+        return await self._idempotent(request, party, handle)
+
+    @app.route("/v1/groups/<name>/load-control/cancel-all", methods=["POST"])
+    async def cancel_all_group(self: Any, request: IRequest, name: str) -> bytes:
+        party = self._party(request)
+        body = self._body(request) if _has_body(request) else {}
+        targets = specs.Targets(group=specs.group_name(name))
+
+        async def handle() -> bytes:
+            summary = await self.messaging.cancel_all(party, targets, body)
+            return self._json(request, 202, summary)
+
+        return await self._idempotent(request, party, handle)
+
+    @app.route("/v1/groups", methods=["GET"])
+    async def list_groups(self: Any, request: IRequest) -> bytes:
+        party = self._party(request)
+        return self._json(request, 200, {"groups": await self.messaging.list_groups(party)})
+
+    @app.route("/v1/groups/<name>", methods=["PUT"])
+    async def put_group(self: Any, request: IRequest, name: str) -> bytes:
+        party = self._party(request)
+        body = self._body(request, limit=self.messaging_max_body)
+        esiids = specs.esiid_list(body.get("esiids"), "esiids")
+        group = await self.messaging.put_group(party, name, esiids)
+        return self._json(request, 200, group)
+
+    @app.route("/v1/groups/<name>", methods=["GET"])
+    async def get_group(self: Any, request: IRequest, name: str) -> bytes:
+        party = self._party(request)
+        return self._json(request, 200, await self.messaging.get_group(party, name))
+
+    @app.route("/v1/groups/<name>", methods=["DELETE"])
+    async def delete_group(self: Any, request: IRequest, name: str) -> bytes:
+        party = self._party(request)
+        await self.messaging.delete_group(party, name)
+        request.setResponseCode(204)
+        return b""
+
+    @app.route("/v1/message-log", methods=["GET"])
+    async def message_log_(self: Any, request: Any) -> bytes:
+        party = self._party(request)
+        args = _args(request)
+        wanted = message_log.log_filter(party, args)
+        accept = (request.getHeader(b"accept") or b"").lower()
+        as_csv = args.get("format") == "csv" or (
+            b"text/csv" in accept and b"application/json" not in accept
+        )
+        store = self.messaging.store
+        if not as_csv:
+            limit = _page_size(args)
+            after_raw = args.get("after", "0")
+            if not after_raw.isdigit():
+                raise InvalidField("after", "after must be the 'next' cursor of a page")
+            rows, last = await store.run(message_log.page_thd, wanted, int(after_raw), limit)
+            body: dict[str, Any] = {
+                "columns": list(message_log.COLUMNS),
+                "entries": [message_log.entry_json(row) for row in rows],
+                "next": None,
+            }
+            if len(rows) == limit:
+                query = {k: v for k, v in args.items() if k != "after"}
+                query["after"] = str(last)
+                body["next"] = "/v1/message-log?" + "&".join(f"{k}={v}" for k, v in query.items())
+            return self._json(request, 200, body)
+        request.setHeader(b"content-type", b"text/csv; charset=utf-8")
+        request.setHeader(b"content-disposition", b'attachment; filename="hangw-message-log.csv"')
+        paced = _Paced()
+        request.registerProducer(paced, True)
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+        request.write(message_log.csv_header())
+        after = 0
+        try:
+            while not gone and not paced.stopped:
+                rows, after = await store.run(
+                    message_log.page_thd, wanted, after, _LOG_PAGE_FOR_CSV
+                )
+                if rows:
+                    request.write(
+                        message_log.csv_rows([message_log.entry_values(row) for row in rows])
+                    )
+                if len(rows) < _LOG_PAGE_FOR_CSV:
+                    break
+                await paced.room()
+        finally:
+            request.unregisterProducer()
+        return b""
+
+
+def _has_body(request: IRequest) -> bool:
+    length = request.getHeader(b"content-length")
+    return length is not None and length.strip() not in (b"", b"0")
