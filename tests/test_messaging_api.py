@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import io
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,6 +30,7 @@ from tests.gateway_harness import (
     HSP,
     INSTALL_CODE,
     INSTALL_CODE_2,
+    TDSP,
     Harness,
 )
 
@@ -108,14 +111,72 @@ def lce(issuer_event_id: int, **fields: Any) -> dict[str, Any]:
     }
 
 
-@pytest_twisted.async_yield_fixture
-async def devices_harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    running = await start_gateway(tmp_path / "state")
+#: hangw-sim's options as --set KEY=VALUE, and the in-process simulator's, for quick answers.
+SIM_DELAYS = {
+    "ack_delay_s": 0.01,
+    "pending_delay_s": 0.02,
+    "meter_ready_delay_s": 0.02,
+    "join_delay_s": 0.03,
+}
+
+
+async def start(tmp_path: Path, kind: str, **simulator: float) -> tuple[Harness, list[Any]]:
+    """A gateway whose TDSP is the in-process simulator, or the wire adapter with hangw-sim
+    dialling in over TLS as a separate process; returns it and what to stop afterwards."""
+    if kind == "inprocess":
+        return await start_gateway(tmp_path / "state", simulator=simulator), []
+    running = await start_gateway(tmp_path / "state", adapter={"kind": "wire", "ack_timeout_s": 10})
+    argv = [sys.executable, "-m", "simulators.headend", "--gateway"]
+    argv += [f"127.0.0.1:{running.adapter_port}", "--cert-dir", str(running.config.cert_dir)]
+    argv += ["--party", "demo-tdsp", "--tdsp-duns", TDSP, "--log-level", "warning"]
+    for key, value in {**SIM_DELAYS, **simulator}.items():
+        argv += ["--set", f"{key}={value}"]
+    log = open(tmp_path / "hangw-sim.log", "wb")
+    sim = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    adapter = running.gateway.adapters[TDSP]
+    for _ in range(300):
+        if adapter.connected:
+            break
+        assert sim.poll() is None, (tmp_path / "hangw-sim.log").read_text()
+        await sleep(0.05)
+    else:
+        raise AssertionError(
+            "hangw-sim did not connect: " + (tmp_path / "hangw-sim.log").read_text()
+        )
+    return running, [sim, log]
+
+
+async def stop(running: Harness, closers: list[Any]) -> None:
+    running.close()
+    for closer in closers:
+        if isinstance(closer, subprocess.Popen):
+            closer.terminate()
+            for _ in range(100):  # without blocking the reactor: hangw-sim says goodbye first
+                if closer.poll() is not None:
+                    break
+                await sleep(0.05)
+            else:
+                closer.kill()
+                closer.wait(5)
+        else:
+            closer.close()
+    await running.gateway.stopService()
+
+
+@pytest_twisted.async_yield_fixture(params=["inprocess", "wire"])
+async def harness(request: Any, tmp_path: Path) -> AsyncIterator[Harness]:
+    running, closers = await start(tmp_path, request.param)
+    yield running
+    await stop(running, closers)
+
+
+@pytest_twisted.async_yield_fixture(params=["inprocess", "wire"])
+async def devices_harness(request: Any, tmp_path: Path) -> AsyncIterator[Harness]:
+    running, closers = await start(tmp_path, request.param)
     await provisioned(running, THERMOSTAT_MAC, "thermostat", INSTALL_CODE)
     await provisioned(running, DISPLAY_MAC, "in_home_display", INSTALL_CODE_2)
     yield running
-    running.close()
-    await running.gateway.stopService()
+    await stop(running, closers)
 
 
 @pytest_twisted.ensureDeferred
@@ -415,11 +476,14 @@ def _get_csv(caller: Any, request_id: str) -> str:
     return out.getvalue().decode("utf-8")
 
 
+@pytest.mark.parametrize("kind", ["inprocess", "wire"])
 @pytest.mark.parametrize("rate", ["silent_rate", "opt_out_rate"])
 @pytest_twisted.ensureDeferred
-async def test_silent_devices_fail_and_opt_outs_are_reported(tmp_path: Path, rate: str) -> None:
+async def test_silent_devices_fail_and_opt_outs_are_reported(
+    tmp_path: Path, rate: str, kind: str
+) -> None:
     """A device that never answers fails (FLR) at the deadline; an opting-out user shows OPT."""
-    running = await start_gateway(tmp_path / "state", simulator={rate: 1.0})
+    running, closers = await start(tmp_path, kind, **{rate: 1.0})
     running.gateway.messaging._config = type(running.gateway.messaging._config)(settle_timeout_s=2)
     try:
         await provisioned(running, THERMOSTAT_MAC, "thermostat", INSTALL_CODE)
@@ -439,5 +503,4 @@ async def test_silent_devices_fail_and_opt_outs_are_reported(tmp_path: Path, rat
             assert thermostat["status"] == "OPT"
             assert thermostat["status_desc"] == "user opted out"
     finally:
-        running.close()
-        await running.gateway.stopService()
+        await stop(running, closers)

@@ -531,3 +531,41 @@ async def test_a_provisioned_device_notifies_its_owner_of_every_status(
     assert len({e["event_id"] for e in events}) == 5
     assert all(attempt.valid for attempt in receiver.attempts)
     assert receiver.taken_by(subscriptions["b"]) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_message_statuses_reach_the_senders_webhook_in_order_per_delivery(
+    gateway_rig: GatewayRig,
+) -> None:
+    """Every status an LCE's delivery takes (RQA, ACK, CON) is posted to the sender's webhook,
+    in order, once per event id, with the ids the message log shows."""
+    harness, receiver = gateway_rig.harness, gateway_rig.receiver
+    rep = harness.caller("demo-rep-a")
+    status, created = await rep.call("POST", "/v1/webhooks", {"url": receiver.url})
+    assert status == 201
+    receiver.secrets[created["id"]] = created["secret"]
+    status, summary = await rep.call(
+        "POST",
+        "/v1/messages",
+        {"category": "LCE", "esiids": [E_OWN], "device_class": 1, "duration_minutes": 30},
+    )
+    assert status == 202, summary
+    request_id = summary["request_id"]
+
+    def statuses() -> list[str]:
+        return [
+            e["status_code"]
+            for e in receiver.taken_by(created["id"])
+            if e["type"] == "message.status" and e["request_id"] == request_id
+        ]
+
+    await until(lambda: "CON" in statuses(), what="the CON of the meter's delivery")
+    assert statuses() == ["RQA", "ACK", "CON"]
+    events = [e for e in receiver.taken_by(created["id"]) if e["type"] == "message.status"]
+    assert len({e["event_id"] for e in events}) == len(events)
+    assert {e["esiid"] for e in events} == {E_OWN}
+    assert {e["message_status_id"] for e in events} == {
+        summary["delivery_list"][0]["message_status_id"]
+    }
+    assert events[-1]["status_desc"].startswith("delivered to the meter (ESI)")
+    assert receiver.attempts and all(attempt.valid for attempt in receiver.attempts)

@@ -1082,7 +1082,7 @@ class MessagingService:
                 if row.category == Category.PRICE.value:
                     description = "price acknowledged by the meter (ESI)"
                 else:
-                    description = "delivered to the meter (ESI) for its HAN"
+                    description = "delivered to the meter (ESI)"
                 if status.reason:
                     description += f": {status.reason}"
             elif status.state is DeliveryState.PENDING:
