@@ -23,17 +23,26 @@ decode fails its delivery with the decoder's reason.
 
 Faults, drawn per meter or device with the configured probabilities: offline meters (deliveries
 pending, then failed; provisioning fails), meters whose firmware is not HAN-capable (provisioning
-rejected), users who opt out, devices that never answer. Outputs leave through ``emit`` (delivery
-statuses and inbound frames), at times set on the injected clock.
+rejected), users who opt out, devices that never answer.
+
+A frame goes to one meter (``deliver``) or, as a fan-out, to many (``deliver_many``: the same bytes
+to each target). Outputs (delivery statuses and inbound frames) leave through ``emit`` in lists:
+everything due at the same moment goes in one list, from one delayed call on the injected clock,
+and the answers that are the same for many devices (a Report Event Status, a Message
+Confirmation) are encoded once per moment, so a fan-out to a million devices costs a few delayed
+calls and a few encodings rather than millions.
 """
 
 from __future__ import annotations
 
 import csv
 import enum
+import gc
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +54,8 @@ from adapters.commands import (
     TO_ESI,
     DeliveryState,
     DeliveryStatus,
+    FanOutFrame,
+    FanOutTarget,
     InboundFrame,
     MeterReading,
     OutboundFrame,
@@ -115,6 +126,7 @@ _SLOTS = (
     DeviceKind.THERMOSTAT,
     DeviceKind.LOAD_CONTROL_SWITCH,
 )
+_SLOT_HEX = tuple(f"{slot:02X}" for slot in range(len(_SLOTS)))
 
 
 def generated_esiid(index: int) -> str:
@@ -163,32 +175,47 @@ class FleetConfig:
 
 
 class _Event:
-    """A load control event a device holds: when it runs, and its pending timers."""
+    """A load control event one device holds: when it runs and where it stands."""
 
-    __slots__ = ("calls", "end", "message", "start", "state")
+    __slots__ = ("device", "end", "message", "meter", "start", "state")
 
-    def __init__(self, message: LoadControlEvent, start: float, end: float) -> None:
+    def __init__(
+        self,
+        message: LoadControlEvent,
+        start: float,
+        end: float,
+        meter: SimMeter,
+        device: SimDevice,
+    ) -> None:
         self.message = message
         self.start = start
         self.end = end
-        self.calls: list[IDelayedCall] = []
+        self.meter = meter
+        self.device = device
         self.state = "scheduled"  # scheduled | running | opted_out | over
 
 
 class SimDevice:
-    __slots__ = ("events", "kind", "mac", "messages", "opts_out", "silent")
+    __slots__ = ("device_class", "events", "kind", "mac", "messages", "opts_out", "silent")
 
     def __init__(self, mac: str, kind: DeviceKind, opts_out: bool, silent: bool) -> None:
         self.mac = mac
         self.kind = kind
         self.opts_out = opts_out
         self.silent = silent
-        self.events: dict[int, _Event] = {}
-        self.messages: dict[int, DisplayMessage] = {}
+        #: The Device Class bits it answers load control for (0: none).
+        self.device_class = int(DEVICE_CLASSES[kind])
+        #: Its load control events, oldest first; an empty tuple until it gets one.
+        self.events: list[_Event] | tuple[()] = ()
+        #: The text messages it shows, by message id; None until it gets one.
+        self.messages: dict[int, DisplayMessage] | None = None
 
-    @property
-    def device_class(self) -> int:
-        return DEVICE_CLASSES[self.kind]
+    def live_event(self, issuer_event_id: int) -> _Event | None:
+        """The event with this issuer event id that is neither over nor cancelled."""
+        for event in self.events:
+            if event.message.issuer_event_id == issuer_event_id and event.state != "over":
+                return event
+        return None
 
 
 class SimMeter:
@@ -205,11 +232,275 @@ class SimMeter:
         self.base_wh = base_wh
 
 
-Emit = Callable[[DeliveryStatus | InboundFrame], None]
+Out = DeliveryStatus | InboundFrame
+#: Where the fleet's statuses and device frames go: a list of those due at the same moment.
+Emit = Callable[[list[Out]], None]
+
+_DRLC = ReportEventStatus.CLUSTER_ID
+_APPLIED = (EventStatus.EVENT_STARTED, EventStatus.EVENT_COMPLETED)
+_ACTIVE = ("running", "opted_out")
+
+
+class _Statuses:
+    """A delivery status for each target, all in one state for one reason."""
+
+    __slots__ = ("reason", "state", "targets")
+
+    def __init__(self, state: DeliveryState, reason: str) -> None:
+        self.state = state
+        self.reason = reason
+        self.targets: list[FanOutTarget] = []
+
+    def run(self, fleet: Fleet, now: float, out: list[Out]) -> None:
+        state, reason = self.state, self.reason
+        out.extend([DeliveryStatus(t.delivery_id, t.esiid, state, reason) for t in self.targets])
+
+
+class _Reports:
+    """One Report Event Status about each event: ended ones (superseded, cancelled), or, when
+    ``finishing``, the end of each event still running or opted out (completed)."""
+
+    __slots__ = ("events", "finishing", "status")
+
+    def __init__(self, status: int, events: list[_Event], finishing: bool = False) -> None:
+        self.status = status
+        self.events = events
+        self.finishing = finishing
+
+    def run(self, fleet: Fleet, now: float, out: list[Out]) -> None:
+        status, finishing = self.status, self.finishing
+        last: LoadControlEvent | None = None
+        zcl = b""
+        for event in self.events:
+            meter, device = event.meter, event.device
+            if finishing:
+                if event.state not in _ACTIVE:
+                    continue
+                event.state = "over"
+            elif meter.devices.get(device.mac) is not device:
+                continue  # removed from the HAN meanwhile
+            if event.message is not last:
+                last = event.message
+                zcl = fleet._zcl(last, status, now)
+            out.append(InboundFrame(meter.esiid, device.mac, _DRLC, zcl, now))
+
+
+class _Answers:
+    """The same answer from each (meter, device): a report about ``subject`` (an event or a
+    cancel) with ``status``, or ``subject`` itself (a Message Confirmation)."""
+
+    __slots__ = ("pairs", "status", "subject")
+
+    def __init__(self, subject: Any, status: int | None) -> None:
+        self.subject = subject
+        self.status = status
+        self.pairs: list[tuple[SimMeter, SimDevice]] = []
+
+    def run(self, fleet: Fleet, now: float, out: list[Out]) -> None:
+        subject = self.subject
+        cluster = subject.CLUSTER_ID if isinstance(subject, MessageConfirmation) else _DRLC
+        zcl: bytes | None = None
+        for meter, device in self.pairs:
+            if meter.devices.get(device.mac) is not device:
+                continue
+            if zcl is None:
+                zcl = fleet._zcl(subject, self.status, now)
+            out.append(InboundFrame(meter.esiid, device.mac, cluster, zcl, now))
+
+
+class _Received:
+    """Command received, from each device whose event was not cancelled or superseded since."""
+
+    __slots__ = ("events",)
+
+    def __init__(self, events: list[_Event]) -> None:
+        self.events = events
+
+    def run(self, fleet: Fleet, now: float, out: list[Out]) -> None:
+        last: LoadControlEvent | None = None
+        zcl = b""
+        received = EventStatus.COMMAND_RECEIVED
+        for event in self.events:
+            if event.state == "over":
+                continue
+            if event.message is not last:
+                last = event.message
+                zcl = fleet._zcl(last, received, now)
+            out.append(InboundFrame(event.meter.esiid, event.device.mac, _DRLC, zcl, now))
+
+
+class _Begin:
+    """The start of each event still scheduled: started, or opted out by the user; the end is
+    scheduled for either."""
+
+    __slots__ = ("events",)
+
+    def __init__(self, events: list[_Event]) -> None:
+        self.events = events
+
+    def run(self, fleet: Fleet, now: float, out: list[Out]) -> None:
+        ends: dict[tuple[float, int], list[_Event]] = {}
+        zcls: dict[tuple[int, int], bytes] = {}
+        for event in self.events:
+            if event.state != "scheduled":
+                continue
+            if event.device.opts_out:
+                event.state = "opted_out"
+                status = EventStatus.USER_OPTED_OUT
+                after = EventStatus.COMPLETED_NO_USER_PARTICIPATION
+            else:
+                event.state = "running"
+                status = EventStatus.EVENT_STARTED
+                after = EventStatus.EVENT_COMPLETED
+            message = event.message
+            zcl = zcls.get((id(message), status))
+            if zcl is None:
+                zcl = zcls[id(message), status] = fleet._zcl(message, status, now)
+            out.append(InboundFrame(event.meter.esiid, event.device.mac, _DRLC, zcl, now))
+            key = (max(event.end, now), after)
+            ending = ends.get(key)
+            if ending is None:
+                ending = ends[key] = []
+            ending.append(event)
+        for (at, after), events in ends.items():
+            fleet._at(at, _Reports(after, events, finishing=True))
+
+
+_Entry = _Statuses | _Reports | _Answers | _Received | _Begin
+
+
+class _Due:
+    """Everything due at one moment, run by one delayed call."""
+
+    __slots__ = ("call", "entries")
+
+    def __init__(self, call: IDelayedCall) -> None:
+        self.call = call
+        self.entries: list[_Entry] = []
+
+
+class _Plan:
+    """What one frame brings about, for all its targets: statuses sent at once, and entries
+    shared by every target, placed on the fleet's timeline when the frame has been carried."""
+
+    def __init__(self, fleet: Fleet, now: float) -> None:
+        self.fleet = fleet
+        self.now = now
+        self.reply_at = now + fleet.config.answer_delay_s
+        #: Statuses that leave at once.
+        self.out: list[Out] = []
+        #: Events the devices took, each to be received and begun.
+        self.fresh: list[_Event] = []
+        self.start = self.end = now
+        self._entries: dict[tuple[Any, ...], tuple[float, _Entry]] = {}
+        self._confirmation: MessageConfirmation | None = None
+
+    def statuses(self, at: float, state: DeliveryState, reason: str) -> list[FanOutTarget]:
+        key = ("statuses", at, state, reason)
+        found = self._entries.get(key)
+        if found is None:
+            found = self._entries[key] = (at, _Statuses(state, reason))
+        entry = found[1]
+        assert isinstance(entry, _Statuses)
+        return entry.targets
+
+    def reports(self, status: int) -> list[_Event]:
+        key = ("reports", status)
+        found = self._entries.get(key)
+        if found is None:
+            found = self._entries[key] = (self.reply_at, _Reports(status, []))
+        entry = found[1]
+        assert isinstance(entry, _Reports)
+        return entry.events
+
+    def answers(
+        self, at: float, subject: Any, status: int | None
+    ) -> list[tuple[SimMeter, SimDevice]]:
+        key = ("answers", at, id(subject), status)
+        found = self._entries.get(key)
+        if found is None:
+            found = self._entries[key] = (at, _Answers(subject, status))
+        entry = found[1]
+        assert isinstance(entry, _Answers)
+        return entry.pairs
+
+    def confirmation(self, message: DisplayMessage) -> MessageConfirmation:
+        """The confirmation of ``message``, which users give ``confirm_delay_s`` from now."""
+        if self._confirmation is None or self._confirmation.message_id != message.message_id:
+            self._confirmation = MessageConfirmation(
+                message_id=message.message_id,
+                confirmation_time=utctime.from_unix(self.now + self.fleet.config.confirm_delay_s),
+            )
+        return self._confirmation
+
+    def commit(self) -> None:
+        """Place every entry; the fresh events' come last, after the reports about the events
+        they superseded, and each is received before it begins."""
+        placed = list(self._entries.values())
+        if self.fresh:
+            # one frame, one event: every fresh event has the plan's start and end
+            placed.append((self.reply_at, _Received(self.fresh)))
+            placed.append((max(self.start, self.reply_at), _Begin(self.fresh)))
+        for at, entry in placed:
+            self.fleet._at(at, entry)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Cyclic garbage collection paused while a bulk of long-lived objects (meters, devices,
+    events, frames) is made: the collector would otherwise walk the growing heap again and
+    again, which costs more than making them."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _answer(subject: Any, status: int | None, now: float) -> Any:
+    """The message a device sends: a Report Event Status about an event (or, for a cancel of an
+    event it does not know, about the event id alone), or, without a status, ``subject``."""
+    if status is None:
+        return subject
+    if isinstance(subject, LoadControlEvent):
+        applied = status in _APPLIED
+        return ReportEventStatus(
+            issuer_event_id=subject.issuer_event_id,
+            event_status=status,
+            event_status_time=utctime.from_unix(now),
+            criticality_level_applied=subject.criticality_level,
+            cooling_temperature_set_point_applied=(
+                subject.cooling_temperature_set_point if applied else None
+            ),
+            heating_temperature_set_point_applied=(
+                subject.heating_temperature_set_point if applied else None
+            ),
+            average_load_adjustment_percentage_applied=(
+                subject.average_load_adjustment_percentage if applied else None
+            ),
+            duty_cycle_applied=subject.duty_cycle if applied else None,
+            event_control=subject.event_control,
+        )
+    if isinstance(subject, CancelLoadControlEvent):
+        return ReportEventStatus(
+            issuer_event_id=subject.issuer_event_id,
+            event_status=status,
+            event_status_time=utctime.from_unix(now),
+            criticality_level_applied=0,
+        )
+    raise TypeError(f"no report about {type(subject).__name__}")
 
 
 class Fleet:
-    """The meters of one simulated head-end; frames in, statuses and device frames out."""
+    """The meters of one simulated head-end; frames in, statuses and device frames out.
+
+    ``emit`` is called with lists: the statuses a delivery settles at once, and everything
+    due at one moment later on (one delayed call on ``clock`` per moment, however many devices
+    answer then).
+    """
 
     def __init__(self, config: FleetConfig, clock: IReactorTime, emit: Emit) -> None:
         self.config = config
@@ -219,8 +510,10 @@ class Fleet:
         self._csv: dict[str, dict[str, str]] = {}
         self._tsn = 0
         self._decoded: dict[tuple[int, bytes], Any] = {}
-        #: Every answer still to come, so that ``stop`` can cancel them.
-        self._calls: set[IDelayedCall] = set()
+        #: Encoded answers of the moment being run, by (subject, status).
+        self._encoded: dict[tuple[int, int | None], tuple[Any, bytes]] = {}
+        #: Everything still to come, by the moment it is due.
+        self._due: dict[float, _Due] = {}
         if config.meters_csv is not None:
             with open(config.meters_csv, newline="", encoding="utf-8") as f:
                 self._csv = {row["esiid"]: row for row in csv.DictReader(f)}
@@ -263,8 +556,14 @@ class Fleet:
         if not config.open and config.devices_per_meter and capable:
             index = self._generated_index(esiid)
             number = index if index is not None else draw.randrange(1 << 32)
+            prefix = generated_mac(number, 0)[:-2]
+            uniform = draw.random
+            opt_out_rate, silent_rate = config.opt_out_rate, config.silent_rate
+            devices = meter.devices
             for slot in range(config.devices_per_meter):
-                self._add(meter, generated_mac(number, slot), _SLOTS[slot], draw)
+                mac = prefix + _SLOT_HEX[slot]
+                opts_out = uniform() < opt_out_rate
+                devices[mac] = SimDevice(mac, _SLOTS[slot], opts_out, uniform() < silent_rate)
         return meter
 
     def _add(self, meter: SimMeter, mac: str, kind: DeviceKind, draw: random.Random) -> SimDevice:
@@ -284,13 +583,13 @@ class Fleet:
             self._add(meter, mac, kind_of_mac(mac), random.Random(f"{self.config.seed}:{mac}"))
 
     def leave(self, esiid: str, mac: str) -> None:
-        """A device was removed from the meter's HAN."""
+        """A device was removed from the meter's HAN: its events stop where they are."""
         meter = self._meters.get(esiid)
         if meter is not None:
             device = meter.devices.pop(mac, None)
             if device is not None:
-                for event in device.events.values():
-                    self._cancel_calls(event)
+                for event in device.events:
+                    event.state = "over"
 
     def provisioning_refusal(self, esiid: str) -> tuple[str, str] | None:
         """Why provisioning onto this meter cannot work: ("reject" | "fail", reason), or None."""
@@ -310,57 +609,110 @@ class Fleet:
 
     def deliver(self, esiid: str, frame: OutboundFrame) -> None:
         """Carry one frame to the ESI or its devices; statuses and answers leave through emit."""
-        meter = self.meter(esiid)
-        if meter is None:
-            self._status(frame, esiid, DeliveryState.FAILED, "ESI ID not served by this head-end")
-            return
-        if meter.offline:
-            self._status(frame, esiid, DeliveryState.PENDING, "the meter is offline")
-            self._later(
-                self.config.offline_give_up_s,
-                self._status,
-                frame,
-                esiid,
-                DeliveryState.FAILED,
-                f"the meter stayed offline for {self.config.offline_give_up_s:g} s",
-            )
-            return
-        try:
-            decoded = self._decode(frame.cluster, frame.zcl)
-        except sep1.DecodeError as error:
-            self._status(
-                frame, esiid, DeliveryState.FAILED, f"the device could not decode it: {error}"
-            )
-            return
-        if frame.destination == TO_ESI:
-            # the ESI takes prices (and relays them to price-capable devices); nothing else
-            if isinstance(decoded, PublishPrice):
-                self._status(frame, esiid, DeliveryState.DELIVERED, "price acknowledged by the ESI")
-            else:
-                self._status(frame, esiid, DeliveryState.FAILED, "the ESI does not take this frame")
-            return
-        if frame.destination == TO_ALL:
-            targets = list(meter.devices.values())
-        else:
-            device = meter.devices.get(frame.destination)
-            if device is None:
-                self._status(
-                    frame, esiid, DeliveryState.FAILED, "the device is not joined to the meter"
-                )
-                return
-            targets = [device]
-        delivered = "acknowledged by the ESI" if frame.destination == TO_ALL else ""
-        self._later(
-            self.config.answer_delay_s,
-            self._status,
-            frame,
-            esiid,
-            DeliveryState.DELIVERED,
-            delivered,
+        self._carry(
+            (FanOutTarget(esiid, frame.delivery_id),), frame.destination, frame.cluster, frame.zcl
         )
-        for device in targets:
-            if not device.silent:
-                self._device_takes(meter, device, decoded)
+
+    def deliver_many(self, command: FanOutFrame) -> None:
+        """Carry a fan-out's frame to every target meter (and, to ``all``, its devices), as
+        ``deliver`` would one by one; the answers due at one moment leave in one list."""
+        self._carry(command.targets, command.destination, command.cluster, command.zcl)
+
+    def _carry(
+        self, targets: Iterable[FanOutTarget], destination: str, cluster: int, zcl: bytes
+    ) -> None:
+        with _collector_paused():
+            out = self._plan(targets, destination, cluster, zcl)
+        if out:
+            self._emit(out)
+
+    def _plan(
+        self, targets: Iterable[FanOutTarget], destination: str, cluster: int, zcl: bytes
+    ) -> list[Out]:
+        """Take the frame to each target and plan what follows; returns the statuses due now."""
+        plan = _Plan(self, self._clock.seconds())
+        out = plan.out
+        config = self.config
+        message: Any = None
+        undecodable = ""
+        try:
+            message = self._decode(cluster, zcl)
+        except sep1.DecodeError as error:
+            undecodable = f"the device could not decode it: {error}"
+        take = self._taker(plan, message)
+        if isinstance(message, LoadControlEvent):
+            plan.start = (
+                plan.now if message.start_time == 0 else float(utctime.to_unix(message.start_time))
+            )
+            plan.end = plan.start + 60 * message.duration_in_minutes
+        offline: list[FanOutTarget] | None = None
+        delivered: list[FanOutTarget] | None = None
+        delivered_reason = "acknowledged by the ESI" if destination == TO_ALL else ""
+        for target in targets:
+            esiid = target.esiid
+            meter = self.meter(esiid)
+            if meter is None:
+                out.append(
+                    DeliveryStatus(
+                        target.delivery_id,
+                        esiid,
+                        DeliveryState.FAILED,
+                        "ESI ID not served by this head-end",
+                    )
+                )
+                continue
+            if meter.offline:
+                out.append(
+                    DeliveryStatus(
+                        target.delivery_id, esiid, DeliveryState.PENDING, "the meter is offline"
+                    )
+                )
+                if offline is None:
+                    offline = plan.statuses(
+                        plan.now + config.offline_give_up_s,
+                        DeliveryState.FAILED,
+                        f"the meter stayed offline for {config.offline_give_up_s:g} s",
+                    )
+                offline.append(target)
+                continue
+            if message is None:
+                out.append(
+                    DeliveryStatus(target.delivery_id, esiid, DeliveryState.FAILED, undecodable)
+                )
+                continue
+            if destination == TO_ESI:
+                # the ESI takes prices (and relays them to price-capable devices); nothing else
+                if isinstance(message, PublishPrice):
+                    state, reason = DeliveryState.DELIVERED, "price acknowledged by the ESI"
+                else:
+                    state, reason = DeliveryState.FAILED, "the ESI does not take this frame"
+                out.append(DeliveryStatus(target.delivery_id, esiid, state, reason))
+                continue
+            devices: Iterable[SimDevice]
+            if destination == TO_ALL:
+                devices = meter.devices.values()
+            else:
+                device = meter.devices.get(destination)
+                if device is None:
+                    out.append(
+                        DeliveryStatus(
+                            target.delivery_id,
+                            esiid,
+                            DeliveryState.FAILED,
+                            "the device is not joined to the meter",
+                        )
+                    )
+                    continue
+                devices = (device,)
+            if delivered is None:
+                delivered = plan.statuses(plan.reply_at, DeliveryState.DELIVERED, delivered_reason)
+            delivered.append(target)
+            if take is not None:
+                for device in devices:
+                    if not device.silent:
+                        take(meter, device, message)
+        plan.commit()
+        return out
 
     def _decode(self, cluster: int, zcl: bytes) -> Any:
         """Decode a frame; a fan-out sends the same bytes to every meter, so they are kept."""
@@ -373,196 +725,139 @@ class Fleet:
             self._decoded[key] = message
         return message
 
-    def _device_takes(self, meter: SimMeter, device: SimDevice, message: Any) -> None:
+    def _taker(
+        self, plan: _Plan, message: Any
+    ) -> Callable[[SimMeter, SimDevice, Any], None] | None:
+        """What a device does with ``message``, or None when devices do nothing with it."""
         if isinstance(message, LoadControlEvent):
-            self._load_control(meter, device, message)
-        elif isinstance(message, CancelLoadControlEvent):
-            self._cancel(meter, device, message)
-        elif isinstance(message, CancelAllLoadControlEvents):
-            for event in list(device.events.values()):
-                if event.state in ("scheduled", "running"):
-                    self._end(meter, device, event, EventStatus.EVENT_CANCELLED)
-        elif isinstance(message, DisplayMessage) and device.kind in _DISPLAYS:
-            device.messages[message.message_id] = message
-            if message.confirmation_required:
-                confirmation = MessageConfirmation(
-                    message_id=message.message_id,
-                    confirmation_time=utctime.from_unix(
-                        self._clock.seconds() + self.config.confirm_delay_s
-                    ),
-                )
-                self._later(self.config.confirm_delay_s, self._answer, meter, device, confirmation)
-        elif isinstance(message, CancelMessage):
-            device.messages.pop(message.message_id, None)
+            return partial(self._load_control, plan)
+        if isinstance(message, CancelLoadControlEvent):
+            return partial(self._cancel, plan)
+        if isinstance(message, CancelAllLoadControlEvents):
+            return partial(self._cancel_all, plan)
+        if isinstance(message, DisplayMessage):
+            return partial(self._display, plan)
+        if isinstance(message, CancelMessage):
+            return self._cancel_message
+        return None
 
-    def _load_control(self, meter: SimMeter, device: SimDevice, lce: LoadControlEvent) -> None:
+    def _load_control(
+        self, plan: _Plan, meter: SimMeter, device: SimDevice, lce: LoadControlEvent
+    ) -> None:
         if not lce.device_class & device.device_class:
             return  # not for this kind of load: the device ignores it, as SE 1.0 says
-        now = self._clock.seconds()
-        start = now if lce.start_time == 0 else float(utctime.to_unix(lce.start_time))
-        end = start + 60 * lce.duration_in_minutes
-        delay = self.config.answer_delay_s
-        if end <= now:
-            self._later(delay, self._report, meter, device, lce, EventStatus.REJECTED_EVENT_EXPIRED)
-            return
-        known = device.events.get(lce.issuer_event_id)
-        if known is not None and known.state != "over":
-            self._later(delay, self._report, meter, device, lce, EventStatus.COMMAND_RECEIVED)
-            return  # the same event again: answered, not scheduled twice
-        for older in list(device.events.values()):
-            if (
-                older.state in ("scheduled", "running")
-                and older.message.utility_enrollment_group == lce.utility_enrollment_group
-                and older.message.device_class & lce.device_class
-                and older.start < end
-                and start < older.end
-            ):
-                self._end(meter, device, older, EventStatus.EVENT_SUPERSEDED)
-        event = _Event(lce, start, end)
-        device.events[lce.issuer_event_id] = event
-        event.calls.append(
-            self._later(delay, self._report, meter, device, lce, EventStatus.COMMAND_RECEIVED)
-        )
-        begin = max(start - now, delay)
-        event.calls.append(self._later(begin, self._begin, meter, device, event))
-
-    def _begin(self, meter: SimMeter, device: SimDevice, event: _Event) -> None:
-        if event.state != "scheduled":
-            return
-        if device.opts_out:
-            event.state = "opted_out"
-            self._report(meter, device, event.message, EventStatus.USER_OPTED_OUT)
-            event.calls = [
-                self._later(
-                    max(event.end - self._clock.seconds(), 0.0),
-                    self._finish,
-                    meter,
-                    device,
-                    event,
-                    EventStatus.COMPLETED_NO_USER_PARTICIPATION,
-                )
-            ]
-            return
-        event.state = "running"
-        self._report(meter, device, event.message, EventStatus.EVENT_STARTED)
-        event.calls = [
-            self._later(
-                max(event.end - self._clock.seconds(), 0.0),
-                self._finish,
-                meter,
-                device,
-                event,
-                EventStatus.EVENT_COMPLETED,
+        if plan.end <= plan.now:
+            plan.answers(plan.reply_at, lce, EventStatus.REJECTED_EVENT_EXPIRED).append(
+                (meter, device)
             )
-        ]
+            return
+        held = device.events
+        if held:
+            if device.live_event(lce.issuer_event_id) is not None:
+                # the same event again: answered, not scheduled twice
+                plan.answers(plan.reply_at, lce, EventStatus.COMMAND_RECEIVED).append(
+                    (meter, device)
+                )
+                return
+            for older in held:
+                if (
+                    older.state in ("scheduled", "running")
+                    and older.message.utility_enrollment_group == lce.utility_enrollment_group
+                    and older.message.device_class & lce.device_class
+                    and older.start < plan.end
+                    and plan.start < older.end
+                ):
+                    self._end(plan, older, EventStatus.EVENT_SUPERSEDED)
+            live = [event for event in held if event.state != "over"]
+        else:
+            live = []
+        event = _Event(lce, plan.start, plan.end, meter, device)
+        live.append(event)
+        device.events = live
+        plan.fresh.append(event)
 
-    def _finish(self, meter: SimMeter, device: SimDevice, event: _Event, status: int) -> None:
-        if event.state in ("running", "opted_out"):
-            event.state = "over"
-            self._report(meter, device, event.message, status)
-
-    def _end(self, meter: SimMeter, device: SimDevice, event: _Event, status: int) -> None:
-        """Cancelled or superseded: the pending timers go and the device says so."""
-        self._cancel_calls(event)
+    def _end(self, plan: _Plan, event: _Event, status: int) -> None:
+        """Cancelled or superseded: what was still to come for it is off; the device says so."""
         event.state = "over"
-        self._later(self.config.answer_delay_s, self._report, meter, device, event.message, status)
+        plan.reports(status).append(event)
 
-    def _cancel(self, meter: SimMeter, device: SimDevice, cancel: CancelLoadControlEvent) -> None:
+    def _cancel(
+        self, plan: _Plan, meter: SimMeter, device: SimDevice, cancel: CancelLoadControlEvent
+    ) -> None:
         if not cancel.device_class & device.device_class:
             return
-        event = device.events.get(cancel.issuer_event_id)
-        if event is None or event.state == "over":
-            self._later(
-                self.config.answer_delay_s,
-                self._report_id,
-                meter,
-                device,
-                cancel.issuer_event_id,
-                EventStatus.REJECTED_INVALID_CANCEL_UNDEFINED_EVENT,
-            )
+        event = device.live_event(cancel.issuer_event_id)
+        if event is None:
+            plan.answers(
+                plan.reply_at, cancel, EventStatus.REJECTED_INVALID_CANCEL_UNDEFINED_EVENT
+            ).append((meter, device))
             return
-        self._end(meter, device, event, EventStatus.EVENT_CANCELLED)
+        self._end(plan, event, EventStatus.EVENT_CANCELLED)
 
-    def _cancel_calls(self, event: _Event) -> None:
-        for call in event.calls:
-            if call.active():
-                call.cancel()
-            self._calls.discard(call)
-        event.calls = []
+    def _cancel_all(
+        self, plan: _Plan, meter: SimMeter, device: SimDevice, _: CancelAllLoadControlEvents
+    ) -> None:
+        for event in device.events:
+            if event.state in ("scheduled", "running"):
+                self._end(plan, event, EventStatus.EVENT_CANCELLED)
+
+    def _display(
+        self, plan: _Plan, meter: SimMeter, device: SimDevice, message: DisplayMessage
+    ) -> None:
+        if device.kind not in _DISPLAYS:
+            return
+        if device.messages is None:
+            device.messages = {}
+        device.messages[message.message_id] = message
+        if message.confirmation_required:
+            at = plan.now + self.config.confirm_delay_s
+            plan.answers(at, plan.confirmation(message), None).append((meter, device))
+
+    def _cancel_message(self, meter: SimMeter, device: SimDevice, cancel: CancelMessage) -> None:
+        if device.messages is not None:
+            device.messages.pop(cancel.message_id, None)
 
     # -- what leaves --------------------------------------------------------------------------
 
-    def _later(self, delay: float, f: Callable[..., Any], *args: Any) -> IDelayedCall:
-        holder: list[IDelayedCall] = []
-        call = self._clock.callLater(delay, self._run, holder, f, args)
-        holder.append(call)
-        self._calls.add(call)
-        return call
+    def _at(self, at: float, entry: _Entry) -> None:
+        """Run ``entry`` at ``at``, with everything else due then, in one delayed call."""
+        due = self._due.get(at)
+        if due is None:
+            delay = max(at - self._clock.seconds(), 0.0)
+            due = self._due[at] = _Due(self._clock.callLater(delay, self._run, at))
+        due.entries.append(entry)
 
-    def _run(
-        self, holder: list[IDelayedCall], f: Callable[..., Any], args: tuple[Any, ...]
-    ) -> None:
-        self._calls.discard(holder[0])
-        f(*args)
+    def _run(self, at: float) -> None:
+        due = self._due.pop(at, None)
+        if due is None:
+            return
+        now = self._clock.seconds()
+        out: list[Out] = []
+        with _collector_paused():
+            self._encoded.clear()
+            for entry in due.entries:
+                entry.run(self, now, out)
+            self._encoded.clear()
+        if out:
+            self._emit(out)
 
     def stop(self) -> None:
         """Cancel every answer still to come (the head-end stopped)."""
-        for call in self._calls:
-            if call.active():
-                call.cancel()
-        self._calls.clear()
+        due, self._due = self._due, {}
+        for moment in due.values():
+            if moment.call.active():
+                moment.call.cancel()
 
-    def _status(self, frame: OutboundFrame, esiid: str, state: DeliveryState, reason: str) -> None:
-        self._emit(DeliveryStatus(frame.delivery_id, esiid, state, reason))
-
-    def _report(
-        self, meter: SimMeter, device: SimDevice, lce: LoadControlEvent, status: int
-    ) -> None:
-        applied = status in (EventStatus.EVENT_STARTED, EventStatus.EVENT_COMPLETED)
-        report = ReportEventStatus(
-            issuer_event_id=lce.issuer_event_id,
-            event_status=status,
-            event_status_time=utctime.from_unix(self._clock.seconds()),
-            criticality_level_applied=lce.criticality_level,
-            cooling_temperature_set_point_applied=(
-                lce.cooling_temperature_set_point if applied else None
-            ),
-            heating_temperature_set_point_applied=(
-                lce.heating_temperature_set_point if applied else None
-            ),
-            average_load_adjustment_percentage_applied=(
-                lce.average_load_adjustment_percentage if applied else None
-            ),
-            duty_cycle_applied=lce.duty_cycle if applied else None,
-            event_control=lce.event_control,
-        )
-        self._answer(meter, device, report)
-
-    def _report_id(
-        self, meter: SimMeter, device: SimDevice, issuer_event_id: int, status: int
-    ) -> None:
-        report = ReportEventStatus(
-            issuer_event_id=issuer_event_id,
-            event_status=status,
-            event_status_time=utctime.from_unix(self._clock.seconds()),
-            criticality_level_applied=0,
-        )
-        self._answer(meter, device, report)
-
-    def _answer(self, meter: SimMeter, device: SimDevice, message: Any) -> None:
-        if meter.devices.get(device.mac) is not device:
-            return  # removed from the HAN meanwhile
+    def _zcl(self, subject: Any, status: int | None, now: float) -> bytes:
+        """The encoded answer about ``subject``; made once per moment (one TSN for all)."""
+        key = (id(subject), status)
+        found = self._encoded.get(key)
+        if found is not None and found[0] is subject:
+            return found[1]
         self._tsn = (self._tsn + 1) & 0xFF
-        zcl = sep1.encode(message, self._tsn)
-        self._emit(
-            InboundFrame(
-                esiid=meter.esiid,
-                source=device.mac,
-                cluster=type(message).CLUSTER_ID,
-                zcl=zcl,
-                received_at=self._clock.seconds(),
-            )
-        )
+        zcl = sep1.encode(_answer(subject, status, now), self._tsn)
+        self._encoded[key] = (subject, zcl)
+        return zcl
 
     # -- queries ------------------------------------------------------------------------------
 

@@ -3,8 +3,11 @@
 It is the in-process simulator's head-end model (``simulators.inprocess.SimulatedHeadEnd``: the
 same steps, delays, faults, journal and fleet of meters with SE 1.0 devices) behind the adapter
 protocol's client library, so QA can drive a gateway exactly as a utility's head-end would,
-across a real TLS link. Link-level faults come on top: the connection dropped every N seconds,
-events sent twice or out of order, and latency before each event goes out.
+across a real TLS link. Every command the gateway sends is carried out, ``fan_out`` included
+(one frame to many meters); the delivery statuses and device frames the fleet produces go back
+through the client's ``delivery_statuses`` and ``inbound_frames``, which send them as batch
+messages. Link-level faults come on top: the connection dropped every N seconds, messages sent
+twice or out of order, and latency before each message goes out.
 
     hangw-sim --write-meters meters.csv --meters 200000        # the registry for the gateway
     hangw meters import meters.csv

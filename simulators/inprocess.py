@@ -13,10 +13,15 @@ with configured probabilities from a seeded random generator:
 - ``never_join``: the meter is ready but the device never joins (adds only; a removal is normal);
 - ``unreachable``: ``send`` fails with ``HeadEndUnreachable`` (a ``ConnectionError``).
 
-The meters themselves are a ``simulators.fleet.Fleet``: frames sent with ``SendFrames`` are
-decoded and answered by simulated SE 1.0 devices (delivery statuses and inbound frames come back
-as events), pings and meter reads are answered by ``query``, and the fleet's meters can be offline
-(provisioning fails) or run firmware that cannot run a HAN (provisioning is rejected).
+The meters themselves are a ``simulators.fleet.Fleet``: frames sent with ``SendFrames`` (one
+meter) or ``FanOutFrame`` (the same frame to many meters) are decoded and answered by simulated
+SE 1.0 devices, pings and meter reads are answered by ``query``, and the fleet's meters can be
+offline (provisioning fails) or run firmware that cannot run a HAN (provisioning is rejected).
+Delivery statuses and inbound frames go to the gateway in batches: what the fleet emits in one
+reactor turn is handed to ``delivery_statuses`` and ``inbound_frames`` in lists of at most
+``event_batch_max``; a batch the gateway could not record is sent again like a report, and the
+items it refused are logged at debug level. (An event sink without those methods gets one
+``delivery_status`` or ``inbound_frame`` call per item.)
 
 Commands are deduplicated by ``command_id``: a command sent again is acknowledged again and
 applied once. With a journal (a small SQLite file) the head-end survives a gateway restart:
@@ -34,7 +39,7 @@ import math
 import random
 import sqlite3
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -50,6 +55,7 @@ from adapters.commands import (
     Command,
     DeliveryStatus,
     DeprovisionDevice,
+    FanOutFrame,
     HeadEndStatus,
     InboundFrame,
     OutboundFrame,
@@ -366,6 +372,8 @@ class _Job:
     waiting: list[Deferred[None]] = field(default_factory=list)
     #: The frames of a SendFrames command (kept in memory only), delivered after the ack.
     frames: tuple[OutboundFrame, ...] = ()
+    #: A FanOutFrame command (kept in memory only), delivered after the ack.
+    fan_out: FanOutFrame | None = None
 
 
 class _Journal:
@@ -481,6 +489,9 @@ class SimulatedHeadEnd:
     ``journal_path`` is configured, holds the journal ``simulator-<tdsp_duns>.sqlite``.
     """
 
+    #: The most delivery statuses, or inbound frames, handed to the gateway in one call.
+    event_batch_max = 10_000
+
     def __init__(
         self,
         config: SimulatorConfig | _AdapterConfigLike,
@@ -514,7 +525,13 @@ class SimulatedHeadEnd:
         #: Every command accepted by this simulator, each ``command_id`` once, in order.
         self.received: list[Command] = []
         #: The meters and devices this head-end serves.
-        self.fleet = Fleet(config.fleet_config(), clock, self._emit)
+        self.fleet = Fleet(config.fleet_config(), clock, self._collect)
+        #: Fleet events collected this reactor turn, and the call that sends them.
+        self._statuses: list[DeliveryStatus] = []
+        self._frames: list[InboundFrame] = []
+        self._flush_call: IDelayedCall | None = None
+        #: Batches (or, to a sink without batch methods, events) waiting to be sent again.
+        self._resends: set[IDelayedCall] = set()
         self._log = log.bind(tdsp_duns=config.tdsp_duns)
 
     # -- what tests and QA read and set --------------------------------------------------------
@@ -596,6 +613,14 @@ class SimulatedHeadEnd:
         for d in waiting:
             d.errback(Failure(stopped))
         self.fleet.stop()
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        self._statuses, self._frames = [], []
+        resends, self._resends = self._resends, set()
+        for call in resends:
+            if call.active():
+                call.cancel()
         self._close_journal_when_idle()
         self._log.info("simulator.stopped", unfinished=len(self._jobs))
         return succeed(None)
@@ -605,7 +630,7 @@ class SimulatedHeadEnd:
         self._sent[command.command_id] += 1
         bound = self._log.bind(
             command_id=command.command_id,
-            esiid=command.esiid,
+            esiid=getattr(command, "esiid", None),
             device_id=getattr(command, "device_id", None),
             mac=getattr(command, "mac", None),
         )
@@ -630,29 +655,34 @@ class SimulatedHeadEnd:
             bound.info("simulator.duplicate", sends=self._sent[command.command_id])
             return self._acknowledge_again()
         frames: tuple[OutboundFrame, ...] = ()
+        fan_out: FanOutFrame | None = None
+        esiid = ""
         if isinstance(command, ProvisionDevice):
-            action = ADD
+            action, esiid = ADD, command.esiid
         elif isinstance(command, DeprovisionDevice):
-            action = REMOVE
+            action, esiid = REMOVE, command.esiid
         elif isinstance(command, SendFrames):
-            action, frames = FRAMES, command.frames
+            action, esiid, frames = FRAMES, command.esiid, command.frames
+        elif isinstance(command, FanOutFrame):
+            action, fan_out = FRAMES, command
         else:
             return fail(TypeError(f"the simulated head-end cannot carry {type(command).__name__}"))
         if action == FRAMES:
             fault = Fault.NONE
         else:
-            fault = self._meter_fault(action, command.esiid) or (
+            fault = self._meter_fault(action, esiid) or (
                 configured if configured is not None else self._draw_fault()
             )
         job = _Job(
             command.command_id,
             action,
-            command.esiid,
+            esiid,
             getattr(command, "device_id", ""),
             normalize_mac(getattr(command, "mac", "")),
             fault,
             step_at=self._clock.seconds(),
             frames=frames,
+            fan_out=fan_out,
         )
         if self._journal is not None:
             self._journal.record(job)
@@ -660,7 +690,12 @@ class SimulatedHeadEnd:
         self._seen.add(job.command_id)
         self._applied[job.command_id] += 1
         self.received.append(command)
-        bound.info("simulator.accepted", action=action, fault=fault.value)
+        bound.info(
+            "simulator.accepted",
+            action=action,
+            fault=fault.value,
+            targets=len(fan_out.targets) if fan_out is not None else None,
+        )
         acknowledged: Deferred[None] = Deferred()
         job.waiting.append(acknowledged)
         self._schedule(job)
@@ -693,8 +728,9 @@ class SimulatedHeadEnd:
         mac = normalize_mac(getattr(command, "mac", ""))
         if mac in self._faults_by_mac:
             return self._faults_by_mac[mac]
-        if command.esiid in self._faults_by_esiid:
-            return self._faults_by_esiid[command.esiid]
+        esiid = getattr(command, "esiid", None)
+        if esiid is not None and esiid in self._faults_by_esiid:
+            return self._faults_by_esiid[esiid]
         if self._fault is not Fault.NONE:
             return self._fault
         return None
@@ -757,6 +793,9 @@ class SimulatedHeadEnd:
                 frames, job.frames = job.frames, ()
                 for frame in frames:
                     self.fleet.deliver(job.esiid, frame)
+                fan_out, job.fan_out = job.fan_out, None
+                if fan_out is not None:
+                    self.fleet.deliver_many(fan_out)
                 self._advance(job)
                 return
         report = ProvisioningReport(
@@ -838,8 +877,69 @@ class SimulatedHeadEnd:
         if not self._running:
             self._close_journal_when_idle()
 
+    def _collect(self, events: list[DeliveryStatus | InboundFrame]) -> None:
+        """Keep what the fleet emits; everything kept in one reactor turn leaves together."""
+        if self._events is None or not self._running:
+            return
+        for event in events:
+            if isinstance(event, DeliveryStatus):
+                self._statuses.append(event)
+            else:
+                self._frames.append(event)
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        statuses, self._statuses = self._statuses, []
+        frames, self._frames = self._frames, []
+        size = max(1, self.event_batch_max)
+        for batch in (statuses, frames):
+            for at in range(0, len(batch), size):
+                self._send_batch(batch[at : at + size], 1)
+
+    def _send_batch(self, batch: Sequence[DeliveryStatus | InboundFrame], attempt: int) -> None:
+        """Hand a batch of statuses or frames to the gateway; sent again when not recorded."""
+        if self._events is None or not self._running:
+            return
+        name = "delivery_statuses" if isinstance(batch[0], DeliveryStatus) else "inbound_frames"
+        record = getattr(self._events, name, None)
+        if record is None:
+            for event in batch:
+                self._emit(event)
+            return
+        d: Deferred[Any] = maybeDeferred(record, batch)
+
+        def recorded(results: list[str | None] | None) -> None:
+            for event, reason in zip(batch, results or (), strict=False):
+                if reason is not None:
+                    self._log.debug("simulator.event_refused", esiid=event.esiid, why=reason)
+
+        def not_recorded(failure: Failure) -> None:
+            why = failure.getErrorMessage()
+            if failure.check(ReportRefused) or attempt > self.config.report_max_retries:
+                self._log.warning(
+                    "simulator.events_dropped",
+                    kind=name,
+                    count=len(batch),
+                    attempt=attempt,
+                    why=why,
+                )
+                return
+            self._log.warning(
+                "simulator.events_failed",
+                kind=name,
+                count=len(batch),
+                attempt=attempt,
+                retry_in_s=self.config.report_retry_delay_s,
+                why=why,
+            )
+            self._later(self.config.report_retry_delay_s, self._send_batch, batch, attempt + 1)
+
+        d.addCallbacks(recorded, not_recorded)
+
     def _emit(self, event: DeliveryStatus | InboundFrame, attempt: int = 1) -> None:
-        """Send a fleet event to the gateway; retried like reports when it is not recorded."""
+        """Send one fleet event to a sink without batch methods; retried like reports."""
         if self._events is None or not self._running:
             return
         if isinstance(event, DeliveryStatus):
@@ -852,12 +952,22 @@ class SimulatedHeadEnd:
             if failure.check(ReportRefused) or attempt > self.config.report_max_retries:
                 self._log.warning("simulator.event_dropped", esiid=event.esiid, why=why)
                 return
-            if self._running:
-                self._clock.callLater(
-                    self.config.report_retry_delay_s, self._emit, event, attempt + 1
-                )
+            self._later(self.config.report_retry_delay_s, self._emit, event, attempt + 1)
 
         d.addErrback(not_recorded)
+
+    def _later(self, delay: float, f: Any, *args: Any) -> None:
+        """Call ``f`` later unless the head-end stops first."""
+        if not self._running:
+            return
+        holder: list[IDelayedCall] = []
+
+        def run() -> None:
+            self._resends.discard(holder[0])
+            f(*args)
+
+        holder.append(self._clock.callLater(delay, run))
+        self._resends.add(holder[0])
 
     def _close_journal_when_idle(self) -> None:
         """Close the journal once stopped and no report is still on its way."""

@@ -91,6 +91,17 @@ class RecordingEvents:
 
     delivery_status = inbound_frame = meter_event = _other
 
+    def _batch(self, events: list[Any], batch_id: str = "") -> Deferred[list[str | None]]:
+        self.attempts += 1
+        if self.failures:
+            self.failures -= 1
+            return fail(RuntimeError("store unavailable"))
+        now = self.clock.seconds()
+        self.others.extend((now, event) for event in events)
+        return succeed([None] * len(events))
+
+    delivery_statuses = inbound_frames = _batch
+
     @property
     def statuses(self) -> list[HeadEndStatus]:
         return [report.status for _, report in self.timed]

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_twisted
 from twisted.internet.task import Clock
 
 import sep1
 from adapters.commands import (
     TO_ALL,
+    TO_ESI,
     DeliveryState,
     DeliveryStatus,
+    FanOutFrame,
+    FanOutTarget,
     HeadEndStatus,
     InboundFrame,
     OutboundFrame,
@@ -34,6 +36,8 @@ from sep1.messages import (
     DisplayMessage,
     EventStatus,
     LoadControlEvent,
+    MessageConfirmation,
+    PublishPrice,
 )
 from simulators.fleet import (
     HAN_INCOMPATIBLE_FIRMWARE,
@@ -47,6 +51,7 @@ from simulators.inprocess import SimulatedHeadEnd, SimulatorConfig
 
 HVAC = DeviceClass.HVAC_COMPRESSOR_OR_FURNACE
 WATER = DeviceClass.WATER_HEATER
+EVERY_LOAD = HVAC | WATER | DeviceClass.POOL_PUMP_SPA_JACUZZI
 ESIID = generated_esiid(0)
 THERMOSTAT = generated_mac(0, 1)
 SWITCH = generated_mac(0, 2)
@@ -58,9 +63,12 @@ class Out:
 
     def __init__(self) -> None:
         self.events: list[DeliveryStatus | InboundFrame] = []
+        self.batches = 0
 
-    def __call__(self, event: DeliveryStatus | InboundFrame) -> None:
-        self.events.append(event)
+    def __call__(self, events: list[DeliveryStatus | InboundFrame]) -> None:
+        assert isinstance(events, list) and events
+        self.batches += 1
+        self.events.extend(events)
 
     def statuses(self, mac: str | None = None) -> list[tuple[int, int]]:
         """(issuer event id, event status) of every Report Event Status, in order."""
@@ -71,8 +79,14 @@ class Out:
                 out.append((message.issuer_event_id, message.event_status))
         return out
 
+    def frames(self) -> list[InboundFrame]:
+        return [e for e in self.events if isinstance(e, InboundFrame)]
+
     def deliveries(self) -> list[tuple[str, DeliveryState]]:
         return [(e.delivery_id, e.state) for e in self.events if isinstance(e, DeliveryStatus)]
+
+    def reasons(self) -> list[str]:
+        return [e.reason for e in self.events if isinstance(e, DeliveryStatus)]
 
 
 def fleet(**options: Any) -> tuple[Fleet, Clock, Out]:
@@ -96,6 +110,33 @@ def send(f: Fleet, message: Any, destination: str = THERMOSTAT, delivery: str = 
     f.deliver(
         ESIID, OutboundFrame(delivery, destination, message.CLUSTER_ID, sep1.encode(message, 1))
     )
+
+
+#: The meters a fan-out in these tests goes to (of the ten a test fleet has).
+FANNED = range(3)
+
+
+def fan_out(
+    f: Fleet,
+    message: Any,
+    *,
+    destination: str = TO_ALL,
+    meters: range = FANNED,
+    zcl: bytes | None = None,
+) -> None:
+    f.deliver_many(
+        FanOutFrame(
+            "c1",
+            destination,
+            message.CLUSTER_ID,
+            sep1.encode(message, 1) if zcl is None else zcl,
+            tuple(FanOutTarget(generated_esiid(i), f"d{i}") for i in meters),
+        )
+    )
+
+
+def thermostats(meters: range = FANNED) -> list[str]:
+    return [generated_mac(i, slot) for i in meters for slot in (1, 3)]
 
 
 def test_event_runs_received_started_completed() -> None:
@@ -320,39 +361,270 @@ def test_a_joined_device_answers_and_a_removed_one_stops() -> None:
     assert out.deliveries() == [("d", DeliveryState.FAILED)]
 
 
+def test_fan_out_event_is_answered_in_bulk_by_matching_devices_only() -> None:
+    """A fan-out HVAC event is answered by the targets' thermostats only, one list per moment."""
+    f, clock, out = fleet()
+    fan_out(f, lce(1, start=T0 + 600, minutes=30))
+    assert len(clock.getDelayedCalls()) == 2  # the answers now, the start: not one per device
+    clock.advance(1)
+    assert out.batches == 1
+    assert out.deliveries() == [(f"d{i}", DeliveryState.DELIVERED) for i in FANNED]
+    received = out.frames()
+    assert sorted(e.source for e in received) == sorted(thermostats())
+    assert {e.esiid for e in received} == {generated_esiid(i) for i in FANNED}
+    assert len({id(e.zcl) for e in received}) == 1
+    assert set(out.statuses()) == {(1, EventStatus.COMMAND_RECEIVED)}
+    clock.advance(600)
+    assert out.batches == 2
+    assert out.statuses()[len(received) :] == [(1, EventStatus.EVENT_STARTED)] * len(received)
+    clock.advance(30 * 60)
+    assert out.batches == 3
+    assert out.statuses()[-len(received) :] == [(1, EventStatus.EVENT_COMPLETED)] * len(received)
+    assert clock.getDelayedCalls() == []
+
+
+def test_fan_out_event_starting_now_is_received_then_started_by_each_device() -> None:
+    """An event that starts now gives each device command received then started, in order."""
+    f, clock, out = fleet()
+    fan_out(f, lce(2, device_class=EVERY_LOAD, minutes=10))
+    clock.advance(1)
+    for i in FANNED:
+        for slot in (1, 2, 3, 4):
+            assert out.statuses(generated_mac(i, slot)) == [
+                (2, EventStatus.COMMAND_RECEIVED),
+                (2, EventStatus.EVENT_STARTED),
+            ]
+        assert out.statuses(generated_mac(i, 0)) == []  # the display takes no load control
+
+
+def test_fan_out_users_who_opt_out_are_reported() -> None:
+    """Through a fan-out, users who opt out are reported opted out, then no participation."""
+    f, clock, out = fleet(opt_out_rate=1.0)
+    fan_out(f, lce(3, minutes=10))
+    clock.advance(11 * 60)
+    for mac in thermostats():
+        assert out.statuses(mac) == [
+            (3, EventStatus.COMMAND_RECEIVED),
+            (3, EventStatus.USER_OPTED_OUT),
+            (3, EventStatus.COMPLETED_NO_USER_PARTICIPATION),
+        ]
+
+
+def test_fan_out_to_silent_devices_is_delivered_and_never_answered() -> None:
+    """Silent devices get a fan-out's frame delivered and send nothing back."""
+    f, clock, out = fleet(silent_rate=1.0)
+    fan_out(f, lce(4, minutes=10))
+    clock.advance(3600)
+    assert out.deliveries() == [(f"d{i}", DeliveryState.DELIVERED) for i in FANNED]
+    assert out.frames() == []
+
+
+def test_fan_out_to_offline_meters_is_pending_then_failed() -> None:
+    """Offline targets are pending at once, all in one list, and failed after the give-up time."""
+    f, clock, out = fleet(offline_rate=1.0, offline_give_up_s=120)
+    fan_out(f, lce(5))
+    assert out.batches == 1
+    assert out.deliveries() == [(f"d{i}", DeliveryState.PENDING) for i in FANNED]
+    clock.advance(119)
+    assert out.batches == 1
+    clock.advance(2)
+    assert out.batches == 2
+    assert out.deliveries()[3:] == [(f"d{i}", DeliveryState.FAILED) for i in FANNED]
+    assert all("offline" in reason for reason in out.reasons())
+    assert out.frames() == []
+
+
+def test_fan_out_newer_overlapping_event_supersedes_the_older() -> None:
+    """A second overlapping fan-out event supersedes the first on every device; it never starts."""
+    f, clock, out = fleet()
+    fan_out(f, lce(10, start=T0 + 600, minutes=60))
+    clock.advance(1)
+    fan_out(f, lce(11, start=T0 + 900, minutes=60))
+    clock.advance(2 * 3600)
+    for mac in thermostats():
+        assert out.statuses(mac) == [
+            (10, EventStatus.COMMAND_RECEIVED),
+            (10, EventStatus.EVENT_SUPERSEDED),
+            (11, EventStatus.COMMAND_RECEIVED),
+            (11, EventStatus.EVENT_STARTED),
+            (11, EventStatus.EVENT_COMPLETED),
+        ]
+
+
+def test_fan_out_cancel_answers_cancelled_or_undefined() -> None:
+    """A fan-out cancel answers cancelled (0x06) for a known event, 0xFD for an unknown one."""
+    f, clock, out = fleet()
+    fan_out(f, lce(30, start=T0 + 600))
+    clock.advance(60)
+    fan_out(f, CancelLoadControlEvent(issuer_event_id=30, device_class=HVAC))
+    fan_out(f, CancelLoadControlEvent(issuer_event_id=99, device_class=HVAC))
+    clock.advance(3 * 3600)
+    for mac in thermostats():
+        assert out.statuses(mac) == [
+            (30, EventStatus.COMMAND_RECEIVED),
+            (30, EventStatus.EVENT_CANCELLED),
+            (99, EventStatus.REJECTED_INVALID_CANCEL_UNDEFINED_EVENT),
+        ]
+
+
+def test_fan_out_cancel_within_the_answer_delay_stops_command_received() -> None:
+    """An event cancelled before its command received went out answers only cancelled."""
+    f, clock, out = fleet()
+    fan_out(f, lce(31, start=T0 + 600))
+    fan_out(f, CancelLoadControlEvent(issuer_event_id=31, device_class=HVAC))
+    clock.advance(3600)
+    for mac in thermostats():
+        assert out.statuses(mac) == [(31, EventStatus.EVENT_CANCELLED)]
+
+
+def test_fan_out_cancel_all_cancels_every_live_event() -> None:
+    """Cancel All through a fan-out cancels each event still to run or running, on every device."""
+    f, clock, out = fleet()
+    fan_out(f, lce(40, start=T0 + 600, minutes=5))
+    fan_out(f, lce(41, device_class=WATER, minutes=30))
+    clock.advance(60)
+    fan_out(f, CancelAllLoadControlEvents())
+    clock.advance(3600)
+    cancelled = Counter(e for e, s in out.statuses() if s == EventStatus.EVENT_CANCELLED)
+    assert cancelled == {40: 2 * len(FANNED), 41: 2 * len(FANNED)}
+    assert (40, EventStatus.EVENT_STARTED) not in out.statuses()
+    assert (41, EventStatus.EVENT_COMPLETED) not in out.statuses()
+
+
+def test_fan_out_expired_event_is_rejected() -> None:
+    """A fan-out event already over is rejected with 0xFB by every matching device."""
+    f, clock, out = fleet()
+    fan_out(f, lce(50, start=T0 - 3600, minutes=30))
+    clock.advance(3600)
+    assert out.statuses() == [(50, EventStatus.REJECTED_EVENT_EXPIRED)] * len(thermostats())
+
+
+def test_fan_out_text_is_confirmed_by_every_display() -> None:
+    """A fan-out text asking for confirmation is confirmed by each display, with one encoding."""
+    f, clock, out = fleet(confirm_delay_s=5)
+    text = DisplayMessage(message_id=8, message_control=0x80, message="Conserve 3-7 pm")
+    fan_out(f, text)
+    clock.advance(1)
+    assert out.frames() == []
+    clock.advance(5)
+    confirmations = out.frames()
+    displays = [generated_mac(i, slot) for i in FANNED for slot in (0, 1, 3)]
+    assert sorted(e.source for e in confirmations) == sorted(displays)
+    assert len({e.zcl for e in confirmations}) == 1
+    message = sep1.decode(confirmations[0].cluster, confirmations[0].zcl)
+    assert isinstance(message, MessageConfirmation) and message.message_id == 8
+    assert utctime.to_unix(message.confirmation_time) == T0 + 5
+
+
+def test_fan_out_undecodable_frame_fails_every_delivery() -> None:
+    """A frame the devices cannot decode fails each target's delivery with the reason."""
+    f, clock, out = fleet()
+    fan_out(f, lce(60), zcl=b"\x01\x02")
+    assert out.deliveries() == [(f"d{i}", DeliveryState.FAILED) for i in FANNED]
+    assert all("could not decode" in reason for reason in out.reasons())
+    clock.advance(3600)
+    assert out.frames() == []
+
+
+def test_fan_out_to_the_esi_takes_prices_only() -> None:
+    """To the ESI, a fan-out price is acknowledged at every meter; an event is refused."""
+    f, clock, out = fleet()
+    price = PublishPrice(
+        provider_id=1,
+        rate_label=b"TOU",
+        issuer_event_id=70,
+        current_time=utctime.from_unix(T0),
+        duration_in_minutes=60,
+        price=1234,
+    )
+    fan_out(f, price, destination=TO_ESI)
+    fan_out(f, lce(71), destination=TO_ESI)
+    clock.advance(3600)
+    assert out.deliveries() == [(f"d{i}", DeliveryState.DELIVERED) for i in FANNED] + [
+        (f"d{i}", DeliveryState.FAILED) for i in FANNED
+    ]
+    assert out.frames() == []
+
+
+def test_fan_out_to_meters_not_served_fails_them_only() -> None:
+    """Targets this head-end does not serve fail; the others are delivered."""
+    f, clock, out = fleet(meters=2)
+    fan_out(f, lce(80), meters=range(3))
+    clock.advance(1)
+    assert sorted(out.deliveries()) == [
+        ("d0", DeliveryState.DELIVERED),
+        ("d1", DeliveryState.DELIVERED),
+        ("d2", DeliveryState.FAILED),
+    ]
+
+
+def test_stop_cancels_a_fan_out_still_to_come() -> None:
+    """Stopping the fleet cancels every answer a fan-out still had to give."""
+    f, clock, out = fleet()
+    fan_out(f, lce(90, start=T0 + 600))
+    assert clock.getDelayedCalls()
+    f.stop()
+    assert clock.getDelayedCalls() == []
+    clock.advance(3600)
+    assert out.events == []
+
+
+def test_a_removed_device_stops_answering_a_fan_out_event() -> None:
+    """A device removed from the HAN after taking an event sends nothing more about it."""
+    f, clock, out = fleet()
+    fan_out(f, lce(91, start=T0 + 600), meters=range(1))
+    clock.advance(1)
+    f.leave(ESIID, THERMOSTAT)
+    clock.advance(3600)
+    assert out.statuses(THERMOSTAT) == [(91, EventStatus.COMMAND_RECEIVED)]
+    other = generated_mac(0, 3)
+    assert out.statuses(other)[-1] == (91, EventStatus.EVENT_COMPLETED)
+
+
 @pytest.mark.slow
-@pytest_twisted.ensureDeferred
-async def test_a_fleet_of_200000_meters_with_five_devices_each_answers() -> None:
-    """200,000 generated meters with five devices each all take a text that asks for
-    confirmation: every meter's delivery and every display's confirmation come back."""
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
+def test_a_fan_out_to_200000_meters_with_five_devices_each_is_answered_by_every_device() -> None:
+    """Fan-outs of an event and a text to 200,000 meters get answers from all 1,000,000 devices."""
     meters = 200_000
-    counts = {"delivered": 0, "confirmed": 0}
+    clock = Clock()
+    clock.advance(T0)
+    counts: Counter[Any] = Counter()
+    answered: set[str] = set()
+    kinds: dict[bytes, Any] = {}
 
-    def emit(event: DeliveryStatus | InboundFrame) -> None:
-        if isinstance(event, DeliveryStatus) and event.state is DeliveryState.DELIVERED:
-            counts["delivered"] += 1
-        elif isinstance(event, InboundFrame):
-            counts["confirmed"] += 1
+    def emit(events: list[DeliveryStatus | InboundFrame]) -> None:
+        counts["lists"] += 1
+        for event in events:
+            if isinstance(event, DeliveryStatus):
+                counts[event.state] += 1
+                continue
+            kind = kinds.get(event.zcl)
+            if kind is None:
+                message = sep1.decode(event.cluster, event.zcl)
+                kind = kinds[event.zcl] = getattr(message, "event_status", "confirmed")
+            counts[kind] += 1
+            answered.add(event.source)
 
     f = Fleet(
-        FleetConfig(meters=meters, devices_per_meter=5, answer_delay_s=0.01, confirm_delay_s=0.01),
-        reactor,
+        FleetConfig(meters=meters, devices_per_meter=5, answer_delay_s=0.05, confirm_delay_s=1),
+        clock,
         emit,
     )
+    targets = tuple(FanOutTarget(generated_esiid(i), f"d{i}") for i in range(meters))
+    event = lce(7, device_class=EVERY_LOAD, minutes=60)
     text = DisplayMessage(message_id=5, message_control=0x80, message="Conserve 3-7 pm")
-    zcl = sep1.encode(text, 1)
-    for index in range(meters):
-        f.deliver(generated_esiid(index), OutboundFrame(f"d{index}", TO_ALL, 0x0703, zcl))
-        if index % 20_000 == 0:
-            await deferLater(reactor, 0)  # let answers already due go out meanwhile
-    deadline = time.monotonic() + 120
-    displays = 3  # an in-home display and two thermostats of the five
-    while counts["confirmed"] < meters * displays and time.monotonic() < deadline:
-        await deferLater(reactor, 0.1)
-    assert counts == {"delivered": meters, "confirmed": meters * displays}
+    for message in (event, text):
+        zcl = sep1.encode(message, 1)
+        f.deliver_many(FanOutFrame("c", TO_ALL, message.CLUSTER_ID, zcl, targets))
+    assert len(clock.getDelayedCalls()) <= 3
+    clock.advance(2)
+    assert counts == {
+        "lists": 2,
+        DeliveryState.DELIVERED: 2 * meters,
+        EventStatus.COMMAND_RECEIVED: 4 * meters,  # the thermostats and the switches
+        EventStatus.EVENT_STARTED: 4 * meters,
+        "confirmed": 3 * meters,  # the display and the thermostats
+    }
+    assert len(answered) == 5 * meters
 
 
 def test_stopping_the_head_end_cancels_every_answer_still_to_come() -> None:
