@@ -984,7 +984,9 @@ class MessagingService:
         )
         for row in rows:
             params = {"r": row.request_id, "c": row.chunk, "t": row.tdsp_duns, "now": now}
-            chunk = "request_id = :r AND chunk = :c AND tdsp_duns = :t AND status = 'RQA'"
+            chunk = "request_id = :r AND chunk = :c AND tdsp_duns = :t"
+            # the acknowledgement is logged for every delivery of the chunk, even one a quick
+            # head-end status overtook; the status moves on only from RQA
             conn.execute(
                 sa.text(
                     "INSERT INTO delivery_statuses (request_id, esiid, mac, code, description, "
@@ -1001,14 +1003,14 @@ class MessagingService:
                     sa.text(
                         "INSERT INTO delivery_statuses (request_id, esiid, mac, code, "
                         "description, at) SELECT request_id, esiid, mac, 'PEN', :d, :now "
-                        f"FROM deliveries WHERE {chunk} ORDER BY delivery_id"
+                        f"FROM deliveries WHERE {chunk} AND status = 'RQA' ORDER BY delivery_id"
                     ),
                     {**params, "d": description},
                 )
             changed = conn.execute(
                 sa.text(
                     "UPDATE deliveries SET status = :s, status_desc = :d, status_at = :now "
-                    f"WHERE {chunk}"
+                    f"WHERE {chunk} AND status = 'RQA'"
                 ),
                 {**params, "s": status, "d": description},
             ).rowcount
