@@ -238,6 +238,37 @@ async def test_text_with_confirmation_is_tracked_to_the_users_confirmation(
 
 
 @pytest_twisted.ensureDeferred
+async def test_text_cancelled_before_confirmation(devices_harness: Harness) -> None:
+    """CSM: a text cancelled before its start reaches the meters (CON) and stops its displays
+    waiting for a confirmation that will not come."""
+    rep = devices_harness.caller("demo-rep-a")
+    later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+    status, text = await rep.call(
+        "POST",
+        "/v1/messages",
+        {
+            "category": "STM",
+            "esiids": [E_OWN],
+            "message": "Tomorrow 3-6 pm: conserve",
+            "confirmation_required": True,
+            "start_time": later,
+        },
+    )
+    assert status == 202, text
+    status, cancel = await rep.call("POST", f"/v1/messages/{text['request_id']}/cancel", {})
+    assert status == 202, cancel
+    assert cancel["category"] == "CSM" and set(by_target(cancel)) == {"esi"}
+    done = await settled(devices_harness, "demo-rep-a", cancel["request_id"])
+    assert by_target(done)["esi"]["status"] == "CON"
+    _, original = await rep.call("GET", f"/v1/messages/{text['request_id']}")
+    assert original["cancelled_by"] == cancel["request_id"]
+    for mac in (DISPLAY_MAC, THERMOSTAT_MAC):
+        assert by_target(original)[mac]["status_desc"].startswith("text cancelled")
+    _, page = await rep.call("GET", f"/v1/message-log?request_id={text['request_id']}&category=CSM")
+    assert {e["MessageCancellationID"] for e in page["entries"]} == {cancel["cancellation_id"]}
+
+
+@pytest_twisted.ensureDeferred
 async def test_price_to_an_esiid_without_price_capable_devices(harness: Harness) -> None:
     """A price to an ESI ID with no price-capable device is confirmed by the ESI, with a warning."""
     rep = harness.caller("demo-rep-a")

@@ -612,12 +612,15 @@ class MessagingService:
                 .values(cancelled_by=cancel_id)
             )
             deadline = self._deadline(now, None)
+            # devices answer a cancelled event (0x06), but nothing answers a cancelled text:
+            # a CSM is tracked to the meters only
+            which = "" if kind is Category.CANCEL_LOAD_CONTROL else " AND mac = ''"
             conn.execute(
                 sa.text(
                     "INSERT INTO deliveries (request_id, esiid, mac, tdsp_duns, chunk, status, "
                     "status_desc, status_at, deadline) "
                     "SELECT :c, esiid, mac, tdsp_duns, chunk, 'RQA', '', :now, :deadline "
-                    "FROM deliveries WHERE request_id = :r ORDER BY delivery_id"
+                    f"FROM deliveries WHERE request_id = :r{which} ORDER BY delivery_id"
                 ),
                 {"c": cancel_id, "r": request_id, "now": now, "deadline": deadline},
             )

@@ -1,0 +1,66 @@
+"""The `hangw` messaging commands over the real API: group, send --wait, status, cancel, log."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+
+from hangw.cli_messaging import progress_bar
+from tests.gateway_harness import E_OWN, Harness
+from tests.test_cli import cli_config, run_cli
+
+
+def test_progress_bar_shows_share_and_counts() -> None:
+    """The bar fills in proportion and says how many of how many."""
+    assert progress_bar(5, 10, width=10) == "[#####.....]  50.0%  5/10"
+    assert progress_bar(0, 0, width=4) == "[####] 100.0%  0/0"
+
+
+@pytest_twisted.ensureDeferred
+async def test_group_send_wait_status_cancel_and_log(
+    harness: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A REP puts a group from a file, sends an LCE to it and waits with a progress bar, cancels
+    it, and writes the message log as CSV; a customer's send is refused with the reason."""
+    config = str(cli_config(harness, tmp_path))
+    api = ["--api", f"https://localhost:{harness.api_port}", "--as", "demo-rep-a"]
+    members = tmp_path / "group.txt"
+    members.write_text(f"# summer program\n{E_OWN}\n")
+    assert await run_cli("--config", config, "group", "put", "summer", str(members), *api) == 0
+    assert "group summer: 1 ESI IDs" in capsys.readouterr().out
+    code = await run_cli(
+        "--config", config, "send", "lce", "--group", "summer", "--device-class", "1",
+        "--duration-minutes", "30", "--criticality", "3", "--issuer-event-id", "881", "--wait",
+        *api,
+    )  # fmt: skip
+    assert code == 0
+    captured = capsys.readouterr()
+    request_id = captured.out.split("LCE request ", 1)[1].split(":", 1)[0]
+    assert "100.0%  1/1" in captured.err  # the progress bar reached the end
+    assert "CON 1" in captured.out
+    assert await run_cli("--config", config, "status", request_id, *api) == 0
+    assert f"LCE request {request_id}" in capsys.readouterr().out
+    assert await run_cli("--config", config, "cancel", request_id, *api) == 0
+    assert "CLE request" in capsys.readouterr().out
+    out_file = tmp_path / "log.csv"
+    code = await run_cli(
+        "--config", config, "log", "--request-id", request_id, "--csv", str(out_file), *api
+    )
+    assert code == 0
+    rows = list(csv.DictReader(out_file.open()))
+    assert {r["RequestID"] for r in rows} == {request_id}
+    assert {r["EventCategoryID"] for r in rows} == {"LCE", "CLE"}
+    assert [r["StatusCode"] for r in rows if r["EventCategoryID"] == "LCE"][:3] == [
+        "RQA",
+        "ACK",
+        "CON",
+    ]
+    customer = ["--api", f"https://localhost:{harness.api_port}", "--as", "demo-customer"]
+    code = await run_cli(
+        "--config", config, "send", "text", "--esiid", E_OWN, "--message", "hi", *customer
+    )
+    assert code == 1
+    assert "customers cannot send HAN messages" in capsys.readouterr().err
