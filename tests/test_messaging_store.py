@@ -1,0 +1,134 @@
+"""The messaging service's statements on a real SQLite file and, when one is given, PostgreSQL:
+accept, fan-out outbox, acknowledgement, head-end statuses, device answers, deadlines, the log."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+import sqlalchemy as sa
+from twisted.internet import reactor
+from twisted.internet.task import Clock
+
+import sep1
+from adapters.commands import DeliveryState, DeliveryStatus, InboundFrame
+from hangw.config import MessagingConfig
+from hangw.domain import Party, Role
+from hangw.messaging import log as message_log
+from hangw.messaging.service import MessagingService
+from hangw.meters import parse_meter_csv, upsert_meters_thd
+from hangw.store import schema
+from hangw.store.db import Store
+from hangw.store.model import metadata
+from sep1 import EventStatus, ReportEventStatus, utctime
+from tests.gateway_harness import DATA, E_OWN, REP_A, TDSP
+
+POSTGRES_URL = os.environ.get("HANGW_TEST_POSTGRES_URL")
+REP = Party(REP_A, Role.REP, "demo-rep-a", "f" * 64)
+MAC = "000D6F0000000101"
+START = 1_800_000_000.0
+
+
+def _wipe(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        metadata.drop_all(conn)
+        conn.execute(sa.text("DROP TABLE IF EXISTS alembic_version"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def messaging(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MessagingService]:
+    if request.param == "postgresql":
+        if not POSTGRES_URL:
+            pytest.skip("HANGW_TEST_POSTGRES_URL is not set (a throwaway PostgreSQL database)")
+        url = POSTGRES_URL
+    else:
+        url = f"sqlite:///{tmp_path / 'hangw.sqlite'}"
+    engine = schema.make_engine(url)
+    if request.param == "postgresql":
+        _wipe(engine)
+    schema.upgrade(engine)
+    store = Store(engine, reactor)
+    with open(DATA / "meters.csv", newline="") as handle:
+        store.transaction(upsert_meters_thd, parse_meter_csv(handle))
+    store.start()
+    clock = Clock()
+    clock.advance(START)
+    yield MessagingService(store, clock, MessagingConfig(settle_timeout_s=600))
+    store.stop()
+    if request.param == "postgresql":
+        _wipe(engine)
+    engine.dispose()
+
+
+def report(issuer_event_id: int, status: int, at: float) -> bytes:
+    return sep1.encode(ReportEventStatus(issuer_event_id, status, utctime.from_unix(at), 3), 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_event_walks_every_statement(messaging: MessagingService) -> None:
+    """Accept -> fan-out command -> ACK -> meter CON -> device CON and STR -> log rows in order;
+    a second fan-out read finds nothing; an unknown delivery id is refused."""
+    store = messaging.store
+    summary = await messaging.send(
+        REP,
+        {
+            "category": "LCE",
+            "esiids": [E_OWN],
+            "issuer_event_id": 77,
+            "device_class": 1,
+            "duration_minutes": 30,
+        },
+    )
+    request_id = summary["request_id"]
+    commands, _ = await store.run(messaging.pending_after_thd, TDSP, 10, frozenset(), 0)
+    assert len(commands) == 1
+    command = commands[0]
+    assert [t.esiid for t in command.targets] == [E_OWN]
+    assert sep1.decode(command.cluster, command.zcl).issuer_event_id == 77
+    await store.run(messaging.retire_many_thd, [command.command_id], START + 1)
+    again, _ = await store.run(messaging.pending_after_thd, TDSP, 10, frozenset(), 0)
+    assert again == []
+    delivery_id = command.targets[0].delivery_id
+    results = await messaging.delivery_statuses(
+        [
+            DeliveryStatus(delivery_id, E_OWN, DeliveryState.DELIVERED, tdsp_duns=TDSP),
+            DeliveryStatus("999999", E_OWN, DeliveryState.DELIVERED, tdsp_duns=TDSP),
+        ],
+        "batch-1",
+    )
+    assert results[0] is None and "no delivery 999999" in (results[1] or "")
+    frames = [
+        InboundFrame(E_OWN, MAC, sep1.DRLC, report(77, s, START + 2), START + 2, tdsp_duns=TDSP)
+        for s in (EventStatus.COMMAND_RECEIVED, EventStatus.EVENT_STARTED)
+    ]
+    assert await messaging.inbound_frames(frames, "batch-2") == [None, None]
+    # the same batch again: the first answer, applied once
+    assert await messaging.inbound_frames(frames, "batch-2") == [None, None]
+    final = await messaging.get_request(REP, request_id)
+    statuses = {(d["mac"], d["status"]) for d in final["delivery_list"]}
+    assert statuses == {(None, "CON"), (MAC, "STR")}
+    assert final["complete"]
+    rows, _ = await store.run(
+        message_log.page_thd, message_log.LogFilter(REP_A, request_id=request_id), 0, 100
+    )
+    codes = [(row[8], row[10]) for row in rows]
+    assert codes == [("", "RQA"), ("", "ACK"), ("", "CON"), (MAC, "CON"), (MAC, "STR")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_deadline_fails_what_never_settled(messaging: MessagingService) -> None:
+    """A delivery with no answer by its deadline fails, saying what it last was."""
+    clock: Clock = messaging._clock  # type: ignore[assignment]
+    summary = await messaging.send(
+        REP, {"category": "STM", "esiids": [E_OWN], "message": "hello", "message_id": 5}
+    )
+    clock.advance(601)
+    assert await messaging.fire_timers() == 1
+    final = await messaging.get_request(REP, summary["request_id"])
+    (delivery,) = final["delivery_list"]
+    assert delivery["status"] == "FLR"
+    assert delivery["status_desc"] == "no confirmation in time (last status RQA)"
+    assert await messaging.fire_timers() == 0
