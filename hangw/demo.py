@@ -118,12 +118,13 @@ def show(client: Client, esiids: list[str]) -> None:
         body = {
             "mac": demo_mac(run, n),
             "install_code": install_code(bytes([n + 1] * 8)),
+            # the kinds the simulated head-end gives these MACs (by their last byte)
             "device_type": [
                 "in_home_display",
                 "thermostat",
                 "load_control",
-                "smart_appliance",
                 "thermostat",
+                "load_control",
             ][n],
             "description": f"demo device {n + 1}",
         }
@@ -148,6 +149,42 @@ def show(client: Client, esiids: list[str]) -> None:
     say(f"\n   Its history (GET /v1/han-devices/{ids[0]}):")
     for entry in client.get(f"/v1/han-devices/{ids[0]}")["history"]:
         say(f"    {entry['at']}  {entry['status']:<20} {entry['event']:<18} by {entry['actor']}")
+
+    show_messaging(client, four[:2])
+
+
+def show_messaging(client: Client, esiids: list[str]) -> None:
+    """A load control event to two ESI IDs, followed to each device's answer, and the log."""
+    say(f"\n5. The REP sends a load control event (HVAC, 30 minutes) to {', '.join(esiids)}")
+    body = {
+        "category": "LCE",
+        "esiids": esiids,
+        "device_class": 1,
+        "duration_minutes": 30,
+        "criticality": 3,
+        "cooling_temperature_offset": 20,
+    }
+    summary = client.post("/v1/messages", body, str(uuid.uuid4()))
+    request_id = summary["request_id"]
+    say(f"   202: request {request_id}, {summary['deliveries']} deliveries (the meters and the")
+    say("   thermostats the registry knows); each device's answer settles its own delivery")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        summary = client.get(f"/v1/messages/{request_id}")
+        if summary["complete"] and summary["statuses"]["STR"]:
+            break
+        time.sleep(0.2)
+    for d in summary["delivery_list"]:
+        target = d["mac"] or "the meter"
+        say(f"    {d['esiid']}  {target:<16}  {d['status']}  {d['status_desc']}")
+    say(f"\n   The message log (GET /v1/message-log?request_id={request_id}):")
+    page = client.get(f"/v1/message-log?request_id={request_id}")
+    for e in page["entries"]:
+        say(
+            f"    {e['StatusTimestamp']}  {e['MessageStatusID']:>4}  {e['ESIID']}  "
+            f"{e['DeviceMACAddr'] or '-':<16}  {e['EventCategoryID']}  {e['StatusCode']}  "
+            f"{e['StatusDesc']}"
+        )
 
 
 SIM_STEPS = {

@@ -41,6 +41,10 @@ def test_demo_once_shows_the_gateway_working_and_stops_it(tmp_path: Path) -> Non
     assert "cannot serve HAN devices" in out and "firmware 1.0.3" in out
     assert "All five HAN device slots are in use" in out
     assert "Device Removed" in out and "hangwd stopped." in out
+    # the load control event: both meters confirm, and each thermostat starts the event
+    step5 = out.split("5. The REP sends a load control event", 1)[1]
+    assert step5.count("the meter         CON") == 2
+    assert step5.split("The message log")[0].count("STR  event started") == 2
     assert "certificates" in out and "curl" in out
     left = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, text=True)
     assert left.stdout == "", f"processes left running: {left.stdout}"
@@ -68,6 +72,7 @@ def test_demo_with_hangw_sim_runs_the_same_showing_over_the_adapter_protocol(
     assert shown.returncode == 0, f"{out}{shown.stderr}"
     assert "hangw-sim dials the adapter protocol" in out
     assert "Device Added" in out and "Device Removed" in out
+    assert "STR  event started" in out.split("5. The REP sends a load control event", 1)[1]
     assert "hangw-sim stopped." in out and "hangwd stopped." in out
     sim_log = (tmp_path / "state" / "hangw-sim.log").read_text()
     assert "headend.welcomed" in sim_log and "simulator.accepted" in sim_log
