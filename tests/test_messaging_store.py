@@ -132,3 +132,43 @@ async def test_deadline_fails_what_never_settled(messaging: MessagingService) ->
     assert delivery["status"] == "FLR"
     assert delivery["status_desc"] == "no confirmation in time (last status RQA)"
     assert await messaging.fire_timers() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_late_answers_are_matched_after_the_targets_were_let_go(
+    messaging: MessagingService,
+) -> None:
+    """Past the settle timeout the gateway forgets a request's targets, and reads them again
+    when a device still answers (an event's "completed" comes at its end)."""
+    clock: Clock = messaging._clock  # type: ignore[assignment]
+    summary = await messaging.send(
+        REP,
+        {
+            "category": "LCE",
+            "esiids": [E_OWN],
+            "issuer_event_id": 78,
+            "device_class": 1,
+            "duration_minutes": 1440,
+        },
+    )
+    received = InboundFrame(
+        E_OWN, MAC, sep1.DRLC, report(78, EventStatus.COMMAND_RECEIVED, START), START, TDSP
+    )
+    assert await messaging.inbound_frames([received]) == [None]
+    live = messaging._live[summary["request_id"]]
+    assert live.targets
+    clock.advance(601)
+    await messaging.fire_timers()
+    assert live.targets == {}
+    completed = InboundFrame(
+        E_OWN,
+        MAC,
+        sep1.DRLC,
+        report(78, EventStatus.EVENT_COMPLETED, START + 700),
+        START + 700,
+        TDSP,
+    )
+    assert await messaging.inbound_frames([completed]) == [None]
+    final = await messaging.get_request(REP, summary["request_id"])
+    device = next(d for d in final["delivery_list"] if d["mac"] == MAC)
+    assert (device["status"], device["status_desc"]) == ("CON", "event completed")

@@ -1475,10 +1475,20 @@ class MessagingService:
         return count
 
     async def fire_timers(self) -> int:
-        count = await self.store.run(self.fire_timers_thd, self._clock.seconds())
+        now = self._clock.seconds()
+        count = await self.store.run(self.fire_timers_thd, now)
         if count:
             log.info("message.deliveries_timed_out", deliveries=count)
+        self._forget_targets(now)
         return count
+
+    def _forget_targets(self, now: float) -> None:
+        """Let go of the target lists of requests past their settle timeout (200,000 ESI IDs
+        each, at most); an answer that still comes reads them again from the store."""
+        cutoff = now - self._config.settle_timeout_s
+        for live in self._live.values():
+            if live.targets and live.created_at < cutoff:
+                live.targets = {}
 
     # ---- notifications ------------------------------------------------------------------------
 
