@@ -535,3 +535,25 @@ async def test_silent_devices_fail_and_opt_outs_are_reported(
             assert thermostat["status_desc"] == "user opted out"
     finally:
         await stop(running, closers)
+
+
+@pytest_twisted.ensureDeferred
+async def test_log_pages_follow_their_next_links(harness: Harness) -> None:
+    """JSON pages of the log chain through 'next' (filters kept, encoded) to every entry once."""
+    rep = harness.caller("demo-rep-a")
+    for n in range(3):
+        # three enrollment groups: no event supersedes another
+        _, summary = await rep.call("POST", "/v1/messages", lce(7900 + n, enrollment_group=n))
+        await settled(harness, "demo-rep-a", summary["request_id"])
+    query = "category=LCE&from=2000-01-01T00:00:00%2B00:00"
+    status, whole = await rep.call("GET", f"/v1/message-log?{query}")
+    assert status == 200
+    seen: list[Any] = []
+    path: str | None = f"/v1/message-log?{query}&limit=2"
+    while path:
+        status, page = await rep.call("GET", path)
+        assert status == 200, page
+        assert len(page["entries"]) <= 2
+        seen.extend(page["entries"])
+        path = page["next"]
+    assert seen == whole["entries"] and len(seen) == 9  # RQA, ACK, CON for each of three

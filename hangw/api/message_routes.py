@@ -8,6 +8,7 @@ to 200,000 ESI IDs is one request); the message log streams as CSV page by page.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -168,7 +169,7 @@ def register(app: Klein) -> None:
             if len(rows) == limit:
                 query = {k: v for k, v in args.items() if k != "after"}
                 query["after"] = str(last)
-                body["next"] = "/v1/message-log?" + "&".join(f"{k}={v}" for k, v in query.items())
+                body["next"] = "/v1/message-log?" + urlencode(query)
             return self._json(request, 200, body)
         request.setHeader(b"content-type", b"text/csv; charset=utf-8")
         request.setHeader(b"content-disposition", b'attachment; filename="hangw-message-log.csv"')

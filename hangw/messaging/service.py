@@ -453,11 +453,13 @@ class MessagingService:
             )
             shared = "SELECT esiid FROM deliveries WHERE request_id = :new AND mac = ''"
             params = {"old": row.request_id, "new": request_id, "d": description, "now": now}
+            # a delivery already superseded (by an earlier request, or as its device said) stays so
+            fresh = "status_desc NOT LIKE '%superseded%'"
             inserted = conn.execute(
                 sa.text(
                     "INSERT INTO delivery_statuses (request_id, esiid, mac, code, description, at) "
                     "SELECT request_id, esiid, mac, status, :d, :now FROM deliveries "
-                    f"WHERE request_id = :old AND esiid IN ({shared})"
+                    f"WHERE request_id = :old AND {fresh} AND esiid IN ({shared})"
                 ),
                 params,
             ).rowcount
@@ -466,7 +468,7 @@ class MessagingService:
             conn.execute(
                 sa.text(
                     "UPDATE deliveries SET status_desc = :d, status_at = :now "
-                    f"WHERE request_id = :old AND esiid IN ({shared})"
+                    f"WHERE request_id = :old AND {fresh} AND esiid IN ({shared})"
                 ),
                 params,
             )
