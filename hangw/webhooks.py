@@ -170,6 +170,9 @@ class Notifier(Protocol):
     def enqueue_thd(self, conn: sa.Connection, party_id: str, events: list[dict[str, Any]]) -> None:
         """Queue ``events`` for every live subscription of ``party_id``."""
 
+    def wants(self, party_id: str) -> bool:
+        """Might ``party_id`` have a live subscription (worth building its events for)?"""
+
 
 @dataclass(frozen=True)
 class _Work:

@@ -120,12 +120,16 @@ SIM_DELAYS = {
 }
 
 
-async def start(tmp_path: Path, kind: str, **simulator: float) -> tuple[Harness, list[Any]]:
+async def start(
+    tmp_path: Path, kind: str, ack_timeout_s: float = 10, **simulator: float
+) -> tuple[Harness, list[Any]]:
     """A gateway whose TDSP is the in-process simulator, or the wire adapter with hangw-sim
     dialling in over TLS as a separate process; returns it and what to stop afterwards."""
     if kind == "inprocess":
         return await start_gateway(tmp_path / "state", simulator=simulator), []
-    running = await start_gateway(tmp_path / "state", adapter={"kind": "wire", "ack_timeout_s": 10})
+    running = await start_gateway(
+        tmp_path / "state", adapter={"kind": "wire", "ack_timeout_s": ack_timeout_s}
+    )
     argv = [sys.executable, "-m", "simulators.headend", "--gateway"]
     argv += [f"127.0.0.1:{running.adapter_port}", "--cert-dir", str(running.config.cert_dir)]
     argv += ["--party", "demo-tdsp", "--tdsp-duns", TDSP, "--log-level", "warning"]

@@ -3,8 +3,6 @@ ends settled, and the counts in the store, the API and the message log reconcile
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -12,21 +10,15 @@ from typing import Any
 import pytest
 import pytest_twisted
 import sqlalchemy as sa
-from twisted.internet import reactor
-from twisted.internet.task import deferLater
 
 from hangw.meters import parse_meter_csv, upsert_meters_thd
 from hangw.store.model import deliveries, delivery_statuses
 from simulators.fleet import generated_esiid, write_meter_csv
-from tests.conftest import start_gateway
 from tests.gateway_harness import REP_A, TDSP
+from tests.test_messaging_api import sleep, start, stop
 
 METERS = 200_000
 OFFLINE_RATE = 0.01
-
-
-async def sleep(seconds: float) -> None:
-    await deferLater(reactor, seconds, lambda: None)
 
 
 def census_thd(conn: sa.Connection, request_id: str) -> dict[str, Any]:
@@ -82,28 +74,24 @@ def census_thd(conn: sa.Connection, request_id: str) -> dict[str, Any]:
 async def test_lce_to_200000_esiids_settles_every_delivery_and_reconciles(tmp_path: Path) -> None:
     """200,000 ESI IDs x 5 devices, 1% of meters offline: each meter's delivery is CON or (offline)
     FLR, each load-control device on a reached meter confirms, and store, API and log agree."""
-    running = await start_gateway(tmp_path / "state", adapter={"kind": "wire", "ack_timeout_s": 30})
+    running, closers = await start(
+        tmp_path,
+        "wire",
+        ack_timeout_s=30,
+        meters=METERS,
+        devices_per_meter=5,
+        seed=7,
+        offline_rate=OFFLINE_RATE,
+        offline_give_up_s=2,
+    )
     csv_path = tmp_path / "meters.csv"
     write_meter_csv(csv_path, METERS, tdsp_duns=TDSP, ror_duns=REP_A)
     with open(csv_path, newline="") as handle:
         rows = parse_meter_csv(handle, str(csv_path))
-    for start in range(0, len(rows), 20_000):
-        await running.gateway.store.run(upsert_meters_thd, rows[start : start + 20_000])
-    argv = [sys.executable, "-m", "simulators.headend", "--gateway"]
-    argv += [f"127.0.0.1:{running.adapter_port}", "--cert-dir", str(running.config.cert_dir)]
-    argv += ["--party", "demo-tdsp", "--tdsp-duns", TDSP, "--log-level", "warning"]
-    argv += ["--meters", str(METERS), "--devices-per-meter", "5", "--seed", "7"]
-    argv += ["--offline-rate", str(OFFLINE_RATE), "--set", "offline_give_up_s=2"]
-    log = open(tmp_path / "hangw-sim.log", "wb")
-    sim = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     rep = running.caller("demo-rep-a")
     try:
-        adapter = running.gateway.adapters[TDSP]
-        for _ in range(600):
-            if adapter.connected:
-                break
-            assert sim.poll() is None, (tmp_path / "hangw-sim.log").read_text()[-2000:]
-            await sleep(0.05)
+        for start_row in range(0, len(rows), 20_000):
+            await running.gateway.store.run(upsert_meters_thd, rows[start_row : start_row + 20_000])
         status, group = await rep.call(
             "PUT", "/v1/groups/all", {"esiids": [generated_esiid(n) for n in range(METERS)]}
         )
@@ -161,13 +149,4 @@ async def test_lce_to_200000_esiids_settles_every_delivery_and_reconciles(tmp_pa
         assert final["complete"] and final["settled"] == final["deliveries"]
         assert final["fan_out"] == {"commands": 100, "acknowledged": 100}
     finally:
-        running.close()
-        sim.terminate()
-        for _ in range(200):
-            if sim.poll() is not None:
-                break
-            await sleep(0.05)
-        else:
-            sim.kill()
-        log.close()
-        await running.gateway.stopService()
+        await stop(running, closers)

@@ -58,6 +58,7 @@ from hangw.store.model import (
     message_requests,
     meters,
 )
+from hangw.webhooks import Notifier
 from sep1 import (
     CancelAllLoadControlEvents,
     CancelLoadControlEvent,
@@ -138,7 +139,7 @@ class MessagingService:
         clock: IReactorTime,
         config: MessagingConfig,
         *,
-        notifier: Any = None,
+        notifier: Notifier | None = None,
         on_outbox: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
@@ -1041,10 +1042,13 @@ class MessagingService:
         tdsp_duns: str,
         now: float,
     ) -> list[str | None]:
-        if batch_id and tdsp_duns:
-            known = answers_thd(conn, tdsp_duns, [batch_id])
-            if batch_id in known:
-                return _unpack_refusals(known[batch_id], len(statuses))
+        return _once_thd(
+            conn, tdsp_duns, batch_id, len(statuses), now, self._apply_statuses_thd, statuses
+        )
+
+    def _apply_statuses_thd(
+        self, conn: sa.Connection, statuses: list[DeliveryStatus], tdsp_duns: str, now: float
+    ) -> list[str | None]:
         results: list[str | None] = [None] * len(statuses)
         ids: dict[int, int] = {}
         for index, status in enumerate(statuses):
@@ -1108,8 +1112,6 @@ class MessagingService:
         for change in failed_esis:
             # the meter never took the frame: its devices will not answer either
             self._fail_devices_thd(conn, change)
-        if batch_id and tdsp_duns:
-            record_thd(conn, tdsp_duns, [(batch_id, _pack_refusals(results))], now)
         return results
 
     def _fail_devices_thd(self, conn: sa.Connection, change: Change) -> None:
@@ -1208,31 +1210,39 @@ class MessagingService:
         tdsp_duns: str,
         now: float,
     ) -> list[str | None]:
-        if batch_id and tdsp_duns:
-            known = answers_thd(conn, tdsp_duns, [batch_id])
-            if batch_id in known:
-                return _unpack_refusals(known[batch_id], len(results))
-        if strangers:
-            owners: dict[str, str] = {}
-            wanted = sorted(set(strangers.values()))
-            for start in range(0, len(wanted), 500):
-                owners.update(
-                    conn.execute(
-                        sa.select(meters.c.esiid, meters.c.tdsp_duns).where(
-                            meters.c.esiid.in_(wanted[start : start + 500])
-                        )
-                    ).all()
-                )
-            for index, esiid in strangers.items():
-                owner = owners.get(esiid)
-                if owner is None:
-                    results[index] = f"ESI ID {esiid} is not in the meter registry"
-                elif owner != tdsp_duns:
-                    results[index] = f"ESI ID {esiid} is a meter of another TDSP"
-        self._apply_thd(conn, changes)
-        if batch_id and tdsp_duns:
-            record_thd(conn, tdsp_duns, [(batch_id, _pack_refusals(results))], now)
-        return results
+        def apply(conn: sa.Connection, _: object, tdsp_duns: str, now: float) -> list[str | None]:
+            self._check_strangers_thd(conn, results, strangers, tdsp_duns)
+            self._apply_thd(conn, changes)
+            return results
+
+        return _once_thd(conn, tdsp_duns, batch_id, len(results), now, apply, None)
+
+    def _check_strangers_thd(
+        self,
+        conn: sa.Connection,
+        results: list[str | None],
+        strangers: dict[int, str],
+        tdsp_duns: str,
+    ) -> None:
+        """Frames that answer nothing known must still come from the head-end's own meters."""
+        if not strangers:
+            return
+        owners: dict[str, str] = {}
+        wanted = sorted(set(strangers.values()))
+        for start in range(0, len(wanted), 500):
+            owners.update(
+                conn.execute(
+                    sa.select(meters.c.esiid, meters.c.tdsp_duns).where(
+                        meters.c.esiid.in_(wanted[start : start + 500])
+                    )
+                ).all()
+            )
+        for index, esiid in strangers.items():
+            owner = owners.get(esiid)
+            if owner is None:
+                results[index] = f"ESI ID {esiid} is not in the meter registry"
+            elif owner != tdsp_duns:
+                results[index] = f"ESI ID {esiid} is a meter of another TDSP"
 
     def _targeted(self, request_id: str, frame: InboundFrame) -> _Live | str | None:
         live = self._live.get(request_id)
@@ -1495,10 +1505,7 @@ class MessagingService:
     # ---- notifications ------------------------------------------------------------------------
 
     def _wants(self, party_id: str) -> bool:
-        if self._notifier is None:
-            return False
-        wants = getattr(self._notifier, "wants", None)
-        return bool(wants(party_id)) if wants is not None else True
+        return self._notifier is not None and self._notifier.wants(party_id)
 
     def _party_of_thd(self, conn: sa.Connection, request_id: str) -> str | None:
         live = self._live.get(request_id)
@@ -1604,6 +1611,27 @@ def _group_json(name: str, size: int, updated_at: float) -> dict[str, Any]:
         "updated_at": specs.iso(updated_at),
         "links": {"self": f"/v1/groups/{name}"},
     }
+
+
+def _once_thd(
+    conn: sa.Connection,
+    tdsp_duns: str,
+    batch_id: str,
+    count: int,
+    now: float,
+    apply: Callable[[sa.Connection, Any, str, float], list[str | None]],
+    items: Any,
+) -> list[str | None]:
+    """Apply a head-end batch once: a batch id already recorded gets its first answer again;
+    otherwise ``apply`` runs and its answer is recorded under the id in the same transaction."""
+    if batch_id and tdsp_duns:
+        known = answers_thd(conn, tdsp_duns, [batch_id])
+        if batch_id in known:
+            return _unpack_refusals(known[batch_id], count)
+    results = apply(conn, items, tdsp_duns, now)
+    if batch_id and tdsp_duns:
+        record_thd(conn, tdsp_duns, [(batch_id, _pack_refusals(results))], now)
+    return results
 
 
 def _pack_refusals(results: Iterable[str | None]) -> str | None:
