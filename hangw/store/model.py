@@ -285,3 +285,92 @@ notifications = sa.Table(
         "notification_id",
     ),
 )
+
+# -- the usage store -----------------------------------------------------------------------------
+
+#: One row per ESI ID, operating day and channel: the day's intervals packed as little-endian
+#: int32 Wh (a missing interval packs as 0), bitmasks of the missing and the estimated intervals
+#: (bit k of byte k // 8 is interval k; NULL when no interval is), the day total and VEE flags.
+usage_days = sa.Table(
+    "usage_days",
+    metadata,
+    sa.Column("esiid", sa.String(64), nullable=False),
+    sa.Column("day", sa.Integer, nullable=False),  # the local operating day as YYYYMMDD
+    sa.Column("channel", sa.SmallInteger, nullable=False),  # 4 consumption, 1 generation
+    sa.Column("tdsp_duns", sa.String(16), nullable=False),
+    sa.Column("start_utc", sa.BigInteger, nullable=False),  # local midnight as POSIX seconds
+    sa.Column("intervals", sa.SmallInteger, nullable=False),  # 92, 96 or 100
+    sa.Column("wh", sa.LargeBinary, nullable=False),
+    sa.Column("missing", sa.LargeBinary, nullable=True),
+    sa.Column("estimated", sa.LargeBinary, nullable=True),
+    sa.Column("total_wh", sa.BigInteger, nullable=False),  # the sum of the present intervals
+    sa.Column("missing_count", sa.SmallInteger, nullable=False),
+    sa.Column("estimated_count", sa.SmallInteger, nullable=False),
+    sa.Column("flags", sa.Integer, nullable=False),  # hangw.usage.vee bits
+    sa.Column("version", sa.String(96), nullable=False),  # creation timestamp ':' transaction id
+    sa.Column("file_id", sa.Integer, nullable=False),
+    sa.PrimaryKeyConstraint("esiid", "day", "channel", name="pk_usage_days"),
+)
+
+#: Every delivered file and what became of it.
+usage_files = sa.Table(
+    "usage_files",
+    metadata,
+    sa.Column("file_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(500), nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False, index=True),
+    sa.Column("tdsp_duns", sa.String(16), nullable=False),
+    sa.Column("source", sa.String(32), nullable=False),  # cli | drop:<TDSP DUNS>
+    sa.Column("state", sa.String(16), nullable=False),  # loaded | rejected
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),  # why a whole file failed
+    sa.Column("records", sa.Integer, nullable=False),
+    sa.Column("loaded", sa.Integer, nullable=False),  # new ESI ID-days
+    sa.Column("replaced", sa.Integer, nullable=False),  # newer versions of stored ones
+    sa.Column("unchanged", sa.Integer, nullable=False),  # the store already had these or newer
+    sa.Column("rejected", sa.Integer, nullable=False),
+    sa.Column("flagged", sa.Integer, nullable=False),  # stored with at least one VEE flag
+    sa.Column("imported_at", sa.Float, nullable=False),
+    sa.Column("seconds", sa.Float, nullable=False),
+)
+
+#: Each rejected record (or line) of a file: where and why.
+usage_rejections = sa.Table(
+    "usage_rejections",
+    metadata,
+    sa.Column("file_id", sa.Integer, nullable=False, index=True),
+    sa.Column("line", sa.Integer, nullable=False),
+    sa.Column("esiid", sa.String(64), nullable=False, server_default=""),
+    sa.Column("day", sa.Integer, nullable=True),
+    sa.Column("reason", sa.Text, nullable=False),
+)
+
+#: Midnight register reads (the meter's cumulative Wh at the start of a local day).
+register_reads = sa.Table(
+    "register_reads",
+    metadata,
+    sa.Column("esiid", sa.String(64), nullable=False),
+    sa.Column("day", sa.Integer, nullable=False),  # YYYYMMDD: the read at this day's midnight
+    sa.Column("channel", sa.SmallInteger, nullable=False),
+    sa.Column("reading_wh", sa.BigInteger, nullable=False),
+    sa.Column("loaded_at", sa.Float, nullable=False),
+    sa.PrimaryKeyConstraint("esiid", "day", "channel", name="pk_register_reads"),
+)
+
+#: Bulk report jobs (up to 50,000 ESI IDs), their progress and where the CSV result is kept.
+usage_jobs = sa.Table(
+    "usage_jobs",
+    metadata,
+    sa.Column("job_id", sa.String(32), primary_key=True),
+    sa.Column("party_id", sa.String(64), nullable=False, index=True),
+    sa.Column("report", sa.String(16), nullable=False),  # interval | daily | monthly
+    sa.Column("params", sa.Text, nullable=False),  # JSON: esiids, from, to, channel
+    sa.Column("state", sa.String(16), nullable=False),  # queued | running | done | failed
+    sa.Column("esiids", sa.Integer, nullable=False),
+    sa.Column("esiids_done", sa.Integer, nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("error", sa.Text, nullable=False, server_default=""),
+    sa.Column("result_path", sa.String(1000), nullable=False, server_default=""),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float, nullable=True),
+    sa.Column("expires_at", sa.Float, nullable=True),  # the result is deleted after this
+)
