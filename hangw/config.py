@@ -76,6 +76,30 @@ class WebhooksConfig:
 
 
 @dataclass(frozen=True)
+class UsageConfig:
+    #: GnuPG home with the key for PGP-encrypted LSE files; empty: <state_dir>/gnupg.
+    gnupg_home: str = ""
+    #: Drop directories, one per TDSP DUNS (as the FTPS folders were): files put there are
+    #: imported, then moved to done/ or rejected/ beside them.
+    drop_dirs: Mapping[str, str] = field(default_factory=dict)
+    #: Seconds between looks into the drop directories.
+    poll_s: float = 5.0
+    #: A delivery may unpack to at most this many bytes (a zip bomb is refused).
+    max_unpacked_bytes: int = 4 << 30
+    #: VEE: the highest interval above this many times the third-highest is a spike.
+    spike_ratio: float = 1.5
+    #: VEE: this many consecutive zero intervals are flagged.
+    zero_run: int = 12
+    #: VEE: the day total may differ from the register reads' difference by this many Wh.
+    sum_tolerance_wh: int = 10
+    #: Bulk report jobs: at most this many ESI IDs, results kept this many days, under this
+    #: directory (empty: <state_dir>/usage-jobs).
+    max_job_esiids: int = 50000
+    job_retention_days: int = 10
+    jobs_dir: str = ""
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "info"
     format: str = "auto"
@@ -98,6 +122,7 @@ class Config:
     provisioning: ProvisioningConfig = ProvisioningConfig()
     messaging: MessagingConfig = MessagingConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
+    usage: UsageConfig = UsageConfig()
     logging: LoggingConfig = LoggingConfig()
     adapters: tuple[AdapterConfig, ...] = ()
     source: str = "<defaults>"
@@ -117,6 +142,14 @@ class Config:
     @property
     def cert_dir(self) -> Path:
         return Path(self.api.cert_dir) if self.api.cert_dir else self.state_dir / "certs"
+
+    @property
+    def gnupg_home(self) -> Path:
+        return Path(self.usage.gnupg_home) if self.usage.gnupg_home else self.state_dir / "gnupg"
+
+    @property
+    def usage_jobs_dir(self) -> Path:
+        return Path(self.usage.jobs_dir) if self.usage.jobs_dir else self.state_dir / "usage-jobs"
 
     def adapter_for(self, tdsp_duns: str) -> AdapterConfig | None:
         return next((a for a in self.adapters if a.tdsp_duns == tdsp_duns), None)
@@ -170,6 +203,7 @@ def from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> Config:
         "provisioning",
         "messaging",
         "webhooks",
+        "usage",
         "logging",
         "adapters",
     }
@@ -238,6 +272,34 @@ def from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> Config:
         ca_file=_string("webhooks.ca_file", w.get("ca_file", "")),
     )
 
+    u = _table("usage", data.get("usage", {}))
+    _known("usage", u, UsageConfig)
+    drop_dirs = {}
+    for duns, directory in _table("usage.drop_dirs", u.get("drop_dirs", {})).items():
+        if not str(duns).isdigit():
+            raise ConfigError(f"usage.drop_dirs.{duns}: the key must be the TDSP's DUNS number")
+        drop_dirs[str(duns)] = _string(f"usage.drop_dirs.{duns}", directory)
+    usage = UsageConfig(
+        gnupg_home=_string("usage.gnupg_home", u.get("gnupg_home", "")),
+        drop_dirs=drop_dirs,
+        poll_s=_number("usage.poll_s", u.get("poll_s", 5.0), 0.01),
+        max_unpacked_bytes=_integer(
+            "usage.max_unpacked_bytes", u.get("max_unpacked_bytes", 4 << 30), 1024, 1 << 40
+        ),
+        spike_ratio=_number("usage.spike_ratio", u.get("spike_ratio", 1.5), 1.0),
+        zero_run=_integer("usage.zero_run", u.get("zero_run", 12), 2, 100),
+        sum_tolerance_wh=_integer(
+            "usage.sum_tolerance_wh", u.get("sum_tolerance_wh", 10), 0, 1 << 31
+        ),
+        max_job_esiids=_integer(
+            "usage.max_job_esiids", u.get("max_job_esiids", 50000), 1, 1_000_000
+        ),
+        job_retention_days=_integer(
+            "usage.job_retention_days", u.get("job_retention_days", 10), 1, 3650
+        ),
+        jobs_dir=_string("usage.jobs_dir", u.get("jobs_dir", "")),
+    )
+
     lg = _table("logging", data.get("logging", {}))
     _known("logging", lg, LoggingConfig)
     logging = LoggingConfig(
@@ -262,6 +324,7 @@ def from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> Config:
         provisioning=provisioning,
         messaging=messaging,
         webhooks=webhooks,
+        usage=usage,
         logging=logging,
         adapters=tuple(adapters),
         source=source,
