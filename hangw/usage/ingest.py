@@ -1,0 +1,469 @@
+"""Loading LSE deliveries into the usage store, one delivery per transaction.
+
+A delivery (a .lse file, a zip of them, either PGP-encrypted) is opened (``delivery``), its LSE
+texts are cut at record boundaries and parsed on worker processes (``lse.parse``), and the rows
+go through the DB-API ``executemany`` into a staging table while the workers parse on. One
+statement then merges the staging table into ``usage_days``: an ESI ID-day-channel the store
+does not have is inserted, one it has in an older version (creation timestamp, then transaction
+id) is replaced, one it has in the same or a newer version is left alone. The file's outcome
+(records loaded, replaced, unchanged, rejected, each rejection's line and reason) is written in
+the same transaction, so a crash leaves the store as it was before the delivery and importing it
+again gives what one clean import gives.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from hangw.store.model import usage_files, usage_rejections
+from hangw.usage import lse
+from hangw.usage.days import date_of, day_of
+from hangw.usage.vee import Flag
+
+#: Rejections kept in a file's outcome (the count is always exact).
+MAX_REJECTIONS_KEPT = 10_000
+#: Texts shorter than this are parsed on the calling thread: a worker costs more than it saves.
+_PARALLEL_FROM = 1 << 20
+
+#: Called with (bytes of LSE text parsed so far, bytes in all) as a delivery is loaded.
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class FileOutcome:
+    """What became of one delivered file."""
+
+    name: str
+    state: str  # loaded | rejected | duplicate
+    reason: str = ""
+    file_id: int | None = None
+    records: int = 0
+    loaded: int = 0
+    replaced: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    flagged: int = 0
+    seconds: float = 0.0
+    rejections: list[lse.Rejection] = field(default_factory=list)
+
+    def summary(self) -> str:
+        if self.state == "rejected":
+            return f"{self.name}: rejected: {self.reason}"
+        if self.state == "duplicate":
+            return f"{self.name}: {self.reason}"
+        return (
+            f"{self.name}: {self.records} records: {self.loaded} loaded, {self.replaced} replaced, "
+            f"{self.unchanged} unchanged (the store had them or newer), {self.rejected} rejected, "
+            f"{self.flagged} stored with VEE flags ({self.seconds:.1f} s)"
+        )
+
+
+_COLUMNS = lse.ROW_COLUMNS
+_STAGING_DDL = (
+    "CREATE TEMP TABLE IF NOT EXISTS usage_staging ("
+    "esiid VARCHAR(64) NOT NULL, day INTEGER NOT NULL, channel SMALLINT NOT NULL, "
+    "tdsp_duns VARCHAR(16) NOT NULL, start_utc BIGINT NOT NULL, intervals SMALLINT NOT NULL, "
+    "wh {blob} NOT NULL, missing {blob}, estimated {blob}, total_wh BIGINT NOT NULL, "
+    "missing_count SMALLINT NOT NULL, estimated_count SMALLINT NOT NULL, flags INTEGER NOT NULL, "
+    "version VARCHAR(96) NOT NULL, line INTEGER NOT NULL)"
+)
+_STORED = [c for c in _COLUMNS if c != "line"]
+_MERGE = (
+    f"INSERT INTO usage_days ({', '.join(_STORED)}, file_id) "
+    f"SELECT {', '.join(_STORED)}, {{file_id}} FROM usage_staging WHERE true "
+    "ON CONFLICT (esiid, day, channel) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _STORED[3:])
+    + ", file_id = excluded.file_id WHERE usage_days.version < excluded.version"
+)
+_COUNT = (
+    "SELECT count(*), count(u.esiid), "
+    "coalesce(sum(CASE WHEN u.version < s.version THEN 1 ELSE 0 END), 0) "
+    "FROM usage_staging s LEFT JOIN usage_days u "
+    "ON u.esiid = s.esiid AND u.day = s.day AND u.channel = s.channel"
+)
+
+
+def _placeholders(dialect: sa.Dialect, count: int) -> str:
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    return ", ".join([mark] * count)
+
+
+class Ingest:
+    """Loads deliveries into the store with a pool of parsing processes (created on first use)."""
+
+    def __init__(
+        self,
+        vee: lse.VeeSettings | None = None,
+        *,
+        sum_tolerance_wh: int = 10,
+        decrypt: Callable[[bytes], bytes] | None = None,
+        max_unpacked_bytes: int = 4 << 30,
+        workers: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.vee = vee or lse.VeeSettings()
+        self.sum_tolerance_wh = sum_tolerance_wh
+        self.decrypt = decrypt
+        self.max_unpacked_bytes = max_unpacked_bytes
+        self.workers = workers if workers is not None else (os.cpu_count() or 1)
+        self._clock = clock
+        self._pool: ProcessPoolExecutor | None = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> Ingest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- parsing (no database) -------------------------------------------------------------------
+
+    def open(self, name: str, data: bytes) -> list[tuple[str, str]]:
+        """The LSE texts of a delivery ``(member name, text)``; raises DeliveryRejected."""
+        from hangw.usage.delivery import open_delivery
+
+        members = open_delivery(
+            name, data, decrypt=self.decrypt, max_unpacked_bytes=self.max_unpacked_bytes
+        )
+        return [(m.name, m.data.decode("utf-8", errors="replace")) for m in members]
+
+    def parse(
+        self,
+        texts: Sequence[tuple[str, str]],
+        tdsp_duns: str | None,
+        progress: Progress | None = None,
+    ) -> Iterator[tuple[str, lse.Parsed]]:
+        """Parse the texts piece by piece, in order, on the worker processes when they are big."""
+        total = sum(len(text) for _, text in texts)
+        done = 0
+        if total < _PARALLEL_FROM or self.workers <= 1:
+            for name, text in texts:
+                yield name, lse.parse(text, tdsp_duns=tdsp_duns, vee=self.vee)
+                done += len(text)
+                if progress:
+                    progress(done, total)
+            return
+        pool = self._workers()
+        pending: list[tuple[str, int, Future[lse.Parsed]]] = []
+        for name, text in texts:
+            for first_line, piece in lse.split_records(text, max(4, 2 * self.workers)):
+                future = pool.submit(_parse_piece, piece, first_line, tdsp_duns, self.vee)
+                pending.append((name, len(piece), future))
+        try:
+            for name, size, future in pending:
+                yield name, future.result()
+                done += size
+                if progress:
+                    progress(done, total)
+        finally:
+            for _, _, future in pending:
+                future.cancel()
+
+    def _workers(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # spawn: the daemon runs threads, and a forked child would inherit their locks
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn")
+            )
+        return self._pool
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    def import_bytes(
+        self,
+        engine: sa.Engine,
+        name: str,
+        data: bytes,
+        *,
+        source: str,
+        tdsp_duns: str | None = None,
+        progress: Progress | None = None,
+    ) -> FileOutcome:
+        """Open, parse and load one delivery in one transaction of its own."""
+        from hangw.usage.delivery import DeliveryRejected
+
+        started = time.perf_counter()
+        sha256 = hashlib.sha256(data).hexdigest()
+        with engine.connect() as conn:
+            earlier = conn.execute(
+                sa.select(usage_files.c.name, usage_files.c.imported_at)
+                .where(usage_files.c.sha256 == sha256, usage_files.c.state == "loaded")
+                .limit(1)
+            ).first()
+        if earlier is not None:
+            return FileOutcome(
+                name,
+                "duplicate",
+                f"already loaded (the same bytes as {earlier.name}); nothing to do",
+            )
+        try:
+            texts = self.open(name, data)
+        except DeliveryRejected as error:
+            outcome = FileOutcome(name, "rejected", str(error))
+            outcome.seconds = time.perf_counter() - started
+            with engine.begin() as conn:
+                outcome.file_id = _record_file(
+                    conn, outcome, sha256, tdsp_duns, source, self._clock()
+                )
+            return outcome
+        with engine.begin() as conn:
+            return self.load(
+                conn,
+                name,
+                texts,
+                sha256=sha256,
+                source=source,
+                tdsp_duns=tdsp_duns,
+                progress=progress,
+                started=started,
+            )
+
+    def load(
+        self,
+        conn: sa.Connection,
+        name: str,
+        texts: Sequence[tuple[str, str]],
+        *,
+        sha256: str,
+        source: str,
+        tdsp_duns: str | None,
+        progress: Progress | None = None,
+        started: float | None = None,
+    ) -> FileOutcome:
+        """Parse ``texts`` and load them inside the caller's transaction on ``conn``."""
+        started = time.perf_counter() if started is None else started
+        outcome = FileOutcome(name, "loaded")
+        outcome.file_id = _record_file(conn, outcome, sha256, tdsp_duns, source, self._clock())
+        dialect = conn.dialect
+        raw: Any = conn.connection.dbapi_connection
+        cursor = raw.cursor()
+        try:
+            blob = "BLOB" if dialect.name == "sqlite" else "BYTEA"
+            cursor.execute(_STAGING_DDL.format(blob=blob))
+            cursor.execute("DELETE FROM usage_staging")
+            insert = (
+                f"INSERT INTO usage_staging ({', '.join(_COLUMNS)}) "
+                f"VALUES ({_placeholders(dialect, len(_COLUMNS))})"
+            )
+            seen: dict[tuple[str, int, int], tuple[str, int]] = {}
+            duplicates: list[tuple[str, lse.Rejection]] = []
+            doubled: set[tuple[str, int, int]] = set()
+            several = len(texts) > 1
+            for member, parsed in self.parse(texts, tdsp_duns, progress):
+                outcome.records += parsed.records
+                rows = parsed.rows
+                for rejection in parsed.rejections:
+                    _reject(outcome, member if several else "", rejection)
+                fresh = []
+                for row in rows:
+                    key = (row[0], row[1], row[2])
+                    first = seen.get(key)
+                    if first is None:
+                        seen[key] = (member, row[-1])
+                        fresh.append(row)
+                    else:
+                        duplicates.append((member, _duplicate(row, first, several)))
+                        doubled.add(key)
+                if len(fresh) != len(rows):
+                    rows = fresh
+                cursor.executemany(insert, rows)
+            if duplicates:
+                # neither copy of an ESI ID-day sent twice in one delivery is trusted
+                for esiid, day, channel in sorted(doubled):
+                    member, line = seen[(esiid, day, channel)]
+                    cursor.execute(
+                        _where("DELETE FROM usage_staging", dialect), (esiid, day, channel)
+                    )
+                    _reject(
+                        outcome,
+                        member if several else "",
+                        lse.Rejection(
+                            line,
+                            f"ESI ID {esiid} day {day} channel {channel} is in this delivery "
+                            "more than once; no copy of it is loaded",
+                            esiid,
+                            day,
+                        ),
+                    )
+                for member, rejection in duplicates:
+                    _reject(outcome, member if several else "", rejection)
+            cursor.execute(_COUNT)
+            staged, existing, newer = cursor.fetchone()
+            outcome.loaded = staged - existing
+            outcome.replaced = newer
+            outcome.unchanged = existing - newer
+            cursor.execute(_MERGE.format(file_id=int(outcome.file_id or 0)))
+            self._sum_check(cursor, dialect)
+            cursor.execute(
+                "SELECT count(*) FROM usage_days WHERE file_id = "
+                + ("?" if dialect.paramstyle == "qmark" else "%s")
+                + " AND flags <> 0",
+                (outcome.file_id,),
+            )
+            outcome.flagged = cursor.fetchone()[0]
+            cursor.execute("DELETE FROM usage_staging")
+        finally:
+            cursor.close()
+        if outcome.rejections:
+            conn.execute(
+                usage_rejections.insert(),
+                [
+                    {
+                        "file_id": outcome.file_id,
+                        "line": r.line,
+                        "esiid": r.esiid,
+                        "day": r.day,
+                        "reason": r.reason,
+                    }
+                    for r in outcome.rejections
+                ],
+            )
+        conn.execute(
+            usage_files.update()
+            .where(usage_files.c.file_id == outcome.file_id)
+            .values(
+                records=outcome.records,
+                loaded=outcome.loaded,
+                replaced=outcome.replaced,
+                unchanged=outcome.unchanged,
+                rejected=outcome.rejected,
+                flagged=outcome.flagged,
+                seconds=time.perf_counter() - started,
+            )
+        )
+        outcome.seconds = time.perf_counter() - started
+        return outcome
+
+    def _sum_check(self, cursor: Any, dialect: sa.Dialect) -> None:
+        """Judge the staged days against the midnight register reads, when any are loaded."""
+        cursor.execute("SELECT 1 FROM register_reads LIMIT 1")
+        if cursor.fetchone() is None:
+            return
+        cursor.execute("SELECT DISTINCT day FROM usage_staging")
+        days = [row[0] for row in cursor.fetchall()]
+        prepare_sum_keys(cursor, dialect, days)
+        cursor.execute(
+            "INSERT INTO sum_keys SELECT s.esiid, s.day, s.channel, d.next_day "
+            "FROM usage_staging s JOIN sum_days d ON d.day = s.day"
+        )
+        apply_sum_check(cursor, dialect, self.sum_tolerance_wh)
+
+
+def prepare_sum_keys(cursor: Any, dialect: sa.Dialect, days: Sequence[int]) -> None:
+    """Empty temporary tables ``sum_keys`` (the days to judge) and ``sum_days`` (each of ``days``
+    with the day after it), for the caller to fill ``sum_keys``."""
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    cursor.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS sum_keys (esiid VARCHAR(64) NOT NULL, "
+        "day INTEGER NOT NULL, channel SMALLINT NOT NULL, next_day INTEGER NOT NULL)"
+    )
+    cursor.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS sum_days (day INTEGER NOT NULL, next_day INTEGER NOT NULL)"
+    )
+    cursor.execute("DELETE FROM sum_keys")
+    cursor.execute("DELETE FROM sum_days")
+    cursor.executemany(
+        f"INSERT INTO sum_days VALUES ({mark}, {mark})",
+        [(day, day_of(date_of(day) + dt.timedelta(days=1))) for day in days],
+    )
+
+
+def apply_sum_check(cursor: Any, dialect: sa.Dialect, tolerance_wh: int) -> None:
+    """Set or clear SUM_CHECK on the stored days listed in ``sum_keys``.
+
+    A day is judged when the reads at its midnight and at the next are both loaded: its total
+    must equal their difference within ``tolerance_wh``; a day without both keeps its flag as is.
+    """
+    bit = int(Flag.SUM_CHECK)
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    cursor.execute(
+        "UPDATE usage_days SET flags = CASE "
+        f"WHEN abs(usage_days.total_wh - (r1.reading_wh - r0.reading_wh)) > {mark} "
+        f"THEN (usage_days.flags | {bit}) ELSE (usage_days.flags & ~{bit}) END "
+        "FROM sum_keys k "
+        "JOIN register_reads r0 "
+        "ON r0.esiid = k.esiid AND r0.day = k.day AND r0.channel = k.channel "
+        "JOIN register_reads r1 "
+        "ON r1.esiid = k.esiid AND r1.day = k.next_day AND r1.channel = k.channel "
+        "WHERE usage_days.esiid = k.esiid AND usage_days.day = k.day "
+        "AND usage_days.channel = k.channel",
+        (tolerance_wh,),
+    )
+    cursor.execute("DELETE FROM sum_keys")
+
+
+def _where(statement: str, dialect: sa.Dialect) -> str:
+    """``statement`` limited to one ESI ID, day and channel (bound in that order)."""
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    return f"{statement} WHERE esiid = {mark} AND day = {mark} AND channel = {mark}"
+
+
+def _parse_piece(
+    text: str, first_line: int, tdsp_duns: str | None, vee: lse.VeeSettings
+) -> lse.Parsed:
+    return lse.parse(text, first_line=first_line, tdsp_duns=tdsp_duns, vee=vee)
+
+
+def _reject(outcome: FileOutcome, member: str, rejection: lse.Rejection) -> None:
+    outcome.rejected += 1
+    if len(outcome.rejections) < MAX_REJECTIONS_KEPT:
+        if member:
+            rejection = lse.Rejection(
+                rejection.line, f"{member}: {rejection.reason}", rejection.esiid, rejection.day
+            )
+        outcome.rejections.append(rejection)
+
+
+def _duplicate(row: lse.Row, first: tuple[str, int], several: bool) -> lse.Rejection:
+    where = f"{first[0]} line {first[1]}" if several else f"line {first[1]}"
+    return lse.Rejection(
+        row[-1],
+        f"ESI ID {row[0]} day {row[1]} channel {row[2]} was already in this delivery at {where}; "
+        "no copy of it is loaded",
+        row[0],
+        row[1],
+    )
+
+
+def _record_file(
+    conn: sa.Connection,
+    outcome: FileOutcome,
+    sha256: str,
+    tdsp_duns: str | None,
+    source: str,
+    now: float,
+) -> int:
+    result = conn.execute(
+        usage_files.insert().values(
+            name=outcome.name[:500],
+            sha256=sha256,
+            tdsp_duns=tdsp_duns or "",
+            source=source,
+            state=outcome.state,
+            reason=outcome.reason,
+            records=0,
+            loaded=0,
+            replaced=0,
+            unchanged=0,
+            rejected=0,
+            flagged=0,
+            imported_at=now,
+            seconds=outcome.seconds,
+        )
+    )
+    key: Any = result.inserted_primary_key
+    return int(key[0])
