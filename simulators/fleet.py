@@ -21,6 +21,10 @@ group supersedes the older one (0x07); cancels answer "cancelled" (0x06) or, for
 device does not know, 0xFD. Publish Price is acknowledged by the ESI. A frame a device cannot
 decode fails its delivery with the decoder's reason.
 
+A meter's register (Current Summation Delivered) and demand follow its load profile in
+``simulators.usage``, so what a meter read answers agrees with the LSE interval files and
+register reads ``hangw-sim lse`` writes for the same ESI IDs.
+
 Faults, drawn per meter or device with the configured probabilities: offline meters (deliveries
 pending, then failed; provisioning fails), meters whose firmware is not HAN-capable (provisioning
 rejected), users who opt out, devices that never answer.
@@ -84,6 +88,7 @@ from sep1.messages import (
     ReadAttributesResponse,
     ReportEventStatus,
 )
+from simulators import usage
 
 __all__ = [
     "HAN_INCOMPATIBLE_FIRMWARE",
@@ -552,7 +557,8 @@ class Fleet:
         else:
             firmware = HAN_INCOMPATIBLE_FIRMWARE if incompatible else HAN_FIRMWARE
             capable = not incompatible
-        meter = SimMeter(esiid, firmware, capable, offline, draw.randrange(1_000_000, 90_000_000))
+        draw.randrange(1_000_000, 90_000_000)  # drawn as ever, so the draws after it stay put
+        meter = SimMeter(esiid, firmware, capable, offline, usage.base_wh(esiid))
         if not config.open and config.devices_per_meter and capable:
             index = self._generated_index(esiid)
             number = index if index is not None else draw.randrange(1 << 32)
@@ -886,21 +892,24 @@ class Fleet:
         raise QueryFailed(f"no such query {type(query).__name__}")
 
     def summation_wh(self, meter: SimMeter, at: float) -> int:
-        """The meter's register: a base plus 1.2 kW since 2000, in Wh (it only goes up)."""
-        return meter.base_wh + int(1200 * (at - utctime.UNIX_OFFSET) / 3600)
+        """The meter's register at ``at`` in Wh: its base plus every whole quarter-hour of its
+        load profile since 1970 (``simulators.usage``), the same the LSE files it writes add up."""
+        return meter.base_wh + usage.cumulative_wh(meter.esiid, int(at // usage.INTERVAL_S))
 
     def _read(self, meter: SimMeter, attribute_ids: tuple[int, ...]) -> MeterReading:
+        """Read Attributes from the profile: summation in Wh and demand in W, said precisely by
+        the formatting attributes (unit kWh, multiplier 1, divisor 1000)."""
         now = self._clock.seconds()
         values = {
             0x0000: self.summation_wh(meter, now),
             0x0001: 0,
             0x0200: 0,
-            0x0300: 0,  # kWh
+            0x0300: 0,  # kWh (and kW for demand)
             0x0301: 1,
-            0x0302: 1000,
+            0x0302: 1000,  # so a raw value is Wh (summation) or W (demand)
             0x0303: 0x33,
             0x0306: 0,  # electric metering
-            0x0400: 1200,  # W
+            0x0400: usage.demand_w(meter.esiid, now),
         }
         records = tuple(
             AttributeRecord(a, value=values[a])

@@ -13,15 +13,24 @@ twice or out of order, and latency before each message goes out.
     hangw meters import meters.csv
     hangw-sim --meters 200000 --devices-per-meter 5 --opt-out-rate 0.1 --offline-rate 0.01 \
         --drop-every 30 --duplicate-rate 0.01
+
+``hangw-sim lse`` writes, without connecting, the 15-minute interval data the same meters have
+used (ERCOT LSE files, as the TDSP delivers them) and, with ``--reads``, their midnight register
+reads; a meter read through the gateway answers from the same load profile:
+
+    hangw-sim lse --out drop/ --from 2026-03-01 --to 2026-04-19 --meters 5000 --reads reads.csv
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import datetime as dt
+import itertools
 import random
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +44,8 @@ from zope.interface import implementer
 
 from adapters.commands import Command, MeterEvent, MeterEventKind, Query, QueryResult
 from adapters.wire.headend import HeadEndClient, IHeadEndApplication, _Link
-from simulators.fleet import write_meter_csv
+from simulators import usage
+from simulators.fleet import iter_generated, write_meter_csv
 from simulators.inprocess import SimulatedHeadEnd, SimulatorConfig, SimulatorConfigError
 
 log = structlog.get_logger(__name__)
@@ -209,7 +219,11 @@ def _settings(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="hangw-sim", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="hangw-sim",
+        description=__doc__.splitlines()[0],
+        epilog="hangw-sim lse --help: write the meters' interval data (LSE files) instead",
+    )
     parser.add_argument(
         "--gateway", default="127.0.0.1:8444", help="HOST:PORT of the adapter protocol"
     )
@@ -295,7 +309,167 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def parse_lse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="hangw-sim lse",
+        description="Write the interval data (ERCOT LSE files) the simulated meters have used, "
+        "and optionally their midnight register reads; meter reads through the gateway answer "
+        "from the same load profile.",
+    )
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="where files go")
+    parser.add_argument(
+        "--from",
+        dest="first_day",
+        type=_date,
+        required=True,
+        metavar="YYYY-MM-DD",
+        help="first operating day (America/Chicago)",
+    )
+    parser.add_argument(
+        "--to",
+        dest="last_day",
+        type=_date,
+        metavar="YYYY-MM-DD",
+        help="last operating day, included (default: --from)",
+    )
+    parser.add_argument(
+        "--meters", type=int, default=0, metavar="N", help="the N generated meters' ESI IDs"
+    )
+    parser.add_argument(
+        "--meters-csv",
+        type=Path,
+        metavar="FILE",
+        help="the ESI IDs of this meter CSV that are --tdsp-duns's (REP: each one's ror_duns)",
+    )
+    parser.add_argument("--tdsp-duns", default="1039940674000", help="the sending TDSP")
+    parser.add_argument(
+        "--rep-duns",
+        default="0000000000001",
+        help="REP of the generated meters (default: demo REP A)",
+    )
+    parser.add_argument(
+        "--reads",
+        type=Path,
+        metavar="FILE",
+        help="also write the register reads CSV (esiid,read_date,channel,reading_kwh) at every "
+        "local midnight from --from to the day after --to, so every day's sum can be checked",
+    )
+    parser.add_argument(
+        "--estimated-rate",
+        type=float,
+        default=0.0,
+        help="share of records with a short run of intervals marked estimated (E)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the estimated runs")
+    parser.add_argument(
+        "--created",
+        metavar="YYYYMMDDHHMMSS",
+        help="creation timestamp of the files and records (default: now, Central time)",
+    )
+    parser.add_argument(
+        "--max-records", type=int, default=50_000, help="records per file (ERCOT: 50,000 at most)"
+    )
+    return parser.parse_args(argv)
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _lse_meters(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """The ESI IDs to write, grouped by their REP: the CSV's meters of the TDSP, then the
+    generated ones."""
+    by_rep: dict[str, list[str]] = {}
+    if args.meters_csv is not None:
+        with open(args.meters_csv, newline="", encoding="utf-8-sig") as f:
+            for row in csv.DictReader(f):
+                esiid = (row.get("esiid") or "").strip()
+                tdsp = (row.get("tdsp_duns") or "").strip()
+                if esiid and tdsp in ("", args.tdsp_duns):
+                    rep = (row.get("ror_duns") or "").strip() or args.rep_duns
+                    by_rep.setdefault(rep, []).append(esiid)
+        if not by_rep:
+            raise ValueError(f"{args.meters_csv} has no meters of TDSP {args.tdsp_duns}")
+    groups = list(by_rep.items())
+    if args.meters:
+        groups.append((args.rep_duns, list(iter_generated(args.meters))))
+    return groups
+
+
+def lse_main(argv: Sequence[str]) -> int:
+    """``hangw-sim lse``: write LSE files (and register reads) for the fleet's ESI IDs."""
+    args = parse_lse_args(argv)
+    last_day = args.last_day or args.first_day
+    if args.meters < 0 or (not args.meters and args.meters_csv is None):
+        print("hangw-sim lse: give --meters N and/or --meters-csv FILE", file=sys.stderr)
+        return 2
+    if last_day < args.first_day:
+        print("hangw-sim lse: --to is before --from", file=sys.stderr)
+        return 2
+    created = args.created or f"{dt.datetime.now(usage.MARKET_TZ):%Y%m%d%H%M%S}"
+    if len(created) != 14 or not created.isdigit():
+        print("hangw-sim lse: --created must be YYYYMMDDHHMMSS", file=sys.stderr)
+        return 2
+    try:
+        groups = _lse_meters(args)
+    except (OSError, ValueError) as error:
+        print(f"hangw-sim lse: {error}", file=sys.stderr)
+        return 2
+    meters = sum(len(esiids) for _, esiids in groups)
+    total = meters * ((last_day - args.first_day).days + 1)
+    started = time.monotonic()
+
+    def progress(done: int) -> None:
+        rate = done / max(time.monotonic() - started, 1e-9)
+        print(
+            f"hangw-sim lse: {done:,} of {total:,} records written ({rate:,.0f}/s)",
+            file=sys.stderr,
+        )
+
+    def records() -> Iterator[str]:
+        for rep, esiids in groups:
+            yield from usage.profile_records(
+                esiids,
+                args.first_day,
+                last_day,
+                tdsp_duns=args.tdsp_duns,
+                rep_duns=rep,
+                created=created,
+                estimated_rate=args.estimated_rate,
+                seed=args.seed,
+            )
+
+    rows = 0
+    try:
+        paths = usage.write_lse_files(
+            args.out,
+            records(),
+            tdsp_duns=args.tdsp_duns,
+            created=created,
+            max_records=args.max_records,
+            progress=progress,
+        )
+        if args.reads is not None:
+            esiids = itertools.chain.from_iterable(esiids for _, esiids in groups)
+            rows = usage.write_register_reads(
+                args.reads, esiids, args.first_day, last_day + dt.timedelta(days=1)
+            )
+    except (OSError, ValueError) as error:
+        print(f"hangw-sim lse: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {total} records of {meters} meters in {len(paths)} file(s) to {args.out}")
+    if args.reads is not None:
+        print(f"wrote {rows} register reads to {args.reads}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["lse"]:
+        return lse_main(argv[1:])
     args = parse_args(argv)
     from twisted.internet import reactor
 
