@@ -167,6 +167,13 @@ def _print(data: Any, args: argparse.Namespace) -> None:
         else:
             print(f"{what} does not answer: {data['reason']}")
         return
+    if isinstance(data, dict) and "current_summation_delivered_wh" in data:
+        demand = data["instantaneous_demand_w"]
+        print(
+            f"{data['esiid']} at {data['read_at']}: {data['current_summation_delivered_wh']} Wh"
+            + ("" if demand is None else f", demand {demand} W")
+        )
+        return
     if isinstance(data, dict) and "status" in data and "id" in data:
         print(
             f"{data['id']} on {data['esiid']}: {data['status']}"
@@ -223,6 +230,8 @@ def cmd_api(config: config_module.Config, args: argparse.Namespace) -> int:
                 data = client.post(f"/v1/han-devices/{q['device']}/ping", {})
             else:
                 data = client.post(f"/v1/esiids/{q['esiid']}/ping", {})
+        elif args.command == "read":
+            data = client.post(f"/v1/esiids/{q['esiid']}/reads", {})
         elif args.command == "grant":
             data = client.post(f"/v1/esiids/{q['esiid']}/grants", {"hsp_party_id": args.hsp})
         elif args.command == "revoke":
@@ -307,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = api_command("ping", "ask the head-end whether the meter (or --device) answers now")
     p.add_argument("esiid", nargs="?", help="the ESI ID whose meter to ping")
     p.add_argument("--device", help="ping this HAN device (its id) instead of the meter")
+    p = api_command("read", "read the meter now: its register (Wh) and demand (W)")
+    p.add_argument("esiid")
     p = api_command("grant", "grant a HAN service provider access (customer)")
     p.add_argument("esiid")
     p.add_argument("hsp")

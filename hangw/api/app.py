@@ -24,6 +24,7 @@ from werkzeug.exceptions import NotFound as RouteNotFound
 
 from hangw import authz, metrics, tls
 from hangw.api.message_routes import register as register_message_routes
+from hangw.api.read_routes import register as register_read_routes
 from hangw.api.webhook_routes import register as register_webhook_routes
 from hangw.devices import AddDeviceRequest, DeviceService
 from hangw.diagnostics import Diagnostics
@@ -460,6 +461,7 @@ class Api:
 
 register_message_routes(Api.app)
 register_webhook_routes(Api.app)
+register_read_routes(Api.app)
 
 
 class OpsApi:
