@@ -19,7 +19,7 @@ from urllib.parse import quote, urlencode
 
 import sqlalchemy as sa
 
-from hangw import cli_messaging
+from hangw import cli_messaging, cli_usage_store
 from hangw import config as config_module
 
 
@@ -325,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("esiid")
     p.add_argument("hsp")
     cli_messaging.add_commands(sub, api_command)
+    usage = sub.add_parser("usage", help="the usage store: LSE files, register reads, reports")
+    usage_commands = usage.add_subparsers(dest="action", required=True)
+    cli_usage_store.add_store_commands(usage_commands)
     return parser
 
 
@@ -340,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         ("party", "add"): cmd_party_add,
         ("party", "list"): cmd_party_list,
         ("meters", "import"): cmd_meters_import,
+        **cli_usage_store.HANDLERS,
     }
     handler = handlers.get((args.command, getattr(args, "action", "")), cmd_api)
     return handler(config, args)

@@ -1,4 +1,4 @@
-"""Loading LSE deliveries: replacement by version, outcomes, duplicates, malformed files, sum check."""
+"""Loading LSE deliveries: versions, outcomes, duplicates, malformed files, the sum check."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def test_same_timestamp_orders_by_transaction_id(engine: sa.Engine, ingest: Inge
 
 
 def test_outcome_records_rejections_with_lines(engine: sa.Engine, ingest: Ingest) -> None:
-    """Good records load, bad ones are reported with line and reason, in the outcome and the store."""
+    """Good records load; bad ones are reported with line and reason, in the outcome and store."""
     good = record("E1", "20260510", ["1.000"] * 96)
     short = record("E2", "20260510", ["1.000"] * 92)
     text = lse_text(good, ["garbage line"], short)
@@ -165,7 +165,7 @@ def test_zip_of_members_loads_each(engine: sa.Engine, ingest: Ingest) -> None:
 
 
 def test_sum_check_against_register_reads_either_order(engine: sa.Engine, ingest: Ingest) -> None:
-    """Days whose total differs from the midnight reads' difference are flagged, whichever loads first."""
+    """Days off their midnight reads' difference are flagged, whichever of the two loads first."""
     ok = record("OK", "20260510", ["1.000"] * 96)  # 96,000 Wh
     off = record("OFF", "20260510", ["1.000"] * 96)
     reads_csv = [

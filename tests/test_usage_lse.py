@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import calendar
 import struct
+from collections.abc import Callable
 
 import pytest
 
@@ -35,7 +36,9 @@ def details(values: list[str], statuses: list[str] | None = None) -> list[str]:
     statuses = statuses or ["A"] * len(values)
     rows = []
     for r in range(0, len(values), 4):
-        cells = "".join(f"{v},{s},," for v, s in zip(values[r : r + 4], statuses[r : r + 4]))
+        cells = "".join(
+            f"{v},{s},," for v, s in zip(values[r : r + 4], statuses[r : r + 4], strict=False)
+        )
         rows.append(f"{10000000 + r // 4},{cells}")
     return rows
 
@@ -52,7 +55,7 @@ def wh(row: lse.Row) -> list[int]:
 
 
 def utc(*parts: int) -> int:
-    return calendar.timegm((*parts, 0, 0, 0, 0)[:6] + (0, 0, 0))  # type: ignore[arg-type]
+    return calendar.timegm((*(*parts, 0, 0, 0, 0)[:6], 0, 0, 0))
 
 
 def test_sample_record_parses_to_exact_values() -> None:
@@ -181,7 +184,9 @@ def test_crlf_line_ends_parse_like_lf() -> None:
         (lambda ls: ls.insert(10, "garbage, not LSE"), 11, "not an LSE row"),
     ],
 )
-def test_malformed_record_is_rejected_with_line_and_reason(mutate, line: int, words: str) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_record_is_rejected_with_line_and_reason(
+    mutate: Callable[[list[str]], None], line: int, words: str
+) -> None:
     """Each malformed record is rejected with the line at fault; the record after it still loads."""
     bad = record("E1", "20260510", ["1.0"] * 96)
     mutate(bad)
@@ -195,7 +200,7 @@ def test_malformed_record_is_rejected_with_line_and_reason(mutate, line: int, wo
 
 def test_garbage_outside_records_is_reported_and_records_load() -> None:
     """Lines before the first record are rejected one by one; the records are kept."""
-    lines = ["\x00\x01 binary junk", "hello"] + record("E1", "20260510", ["1.0"] * 96)
+    lines = ["\x00\x01 binary junk", "hello", *record("E1", "20260510", ["1.0"] * 96)]
     parsed = lse.parse("\n".join(lines))
     assert [r.line for r in parsed.rejections] == [1, 2]
     assert len(parsed.rows) == 1 and parsed.rows[0][14] == 3
@@ -209,7 +214,7 @@ def test_sender_must_match_the_tdsp_delivering() -> None:
 
 
 def test_vee_flags_negative_spike_zeros_invalid() -> None:
-    """Negative load, a spike, a run of zeros and the TDSP's invalid mark are flagged, values kept."""
+    """Negative load, a spike, a zero run and the TDSP's invalid mark are flagged; values kept."""
     base = ["1.000"] * 96
     negative = list(base)
     negative[3] = "-0.500"

@@ -139,7 +139,7 @@ class Ingest:
         members = open_delivery(
             name, data, decrypt=self.decrypt, max_unpacked_bytes=self.max_unpacked_bytes
         )
-        return [(m.name, m.data.decode("utf-8", errors="replace")) for m in members]
+        return [(m.name, m.data.decode("utf-8-sig", errors="replace")) for m in members]
 
     def parse(
         self,
@@ -247,7 +247,6 @@ class Ingest:
         """Parse ``texts`` and load them inside the caller's transaction on ``conn``."""
         started = time.perf_counter() if started is None else started
         outcome = FileOutcome(name, "loaded")
-        outcome.file_id = _record_file(conn, outcome, sha256, tdsp_duns, source, self._clock())
         dialect = conn.dialect
         raw: Any = conn.connection.dbapi_connection
         cursor = raw.cursor()
@@ -301,6 +300,9 @@ class Ingest:
                     )
                 for member, rejection in duplicates:
                     _reject(outcome, member if several else "", rejection)
+            # the store itself is written from here on: SQLite's write lock is held from this
+            # point to the commit, not while the workers parse
+            outcome.file_id = _record_file(conn, outcome, sha256, tdsp_duns, source, self._clock())
             cursor.execute(_COUNT)
             staged, existing, newer = cursor.fetchone()
             outcome.loaded = staged - existing

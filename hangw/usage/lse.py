@@ -224,6 +224,8 @@ def _header(
             raise _Reject(first + index, f"not an LSE row: {_excerpt(row)}")
         rows[row[:8]] = index
         index += 1
+    if index < end and lines[index][:1] != "1" and lines[index][:9] != "00000001,":
+        raise _Reject(first + index, f"not an LSE row: {_excerpt(lines[index])}")
     at = rows.get("00000002")
     if at is None:
         raise _Reject(line_no, "the record has no 00000002 row (seconds per interval, unit)")

@@ -1,0 +1,165 @@
+"""Drop directories: one folder per TDSP where its LSE deliveries land, as the FTPS folders were.
+
+Every ``usage.poll_s`` seconds hangwd looks into each configured directory. A file whose size
+and modification time have not changed since the previous look (so it is no longer being
+written) is imported on a worker thread, one file at a time, with the TDSP's DUNS checked
+against each record's Sender. Afterwards it is moved to ``done/`` beside it (even with some
+records rejected: the store holds the outcome, ``hangw usage files``) or to ``rejected/`` when
+the delivery could not be read at all. A file that fails because the store cannot be reached
+stays where it is and is tried again. Files whose names start with a dot are left alone (a
+sender may upload under a dot name and rename when complete).
+
+If hangwd stops in the middle of a file, the file's transaction never commits and the file is
+still in the directory: it is imported again, whole, on the next start. If it stops after the
+commit but before the move, the next import recognises the same bytes and only moves the file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from twisted.application.internet import TimerService
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from hangw.usage.ingest import FileOutcome, Ingest
+from hangw.usage.pgp import UsageKeyError
+
+log = structlog.get_logger(__name__)
+
+DONE = "done"
+REJECTED = "rejected"
+
+
+class DropDirectories(TimerService):
+    """Watches the drop directories and imports what settles in them."""
+
+    def __init__(
+        self,
+        directories: Mapping[str, Path],
+        engine: sa.Engine,
+        ingest: Ingest,
+        reactor: Any,
+        clock: Any,
+        poll_s: float,
+    ) -> None:
+        super().__init__(poll_s, self.poll)
+        self.clock = clock
+        self.directories = dict(directories)
+        self._engine = engine
+        self._ingest = ingest
+        self._reactor = reactor
+        self._pool = ThreadPool(1, 1, name="hangw-usage-import")
+        self._sizes: dict[Path, tuple[int, float]] = {}
+        self._busy: Deferred[Any] | None = None
+        #: Outcomes of the files imported since start, newest last (for tests and /metrics).
+        self.outcomes: list[FileOutcome] = []
+
+    def startService(self) -> None:
+        for directory in self.directories.values():
+            for sub in ("", DONE, REJECTED):
+                (directory / sub).mkdir(parents=True, exist_ok=True)
+        self._pool.start()
+        super().startService()
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        busy = self._busy or succeed(None)
+
+        def stop(_: object) -> None:
+            self._pool.stop()
+            self._ingest.close()
+
+        return busy.addBoth(stop)
+
+    def poll(self) -> Deferred[Any] | None:
+        """Look once; import the files that have settled (one poll's imports run in sequence)."""
+        if self._busy is not None:
+            return None
+        ready = list(self._settled())
+        if not ready:
+            return None
+        self._busy = deferToThreadPool(self._reactor, self._pool, self._import_all, ready)
+
+        def done(result: object) -> object:
+            self._busy = None
+            return result
+
+        self._busy.addBoth(done)
+        self._busy.addErrback(
+            lambda failure: log.error("usage.drop_failed", error=failure.getErrorMessage())
+        )
+        return self._busy
+
+    def _settled(self) -> list[tuple[str, Path]]:
+        seen: dict[Path, tuple[int, float]] = {}
+        ready = []
+        for duns, directory in self.directories.items():
+            try:
+                entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            except OSError as error:
+                log.error("usage.drop_unreadable", directory=str(directory), error=str(error))
+                continue
+            for entry in entries:
+                if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                    continue
+                path = Path(entry.path)
+                stat = entry.stat(follow_symlinks=False)
+                mark = (stat.st_size, stat.st_mtime)
+                seen[path] = mark
+                if self._sizes.get(path) == mark:
+                    ready.append((duns, path))
+        self._sizes = seen
+        return ready
+
+    def _import_all(self, ready: list[tuple[str, Path]]) -> None:
+        for duns, path in ready:
+            self._import_one(duns, path)
+
+    def _import_one(self, duns: str, path: Path) -> None:
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            log.error("usage.drop_unreadable", file=str(path), error=str(error))
+            return
+        try:
+            outcome = self._ingest.import_bytes(
+                self._engine, path.name, data, source=f"drop:{duns}", tdsp_duns=duns
+            )
+        except UsageKeyError as error:
+            # the gateway's key or GnuPG failed, not the file: keep it and try again
+            log.error("usage.drop_retry", file=path.name, error=str(error)[:300])
+            return
+        except sa.exc.OperationalError as error:
+            # the store could not be reached or was busy too long: try again next time
+            log.error("usage.drop_retry", file=path.name, error=str(error.orig)[:200])
+            return
+        except Exception as error:  # a file must never stop the directory: set it aside
+            log.exception("usage.drop_failed", file=path.name)
+            outcome = FileOutcome(path.name, "rejected", f"{type(error).__name__}: {error}")
+        self.outcomes.append(outcome)
+        target = path.parent / (REJECTED if outcome.state == "rejected" else DONE) / path.name
+        try:
+            os.replace(path, target)
+        except OSError as error:
+            log.error("usage.drop_move_failed", file=path.name, error=str(error))
+        self._sizes.pop(path, None)
+        log.info(
+            "usage.file_imported",
+            file=path.name,
+            tdsp_duns=duns,
+            state=outcome.state,
+            records=outcome.records,
+            loaded=outcome.loaded,
+            replaced=outcome.replaced,
+            unchanged=outcome.unchanged,
+            rejected=outcome.rejected,
+            reason=outcome.reason,
+            seconds=round(outcome.seconds, 2),
+        )
