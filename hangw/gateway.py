@@ -6,7 +6,9 @@ clock, so tests build a Gateway on a real reactor with a temporary state directo
 
 from __future__ import annotations
 
+import functools
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -44,6 +46,10 @@ from hangw.secrets import SecretBox, load_or_create_key
 from hangw.store import schema
 from hangw.store.db import Store
 from hangw.store.model import han_devices
+from hangw.usage.dropdir import DropDirectories
+from hangw.usage.ingest import Ingest
+from hangw.usage.lse import VeeSettings
+from hangw.usage.pgp import UsageKey
 from hangw.webhooks import WebhookService
 
 log = structlog.get_logger(__name__)
@@ -239,6 +245,28 @@ class AdaptersService(Service):
         return DeferredList([a.stop() for a in self.adapters.values()])
 
 
+def _drop_directories(
+    config: Config, store: Store, reactor: Any, clock: Any
+) -> DropDirectories | None:
+    """The watcher of the TDSPs' drop directories, when any is configured."""
+    if not config.usage.drop_dirs:
+        return None
+    key = UsageKey(config.gnupg_home)
+    decrypt = None
+    if key.exists():
+        decrypt = functools.partial(key.decrypt, max_bytes=config.usage.max_unpacked_bytes)
+    ingest = Ingest(
+        VeeSettings(config.usage.spike_ratio, config.usage.zero_run),
+        sum_tolerance_wh=config.usage.sum_tolerance_wh,
+        decrypt=decrypt,
+        max_unpacked_bytes=config.usage.max_unpacked_bytes,
+    )
+    directories = {duns: Path(path) for duns, path in config.usage.drop_dirs.items()}
+    return DropDirectories(
+        directories, store.engine, ingest, reactor, clock, config.usage.poll_s, key=key
+    )
+
+
 class Gateway(MultiService):
     def __init__(self, config: Config, reactor: Any, clock: Any = None) -> None:
         super().__init__()
@@ -278,6 +306,9 @@ class Gateway(MultiService):
         events = GatewayEvents(self.devices, clock, self.messaging)
         AdaptersService(self.adapters, events).setServiceParent(self)
         self.router.setServiceParent(self)
+        self.drop_dirs = _drop_directories(config, self.store, reactor, clock)
+        if self.drop_dirs is not None:
+            self.drop_dirs.setServiceParent(self)
         timers = TimerService(config.provisioning.timer_interval_s, self._fire_timers)
         timers.clock = clock
         timers.setServiceParent(self)

@@ -46,8 +46,10 @@ def make_test_config(state_dir: Path, **provisioning: Any) -> Config:
     }
     simulator.update(provisioning.pop("simulator", {}))
     adapter = provisioning.pop("adapter", None) or simulator
+    usage = provisioning.pop("usage", {})
     return from_mapping(
         {
+            "usage": usage,
             "gateway": {"state_dir": str(state_dir)},
             "api": {"host": "127.0.0.1", "port": 0, "ops_port": 0, "adapter_port": 0},
             "provisioning": {

@@ -29,7 +29,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from hangw.usage.ingest import FileOutcome, Ingest
-from hangw.usage.pgp import UsageKeyError
+from hangw.usage.pgp import UsageKey, UsageKeyError
 
 log = structlog.get_logger(__name__)
 
@@ -48,8 +48,10 @@ class DropDirectories(TimerService):
         reactor: Any,
         clock: Any,
         poll_s: float,
+        key: UsageKey | None = None,
     ) -> None:
         super().__init__(poll_s, self.poll)
+        self._key = key
         self.clock = clock
         self.directories = dict(directories)
         self._engine = engine
@@ -75,6 +77,8 @@ class DropDirectories(TimerService):
         def stop(_: object) -> None:
             self._pool.stop()
             self._ingest.close()
+            if self._key is not None:
+                self._key.close()  # its gpg-agent
 
         return busy.addBoth(stop)
 
