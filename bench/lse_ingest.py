@@ -87,10 +87,10 @@ def run_hangw(paths: list[Path], url: str, workers: int) -> tuple[float, int]:
             ingest._workers().submit(int, 0).result()  # start the pool before the clock
         started = time.perf_counter()
         loaded = 0
-        for path in paths:
-            outcome = ingest.import_bytes(engine, path.name, path.read_bytes(), source="bench")
+        deliveries = ((path.name, path.read_bytes()) for path in paths)
+        for outcome in ingest.import_many(engine, deliveries, source="bench"):
             if outcome.rejected or outcome.state != "loaded":
-                raise SystemExit(f"{path.name}: {outcome.summary()} {outcome.rejections[:3]}")
+                raise SystemExit(f"{outcome.summary()} {outcome.rejections[:3]}")
             loaded += outcome.loaded
         elapsed = time.perf_counter() - started
     engine.dispose()

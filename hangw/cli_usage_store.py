@@ -11,7 +11,7 @@ import argparse
 import functools
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -107,36 +107,35 @@ def _import(config: config_module.Config, args: argparse.Namespace, key: Any) ->
         max_unpacked_bytes=config.usage.max_unpacked_bytes,
         workers=args.workers,
     ) as ingest:
-        for name in args.files:
-            path = Path(name)
+
+        def deliveries() -> Iterator[tuple[str, bytes]]:
+            nonlocal failed
+            for name in args.files:
+                try:
+                    yield Path(name).name, Path(name).read_bytes()
+                except OSError as error:
+                    print(f"hangw: cannot read {name}: {error.strerror}", file=sys.stderr)
+                    failed += 1
+
+        outcomes = ingest.import_many(
+            engine, deliveries(), source="cli", tdsp_duns=args.tdsp, progress=Bar
+        )
+        while True:
             try:
-                data = path.read_bytes()
-            except OSError as error:
-                print(f"hangw: cannot read {name}: {error.strerror}", file=sys.stderr)
-                failed += 1
-                continue
-            try:
-                outcome = ingest.import_bytes(
-                    engine,
-                    path.name,
-                    data,
-                    source="cli",
-                    tdsp_duns=args.tdsp,
-                    progress=Bar(path.name),
-                )
+                outcome = next(outcomes)
+            except StopIteration:
+                break
             except UsageKeyError as error:
-                print(f"hangw: {name}: nothing was loaded: {error}", file=sys.stderr)
-                failed += 1
-                continue
+                print(f"hangw: nothing more was loaded: {error}", file=sys.stderr)
+                return 1
             except sa.exc.SQLAlchemyError as error:
                 cause = getattr(error, "orig", None) or error
                 print(
-                    f"hangw: {name}: nothing was loaded: the store refused it "
+                    f"hangw: a file was not loaded and nothing after it: the store refused it "
                     f"({type(cause).__name__}: {str(cause)[:200]})",
                     file=sys.stderr,
                 )
-                failed += 1
-                continue
+                return 1
             print(outcome.summary())
             for rejection in outcome.rejections[: args.show_rejections]:
                 print(f"  line {rejection.line}: {rejection.reason}")

@@ -254,18 +254,18 @@ def test_pieces_parse_like_the_whole() -> None:
         lines += record(f"E{n}", "20260510", [f"{(n * 7 + k) % 900 / 1000:.3f}" for k in range(96)])
         if n == 123:
             lines.append("garbage")
-    text = "\n".join(lines) + "\n"
-    whole = lse.parse(text)
-    pieces = lse.split_records(text * 4, 4)  # big enough to be cut
-    assert len(pieces) > 1
-    rows: list[lse.Row] = []
-    rejections: list[lse.Rejection] = []
-    for first, piece in pieces:
-        part = lse.parse(piece, first_line=first)
-        rows += part.rows
-        rejections += part.rejections
+    data = ("\n".join(lines) + "\n").encode()
+    whole = lse.parse(data.decode())
+    pieces = lse.split_records(data * 4, 4)  # big enough to be cut
+    assert len(pieces) > 1 and b"".join(pieces) == data * 4
+    rows: list[tuple[object, ...]] = []
+    rejected: list[int] = []
+    offset = 0
+    for piece in pieces:
+        part, count = lse.parse_piece(piece, None, lse.VeeSettings())
+        rows += [(*row[:-1], row[-1] + offset) for row in part.rows]
+        rejected += [r.line + offset for r in part.rejections]
+        offset += count
     assert rows[: len(whole.rows)] == whole.rows
-    assert [r.line for r in rejections[: len(whole.rejections)]] == [
-        r.line for r in whole.rejections
-    ]
-    assert rows[len(whole.rows)][14] == len(text.split("\n"))  # line numbers run on across pieces
+    assert rejected[: len(whole.rejections)] == [r.line for r in whole.rejections]
+    assert rows[len(whole.rows)][14] == len(lines) + 1  # line numbers run on across pieces

@@ -18,7 +18,7 @@ import hashlib
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,46 +132,37 @@ class Ingest:
 
     # -- parsing (no database) -------------------------------------------------------------------
 
-    def open(self, name: str, data: bytes) -> list[tuple[str, str]]:
-        """The LSE texts of a delivery ``(member name, text)``; raises DeliveryRejected."""
+    def open(self, name: str, data: bytes) -> list[tuple[str, bytes]]:
+        """The LSE files of a delivery ``(member name, bytes)``; raises DeliveryRejected."""
         from hangw.usage.delivery import open_delivery
 
         members = open_delivery(
             name, data, decrypt=self.decrypt, max_unpacked_bytes=self.max_unpacked_bytes
         )
-        return [(m.name, m.data.decode("utf-8-sig", errors="replace")) for m in members]
+        return [(m.name, m.data.removeprefix(b"\xef\xbb\xbf")) for m in members]
 
     def parse(
         self,
-        texts: Sequence[tuple[str, str]],
+        texts: Sequence[tuple[str, bytes]],
         tdsp_duns: str | None,
         progress: Progress | None = None,
-    ) -> Iterator[tuple[str, lse.Parsed]]:
+    ) -> Iterator[tuple[str, lse.Parsed, int]]:
         """Parse the texts piece by piece, in order, on the worker processes when they are big."""
-        total = sum(len(text) for _, text in texts)
-        done = 0
+        return self.start_parsing(texts, tdsp_duns).results(progress)
+
+    def start_parsing(self, texts: Sequence[tuple[str, bytes]], tdsp_duns: str | None) -> Parsing:
+        """Hand big files to the workers now (their results are taken later, in order)."""
+        total = sum(len(data) for _, data in texts)
+        pieces: list[tuple[str, int, Future[tuple[lse.Parsed, int]] | bytes]] = []
         if total < _PARALLEL_FROM or self.workers <= 1:
-            for name, text in texts:
-                yield name, lse.parse(text, tdsp_duns=tdsp_duns, vee=self.vee)
-                done += len(text)
-                if progress:
-                    progress(done, total)
-            return
-        pool = self._workers()
-        pending: list[tuple[str, int, Future[lse.Parsed]]] = []
-        for name, text in texts:
-            for first_line, piece in lse.split_records(text, max(4, 2 * self.workers)):
-                future = pool.submit(_parse_piece, piece, first_line, tdsp_duns, self.vee)
-                pending.append((name, len(piece), future))
-        try:
-            for name, size, future in pending:
-                yield name, future.result()
-                done += size
-                if progress:
-                    progress(done, total)
-        finally:
-            for _, _, future in pending:
-                future.cancel()
+            pieces = [(name, len(data), data) for name, data in texts]
+        else:
+            pool = self._workers()
+            for name, data in texts:
+                for piece in lse.split_records(data, max(4, 2 * self.workers)):
+                    future = pool.submit(lse.parse_piece, piece, tdsp_duns, self.vee)
+                    pieces.append((name, len(piece), future))
+        return Parsing(total, pieces, tdsp_duns, self.vee)
 
     def _workers(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -194,57 +185,112 @@ class Ingest:
         progress: Progress | None = None,
     ) -> FileOutcome:
         """Open, parse and load one delivery in one transaction of its own."""
+        prepared = self.prepare(engine, name, data, tdsp_duns=tdsp_duns)
+        return self.finish(engine, prepared, source=source, progress=progress)
+
+    def import_many(
+        self,
+        engine: sa.Engine,
+        deliveries: Iterable[tuple[str, bytes]],
+        *,
+        source: str,
+        tdsp_duns: str | None = None,
+        progress: Callable[[str], Progress | None] | None = None,
+    ) -> Iterator[FileOutcome]:
+        """Import deliveries one after the other, each in its own transaction.
+
+        The next delivery is opened and handed to the workers before the current one is
+        written, so the workers parse while the store writes.
+        """
+        current: Prepared | None = None
+        for name, data in deliveries:
+            following = self.prepare(engine, name, data, tdsp_duns=tdsp_duns)
+            if current is not None:
+                yield self.finish(
+                    engine, current, source=source, progress=progress and progress(current.name)
+                )
+            current = following
+        if current is not None:
+            yield self.finish(
+                engine, current, source=source, progress=progress and progress(current.name)
+            )
+
+    def prepare(
+        self, engine: sa.Engine, name: str, data: bytes, *, tdsp_duns: str | None
+    ) -> Prepared:
+        """Open a delivery and start parsing it (or note why it cannot be loaded)."""
         from hangw.usage.delivery import DeliveryRejected
 
-        started = time.perf_counter()
-        sha256 = hashlib.sha256(data).hexdigest()
+        prepared = Prepared(name, hashlib.sha256(data).hexdigest(), tdsp_duns, time.perf_counter())
         with engine.connect() as conn:
             earlier = conn.execute(
-                sa.select(usage_files.c.name, usage_files.c.imported_at)
-                .where(usage_files.c.sha256 == sha256, usage_files.c.state == "loaded")
+                sa.select(usage_files.c.name)
+                .where(usage_files.c.sha256 == prepared.sha256, usage_files.c.state == "loaded")
                 .limit(1)
             ).first()
         if earlier is not None:
-            return FileOutcome(
-                name,
-                "duplicate",
-                f"already loaded (the same bytes as {earlier.name}); nothing to do",
-            )
+            prepared.duplicate_of = earlier.name
+            return prepared
         try:
             texts = self.open(name, data)
         except DeliveryRejected as error:
-            outcome = FileOutcome(name, "rejected", str(error))
-            outcome.seconds = time.perf_counter() - started
+            prepared.rejection = str(error)
+            return prepared
+        prepared.several = len(texts) > 1
+        prepared.parsing = self.start_parsing(texts, tdsp_duns)
+        return prepared
+
+    def finish(
+        self,
+        engine: sa.Engine,
+        prepared: Prepared,
+        *,
+        source: str,
+        progress: Progress | None = None,
+    ) -> FileOutcome:
+        """Load a prepared delivery in one transaction (or record why it was not loaded)."""
+        name = prepared.name
+        if prepared.duplicate_of is not None:
+            return FileOutcome(
+                name,
+                "duplicate",
+                f"already loaded (the same bytes as {prepared.duplicate_of}); nothing to do",
+            )
+        if prepared.parsing is None:
+            outcome = FileOutcome(name, "rejected", prepared.rejection)
+            outcome.seconds = time.perf_counter() - prepared.started
             with engine.begin() as conn:
                 outcome.file_id = _record_file(
-                    conn, outcome, sha256, tdsp_duns, source, self._clock()
+                    conn, outcome, prepared.sha256, prepared.tdsp_duns, source, self._clock()
                 )
             return outcome
         with engine.begin() as conn:
             return self.load(
                 conn,
                 name,
-                texts,
-                sha256=sha256,
+                prepared.parsing,
+                sha256=prepared.sha256,
                 source=source,
-                tdsp_duns=tdsp_duns,
+                tdsp_duns=prepared.tdsp_duns,
                 progress=progress,
-                started=started,
+                started=prepared.started,
+                several=prepared.several,
             )
 
     def load(
         self,
         conn: sa.Connection,
         name: str,
-        texts: Sequence[tuple[str, str]],
+        texts: Sequence[tuple[str, bytes]] | Parsing,
         *,
         sha256: str,
         source: str,
         tdsp_duns: str | None,
         progress: Progress | None = None,
         started: float | None = None,
+        several: bool = False,
     ) -> FileOutcome:
-        """Parse ``texts`` and load them inside the caller's transaction on ``conn``."""
+        """Parse ``texts`` (or take a parsing begun) and load them in the caller's transaction."""
         started = time.perf_counter() if started is None else started
         outcome = FileOutcome(name, "loaded")
         dialect = conn.dialect
@@ -261,21 +307,23 @@ class Ingest:
             seen: dict[tuple[str, int, int], tuple[str, int]] = {}
             duplicates: list[tuple[str, lse.Rejection]] = []
             doubled: set[tuple[str, int, int]] = set()
-            several = len(texts) > 1
-            for member, parsed in self.parse(texts, tdsp_duns, progress):
+            if not isinstance(texts, Parsing):
+                several = len(texts) > 1
+                texts = self.start_parsing(texts, tdsp_duns)
+            for member, parsed, offset in texts.results(progress):
                 outcome.records += parsed.records
                 rows = parsed.rows
                 for rejection in parsed.rejections:
-                    _reject(outcome, member if several else "", rejection)
+                    _reject(outcome, member if several else "", rejection, offset)
                 fresh = []
                 for row in rows:
                     key = (row[0], row[1], row[2])
                     first = seen.get(key)
                     if first is None:
-                        seen[key] = (member, row[-1])
+                        seen[key] = (member, row[-1] + offset)
                         fresh.append(row)
                     else:
-                        duplicates.append((member, _duplicate(row, first, several)))
+                        duplicates.append((member, _duplicate(row, offset, first, several)))
                         doubled.add(key)
                 if len(fresh) != len(rows):
                     rows = fresh
@@ -408,32 +456,81 @@ def apply_sum_check(cursor: Any, dialect: sa.Dialect, tolerance_wh: int) -> None
     cursor.execute("DELETE FROM sum_keys")
 
 
+@dataclass
+class Prepared:
+    """A delivery opened and being parsed, not yet written."""
+
+    name: str
+    sha256: str
+    tdsp_duns: str | None
+    started: float
+    duplicate_of: str | None = None
+    rejection: str = ""
+    several: bool = False
+    parsing: Parsing | None = None
+
+
+class Parsing:
+    """The pieces of a delivery's files: futures on the workers, or bytes parsed when taken."""
+
+    def __init__(
+        self,
+        total: int,
+        pieces: list[tuple[str, int, Future[tuple[lse.Parsed, int]] | bytes]],
+        tdsp_duns: str | None,
+        vee: lse.VeeSettings,
+    ) -> None:
+        self.total = total
+        self.pieces = pieces
+        self._tdsp_duns = tdsp_duns
+        self._vee = vee
+
+    def results(self, progress: Progress | None = None) -> Iterator[tuple[str, lse.Parsed, int]]:
+        """``(member, parsed, offset)`` piece by piece: the piece's lines are numbered from 1,
+        ``offset`` is the number of lines of its member before it."""
+        done = 0
+        offset = 0
+        member = None
+        try:
+            for name, size, piece in self.pieces:
+                if name != member:
+                    member, offset = name, 0
+                if isinstance(piece, bytes):
+                    parsed, lines = lse.parse_piece(piece, self._tdsp_duns, self._vee)
+                else:
+                    parsed, lines = piece.result()
+                yield name, parsed, offset
+                offset += lines
+                done += size
+                if progress:
+                    progress(done, self.total)
+        finally:
+            for _, _, piece in self.pieces:
+                if isinstance(piece, Future):
+                    piece.cancel()
+
+
 def _where(statement: str, dialect: sa.Dialect) -> str:
     """``statement`` limited to one ESI ID, day and channel (bound in that order)."""
     mark = "?" if dialect.paramstyle == "qmark" else "%s"
     return f"{statement} WHERE esiid = {mark} AND day = {mark} AND channel = {mark}"
 
 
-def _parse_piece(
-    text: str, first_line: int, tdsp_duns: str | None, vee: lse.VeeSettings
-) -> lse.Parsed:
-    return lse.parse(text, first_line=first_line, tdsp_duns=tdsp_duns, vee=vee)
-
-
-def _reject(outcome: FileOutcome, member: str, rejection: lse.Rejection) -> None:
+def _reject(outcome: FileOutcome, member: str, rejection: lse.Rejection, offset: int = 0) -> None:
     outcome.rejected += 1
     if len(outcome.rejections) < MAX_REJECTIONS_KEPT:
-        if member:
+        if member or offset:
+            reason = f"{member}: {rejection.reason}" if member else rejection.reason
             rejection = lse.Rejection(
-                rejection.line, f"{member}: {rejection.reason}", rejection.esiid, rejection.day
+                rejection.line + offset, reason, rejection.esiid, rejection.day
             )
         outcome.rejections.append(rejection)
 
 
-def _duplicate(row: lse.Row, first: tuple[str, int], several: bool) -> lse.Rejection:
+def _duplicate(row: lse.Row, offset: int, first: tuple[str, int], several: bool) -> lse.Rejection:
     where = f"{first[0]} line {first[1]}" if several else f"line {first[1]}"
     return lse.Rejection(
-        row[-1],
+        row[-1] + offset,
         f"ESI ID {row[0]} day {row[1]} channel {row[2]} was already in this delivery at {where}; "
         "no copy of it is loaded",
         row[0],

@@ -565,22 +565,31 @@ def _rows_of(group: list[_Record], length: int, parsed: Parsed, vee: VeeSettings
     )
 
 
-def split_records(text: str, pieces: int) -> list[tuple[int, str]]:
-    """Cut LSE text into about ``pieces`` pieces at record boundaries: ``(first_line, text)``.
+def split_records(data: bytes, pieces: int) -> list[bytes]:
+    """Cut LSE bytes into about ``pieces`` pieces at record boundaries.
 
-    Each piece starts at a ``00000001`` row (the first may start with anything), so parsing the
-    pieces apart gives what parsing the whole would.
+    Each piece but the first starts at a ``00000001`` row and every piece but the last ends with
+    a newline, so parsing the pieces apart (line numbers running on by the newlines of the
+    pieces before) gives what parsing the whole would.
     """
-    if pieces <= 1 or len(text) < 1 << 16:
-        return [(1, text)]
-    size = math.ceil(len(text) / pieces)
-    out: list[tuple[int, str]] = []
-    begin, line = 0, 1
-    while begin < len(text):
-        cut = text.find("\n00000001,", begin + size)
-        end = len(text) if cut < 0 else cut + 1
-        chunk = text[begin:end]
-        out.append((line, chunk))
-        line += chunk.count("\n")
+    if pieces <= 1 or len(data) < 1 << 16:
+        return [data]
+    size = math.ceil(len(data) / pieces)
+    out: list[bytes] = []
+    begin = 0
+    while begin < len(data):
+        cut = data.find(b"\n00000001,", begin + size)
+        end = len(data) if cut < 0 else cut + 1
+        out.append(data[begin:end])
         begin = end
     return out
+
+
+def parse_piece(data: bytes, tdsp_duns: str | None, vee: VeeSettings) -> tuple[Parsed, int]:
+    """Parse one piece of an LSE file's bytes; also returns how many newlines it holds.
+
+    Lines are numbered from 1 within the piece. Bytes that are not UTF-8 become U+FFFD, so the
+    lines they are on are rejected, not the file.
+    """
+    text = data.decode("utf-8", errors="replace")
+    return parse(text, tdsp_duns=tdsp_duns, vee=vee), data.count(b"\n")
