@@ -19,7 +19,7 @@ from urllib.parse import quote, urlencode
 
 import sqlalchemy as sa
 
-from hangw import cli_messaging, cli_usage_store
+from hangw import cli_messaging, cli_usage, cli_usage_store
 from hangw import config as config_module
 
 
@@ -208,6 +208,10 @@ def cmd_api(config: config_module.Config, args: argparse.Namespace) -> int:
             data = cli_messaging.run(client, args)
             if data is None:
                 return 0
+        elif args.command == "usage":
+            data = cli_usage.run(client, args)
+            if data is None:
+                return 0
         elif args.command == "provision":
             body = {
                 "mac": args.mac,
@@ -325,8 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("esiid")
     p.add_argument("hsp")
     cli_messaging.add_commands(sub, api_command)
-    usage = sub.add_parser("usage", help="the usage store: LSE files, register reads, reports")
-    usage_commands = usage.add_subparsers(dest="action", required=True)
+    usage_commands = cli_usage.add_commands(sub)
     cli_usage_store.add_store_commands(usage_commands)
     return parser
 

@@ -48,6 +48,7 @@ from hangw.store.db import Store
 from hangw.store.model import han_devices
 from hangw.usage.dropdir import DropDirectories
 from hangw.usage.ingest import Ingest
+from hangw.usage.jobs import UsageReports
 from hangw.usage.lse import VeeSettings
 from hangw.usage.pgp import UsageKey
 from hangw.webhooks import WebhookService
@@ -312,6 +313,8 @@ class Gateway(MultiService):
         timers = TimerService(config.provisioning.timer_interval_s, self._fire_timers)
         timers.clock = clock
         timers.setServiceParent(self)
+        self.usage_reports = UsageReports(self.store, config, reactor, clock)
+        self.usage_reports.setServiceParent(self)
 
         self.api = Api(
             self.devices,
@@ -321,6 +324,7 @@ class Gateway(MultiService):
             messaging=self.messaging,
             webhooks=self.webhooks,
             messaging_max_body=config.messaging.max_body_bytes,
+            usage=self.usage_reports,
         )
         tls = PinnedClientContextFactory(server_cert, server_key, self.registry.is_registered)
         self.api_endpoint = SSL4ServerEndpoint(

@@ -25,6 +25,7 @@ from werkzeug.exceptions import NotFound as RouteNotFound
 from hangw import authz, metrics, tls
 from hangw.api.message_routes import register as register_message_routes
 from hangw.api.read_routes import register as register_read_routes
+from hangw.api.usage_routes import register as register_usage_routes
 from hangw.api.webhook_routes import register as register_webhook_routes
 from hangw.devices import AddDeviceRequest, DeviceService
 from hangw.diagnostics import Diagnostics
@@ -128,6 +129,7 @@ class Api:
         messaging: Any = None,
         messaging_max_body: int = 16 << 20,
         webhooks: WebhookService | None = None,
+        usage: Any = None,
     ) -> None:
         self.devices = devices
         self.registry = registry
@@ -135,6 +137,8 @@ class Api:
         self.messaging = messaging
         self.messaging_max_body = messaging_max_body
         self.webhooks = webhooks  # the webhook paths answer 503 without it
+        #: hangw.usage.jobs.UsageReports (the usage paths answer 503 without it)
+        self.usage = usage
         self.diagnostics = diagnostics or Diagnostics(devices, {})
         self.max_body_bytes = max_body_bytes
         self._openapi = openapi_document()
@@ -462,6 +466,7 @@ class Api:
 register_message_routes(Api.app)
 register_webhook_routes(Api.app)
 register_read_routes(Api.app)
+register_usage_routes(Api.app)
 
 
 class OpsApi:

@@ -112,7 +112,6 @@ _ESIID = re.compile(r"[0-9A-Za-z]{1,64}")
 #: Bits enough for the mask of the longest day (100 intervals), in whole bytes.
 _MASK_BYTES = 13
 _FRACTIONS = np.array([f".{n:03d}" for n in range(1000)], dtype=object)
-_FLAG_NAMES = tuple("|".join(vee.names(bits)) for bits in range(1 << len(vee.Flag)))
 
 
 @dataclass(frozen=True)
@@ -216,7 +215,7 @@ def check_reach(party: Party, spec: ReportSpec, today: dt.date) -> None:
         months = MONTHS_BACK[party.role][spec.report]
         raise Forbidden(
             f"{ROLE_PLURALS[party.role]} may read {spec.report} data from {earliest} "
-            f"({months} months); ask from {earliest} on",
+            f"({months} months)",
             earliest=earliest.isoformat(),
             months=months,
         )
@@ -322,11 +321,16 @@ class Reader:
 @dataclass
 class Frame:
     """One chunk of a report: its ESI IDs and the columns read for them (numpy arrays; ``idx``
-    is the position of each row's ESI ID in ``esiids``), rows ordered by ESI ID then day."""
+    is the position of each row's ESI ID in ``esiids``), rows ordered by ESI ID then day.
+
+    A daily frame's ``start_read`` and ``end_read`` are positions in ``reads`` (the register
+    reads in Wh), -1 where there is none: each read opens one day and closes the one before.
+    """
 
     spec: ReportSpec
     esiids: Sequence[str]
     columns: dict[str, np.ndarray]
+    reads: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.columns["idx"])
@@ -363,7 +367,7 @@ def _statement(kind: str, dialect: str, size: int) -> sa.TextClause:
         )
     else:
         sql = (
-            "SELECT c.i, u.day, u.start_utc, u.intervals, u.wh, u.missing, u.estimated "
+            "SELECT c.i, u.day, u.intervals, u.wh, u.missing, u.estimated "
             f"FROM c JOIN usage_days u ON u.esiid = c.esiid WHERE {days} ORDER BY c.i, u.day"
         )
     return sa.text(chunk + sql)
@@ -427,16 +431,13 @@ def _daily(
     keys, reading = keys[order], reading[order]
     row_key = columns["idx"] * 100_000_000
     for name, day in (("start", columns["day"]), ("end", _next_days(columns["day"]))):
-        found = np.zeros(len(row_key), dtype=bool)
-        value = np.zeros(len(row_key), dtype=np.int64)
+        at = np.full(len(row_key), -1, dtype=np.int64)
         if len(keys):
             wanted = row_key + day
-            at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
-            found = keys[at] == wanted
-            value = np.where(found, reading[at], 0)
-        columns[f"{name}_reading"] = value
-        columns[f"{name}_known"] = found
-    return Frame(spec, esiids, columns)
+            near = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+            at = np.where(keys[near] == wanted, near, -1)
+        columns[f"{name}_read"] = at
+    return Frame(spec, esiids, columns, reading)
 
 
 def _masks(masks: Sequence[bytes | None], counts: np.ndarray) -> np.ndarray:
@@ -533,6 +534,8 @@ def csv_text(frame: Frame) -> str:
     lines: Iterator[str]
     report = frame.spec.report
     if report == "daily":
+        # each read is written once, whether it opens a day or closes one; -1 picks the blank
+        readings = np.array([*kwh_text(frame.reads), ""], dtype=object)
         # the few distinct (intervals, missing, estimated, flags) are written once each
         counts = columns["intervals"] + 128 * (
             columns["missing"] + 128 * (columns["estimated"] + 128 * columns["flags"])
@@ -540,7 +543,7 @@ def csv_text(frame: Frame) -> str:
         unique, inverse = np.unique(counts, return_inverse=True)
         tails = np.array(
             [
-                f"{n & 127},{n >> 7 & 127},{n >> 14 & 127},{_FLAG_NAMES[n >> 21]}"
+                f"{n & 127},{n >> 7 & 127},{n >> 14 & 127},{'|'.join(vee.names(n >> 21))}"
                 for n in unique.tolist()
             ],
             dtype=object,
@@ -550,8 +553,8 @@ def csv_text(frame: Frame) -> str:
             zip(
                 esiids[columns["idx"]].tolist(),
                 _date_texts(columns["day"]).tolist(),
-                _reading_texts(columns["start_reading"], columns["start_known"]),
-                _reading_texts(columns["end_reading"], columns["end_known"]),
+                readings[columns["start_read"]].tolist(),
+                readings[columns["end_read"]].tolist(),
                 kwh_text(columns["total_wh"]),
                 tails.tolist(),
                 strict=True,
@@ -590,12 +593,6 @@ def csv_text(frame: Frame) -> str:
     return "\r\n".join(lines) + "\r\n"
 
 
-def _reading_texts(reading: np.ndarray, known: np.ndarray) -> list[str]:
-    texts = np.array(kwh_text(reading), dtype=object)
-    texts[~known] = ""
-    return list(texts.tolist())
-
-
 def csv_rows(frame: Frame) -> int:
     """How many CSV lines ``csv_text`` makes of the frame."""
     if frame.spec.report == "interval":
@@ -609,6 +606,7 @@ def json_rows(frame: Frame) -> list[dict[str, Any]]:
     report = frame.spec.report
     if report == "daily":
         listed = {name: values.tolist() for name, values in columns.items()}
+        reads = [*frame.reads.tolist(), None]  # -1: no read
         dates = _date_texts(columns["day"]).tolist()
         return [
             {
@@ -618,10 +616,8 @@ def json_rows(frame: Frame) -> list[dict[str, Any]]:
                 "missing": listed["missing"][k],
                 "estimated": listed["estimated"][k],
                 "flags": vee.names(listed["flags"][k]),
-                "start_reading_wh": listed["start_reading"][k]
-                if listed["start_known"][k]
-                else None,
-                "end_reading_wh": listed["end_reading"][k] if listed["end_known"][k] else None,
+                "start_reading_wh": reads[listed["start_read"][k]],
+                "end_reading_wh": reads[listed["end_read"][k]],
             }
             for k in range(len(dates))
         ]
