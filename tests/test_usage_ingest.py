@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,14 +16,27 @@ from hangw.store.model import register_reads, usage_days, usage_files, usage_rej
 from hangw.usage.ingest import Ingest
 from hangw.usage.reads import load_reads_thd, parse_reads
 from hangw.usage.vee import Flag
+from tests.test_messaging_store import _wipe
 from tests.test_usage_lse import record
 
+POSTGRES_URL = os.environ.get("HANGW_TEST_POSTGRES_URL")
 
-@pytest.fixture
-def engine(tmp_path: Path) -> sa.Engine:
-    engine = schema.make_engine(f"sqlite:///{tmp_path / 'usage.sqlite'}")
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
+    """The same statements on a SQLite file and on the throwaway PostgreSQL bin/test starts."""
+    if request.param == "postgresql":
+        if not POSTGRES_URL:
+            pytest.skip("HANGW_TEST_POSTGRES_URL is not set (a throwaway PostgreSQL database)")
+        engine = schema.make_engine(POSTGRES_URL)
+        _wipe(engine)
+    else:
+        engine = schema.make_engine(f"sqlite:///{tmp_path / 'usage.sqlite'}")
     schema.upgrade(engine)
-    return engine
+    yield engine
+    if request.param == "postgresql":
+        _wipe(engine)
+    engine.dispose()
 
 
 @pytest.fixture
