@@ -21,6 +21,7 @@ import sqlalchemy as sa
 
 from hangw import cli_messaging, cli_usage, cli_usage_store
 from hangw import config as config_module
+from hangw.client import add_api_options
 
 
 def _store(config: config_module.Config) -> Any:
@@ -285,17 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def api_command(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
-        p.add_argument(
-            "--as",
-            dest="as_party",
-            default="demo-rep-a",
-            help="party name of a certificate in the cert dir (default demo-rep-a)",
-        )
-        p.add_argument("--cert")
-        p.add_argument("--key")
-        p.add_argument("--ca")
-        p.add_argument("--api", help="API base URL (default https://localhost:<api.port>)")
-        p.add_argument("--json", action="store_true", help="print the API's JSON")
+        add_api_options(p)
         return p
 
     p = api_command("provision", "add a HAN device to an ESI ID")

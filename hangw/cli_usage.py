@@ -22,26 +22,12 @@ from typing import Any, TextIO
 from urllib.parse import quote, urlencode
 
 from hangw.cli_messaging import progress_bar
+from hangw.client import add_api_options
 
 REPORTS = ("interval", "daily", "monthly")
 #: The actions of ``hangw usage`` that go over the API.
 ACTIONS = frozenset({*REPORTS, "job", "plot"})
 _FINISHED = ("done", "failed", "expired")
-
-
-def _api_options(p: argparse.ArgumentParser) -> None:
-    """The options every API command has (as ``api_command`` gives the top-level ones)."""
-    p.add_argument(
-        "--as",
-        dest="as_party",
-        default="demo-rep-a",
-        help="party name of a certificate in the cert dir (default demo-rep-a)",
-    )
-    p.add_argument("--cert")
-    p.add_argument("--key")
-    p.add_argument("--ca")
-    p.add_argument("--api", help="API base URL (default https://localhost:<api.port>)")
-    p.add_argument("--json", action="store_true", help="print the API's JSON")
 
 
 def _range_options(p: argparse.ArgumentParser) -> None:
@@ -57,7 +43,7 @@ def add_commands(sub: Any) -> Any:
 
     def action(name: str, help_text: str, parent: Any = actions) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = parent.add_parser(name, help=help_text)
-        _api_options(p)
+        add_api_options(p)
         return p
 
     for report, what in (

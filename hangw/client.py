@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
 import ssl
@@ -96,3 +97,18 @@ class Client:
 
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)[1]
+
+
+def add_api_options(parser: argparse.ArgumentParser) -> None:
+    """The options every ``hangw`` command that calls the API takes: who to be, and where."""
+    parser.add_argument(
+        "--as",
+        dest="as_party",
+        default="demo-rep-a",
+        help="party name of a certificate in the cert dir (default demo-rep-a)",
+    )
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
+    parser.add_argument("--ca")
+    parser.add_argument("--api", help="API base URL (default https://localhost:<api.port>)")
+    parser.add_argument("--json", action="store_true", help="print the API's JSON")

@@ -93,9 +93,13 @@ _COUNT = (
 )
 
 
+def placeholder(dialect: sa.Dialect) -> str:
+    """The DB-API driver's mark for a bound value (``?`` for sqlite3, ``%s`` for psycopg)."""
+    return "?" if dialect.paramstyle == "qmark" else "%s"
+
+
 def _placeholders(dialect: sa.Dialect, count: int) -> str:
-    mark = "?" if dialect.paramstyle == "qmark" else "%s"
-    return ", ".join([mark] * count)
+    return ", ".join([placeholder(dialect)] * count)
 
 
 class Ingest:
@@ -360,7 +364,7 @@ class Ingest:
             self._sum_check(cursor, dialect)
             cursor.execute(
                 "SELECT count(*) FROM usage_days WHERE file_id = "
-                + ("?" if dialect.paramstyle == "qmark" else "%s")
+                + placeholder(dialect)
                 + " AND flags <> 0",
                 (outcome.file_id,),
             )
@@ -416,7 +420,7 @@ class Ingest:
 def prepare_sum_keys(cursor: Any, dialect: sa.Dialect, days: Sequence[int]) -> None:
     """Empty temporary tables ``sum_keys`` (the days to judge) and ``sum_days`` (each of ``days``
     with the day after it), for the caller to fill ``sum_keys``."""
-    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    mark = placeholder(dialect)
     cursor.execute(
         "CREATE TEMP TABLE IF NOT EXISTS sum_keys (esiid VARCHAR(64) NOT NULL, "
         "day INTEGER NOT NULL, channel SMALLINT NOT NULL, next_day INTEGER NOT NULL)"
@@ -439,7 +443,7 @@ def apply_sum_check(cursor: Any, dialect: sa.Dialect, tolerance_wh: int) -> None
     must equal their difference within ``tolerance_wh``; a day without both keeps its flag as is.
     """
     bit = int(Flag.SUM_CHECK)
-    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    mark = placeholder(dialect)
     cursor.execute(
         "UPDATE usage_days SET flags = CASE "
         f"WHEN abs(usage_days.total_wh - (r1.reading_wh - r0.reading_wh)) > {mark} "
@@ -512,7 +516,7 @@ class Parsing:
 
 def _where(statement: str, dialect: sa.Dialect) -> str:
     """``statement`` limited to one ESI ID, day and channel (bound in that order)."""
-    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    mark = placeholder(dialect)
     return f"{statement} WHERE esiid = {mark} AND day = {mark} AND channel = {mark}"
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from hangw.usage.days import day_of
-from hangw.usage.ingest import apply_sum_check, prepare_sum_keys
+from hangw.usage.ingest import apply_sum_check, placeholder, prepare_sum_keys
 
 _ESIID = re.compile(r"[A-Za-z0-9]{1,64}")
 REQUIRED = ("esiid", "read_date", "reading_kwh")
@@ -111,7 +111,7 @@ def load_reads_thd(
 ) -> int:
     """Upsert the reads and judge the sum check of the days they bound; returns reads stored."""
     dialect = conn.dialect
-    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    mark = placeholder(dialect)
     raw: Any = conn.connection.dbapi_connection
     cursor = raw.cursor()
     try:
