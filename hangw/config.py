@@ -24,6 +24,8 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class GatewayConfig:
     state_dir: Path = Path(".state")
+    #: "auto", "off" or a CPU number: which CPU hangwd keeps its threads on (hangw.affinity).
+    cpu: str | int = "auto"
 
 
 @dataclass(frozen=True)
@@ -213,8 +215,13 @@ def from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> Config:
 
     g = _table("gateway", data.get("gateway", {}))
     _known("gateway", g, GatewayConfig)
+    cpu = g.get("cpu", "auto")
+    if isinstance(cpu, str):
+        _string("gateway.cpu", cpu, ("auto", "off"))
+    else:
+        cpu = _integer("gateway.cpu", cpu, 0, 65535)
     gateway = GatewayConfig(
-        state_dir=Path(_string("gateway.state_dir", g.get("state_dir", ".state")))
+        state_dir=Path(_string("gateway.state_dir", g.get("state_dir", ".state"))), cpu=cpu
     )
 
     s = _table("store", data.get("store", {}))

@@ -33,9 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     import structlog
     from twisted.internet import reactor
 
+    from hangw import affinity
     from hangw.gateway import Gateway
 
     log = structlog.get_logger("hangwd")
+    try:  # before any thread starts, so that every thread inherits the CPU
+        cpu = affinity.pin(config.gateway.cpu)
+    except ValueError as error:
+        print(f"hangwd: gateway.cpu: {error}", file=sys.stderr)
+        return 2
     try:
         gateway = Gateway(config, reactor)
     except config_module.ConfigError as error:
@@ -64,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             ops=f"http://{config.api.host}:{config.api.ops_port}",
             store=config_module.safe_url(config.store_url),
             adapters=[f"{a.tdsp_duns}:{a.kind}" for a in config.adapters],
+            cpu=cpu if cpu is not None else "any",
         )
 
     reactor.callWhenRunning(started)

@@ -25,6 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from hangw import affinity
 from hangw.store.model import usage_files, usage_rejections
 from hangw.usage import lse
 from hangw.usage.days import date_of, day_of
@@ -170,9 +171,13 @@ class Ingest:
 
     def _workers(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            # spawn: the daemon runs threads, and a forked child would inherit their locks
+            # spawn: the daemon runs threads, and a forked child would inherit their locks;
+            # the workers parse on every CPU, not only on the one the daemon keeps to
             self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("spawn")
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=affinity.release,
+                initargs=(0, affinity.unpinned()),
             )
         return self._pool
 

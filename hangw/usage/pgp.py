@@ -41,6 +41,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hangw import affinity
 from hangw.usage.delivery import DeliveryRejected
 
 if TYPE_CHECKING:
@@ -559,6 +560,7 @@ def _run(argv: list[str], data: bytes, timeout: float, max_output: int | None) -
         )
     except OSError as error:
         raise UsageKeyError(f"cannot run {argv[0]}: {error.strerror}") from None
+    affinity.release(process.pid)  # decrypting a big delivery is work for another CPU
     with _reaped(process):
         assert process.stdin and process.stdout and process.stderr
         deadline = time.monotonic() + timeout
