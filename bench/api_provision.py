@@ -6,7 +6,9 @@ drives them. The bare endpoint answers every POST with a constant JSON body; han
 provisioning request (authorization, validation, one transaction, outbox), with the simulated
 head-end answering in the background.
 
-    .venv/bin/python bench/api_provision.py [--requests 3000] [--clients 8]
+hangwd runs on its defaults, its threads on one CPU (``--cpu off`` leaves that to the kernel).
+
+    .venv/bin/python bench/api_provision.py [--requests 3000] [--clients 8] [--cpu auto]
 
 Last line: RESULT api_provision <req/s> req/s baseline=<req/s> ratio=<x>
 """
@@ -32,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.measure import CpuMeter, process_cpu_seconds  # noqa: E402
 from hangw.config import load  # noqa: E402
 from tests.gateway_harness import INSTALL_CODE, REP_A, TDSP, prepare_state  # noqa: E402
 
@@ -136,6 +139,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument(
+        "--cpu", default="auto", help='hangwd\'s gateway.cpu: "auto" (its default), "off" or a CPU'
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,6 +150,7 @@ def main() -> int:
         config_path = tmp_path / "hangw.toml"
         config_path.write_text(
             f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n'
+            f"cpu = {args.cpu if args.cpu.isdigit() else json.dumps(args.cpu)}\n"
             f"[api]\nport = {api_port}\nops_port = {ops_port}\n"
             f'[logging]\nlevel = "warning"\nformat = "json"\n'
             f'[adapters.{TDSP}]\nkind = "simulator"\n'
@@ -197,8 +204,17 @@ def main() -> int:
             wait_for(ops_port, "/healthz")
             # warm both up, then measure the baseline first and hangw second
             load_test(bare_port, config.cert_dir, bodies[:200], args.clients)
+            ours = ["/proc/self/stat", *(f"/proc/{p.pid}/stat" for p in processes)]
+            meter = CpuMeter({"bare endpoint": f"/proc/{bare.pid}/stat"}, ours)
+            bare_cpu = process_cpu_seconds(bare.pid)
             baseline = load_test(bare_port, config.cert_dir, bodies, args.clients)
+            bare_cpu = process_cpu_seconds(bare.pid) - bare_cpu
+            print(meter.report())
+            meter = CpuMeter({"hangwd": f"/proc/{hangwd.pid}/stat"}, ours)
+            hangwd_cpu = process_cpu_seconds(hangwd.pid)
             rate = load_test(api_port, config.cert_dir, bodies, args.clients)
+            hangwd_cpu = process_cpu_seconds(hangwd.pid) - hangwd_cpu
+            print(meter.report())
         finally:
             for process in processes:
                 process.send_signal(signal.SIGTERM)
@@ -206,6 +222,11 @@ def main() -> int:
     print(
         f"bare Twisted TLS endpoint: {baseline:.0f} req/s; hangw provisioning: {rate:.0f} req/s "
         f"({args.requests} requests, {args.clients} keep-alive clients)"
+    )
+    print(
+        f"CPU per request: bare endpoint {bare_cpu / args.requests * 1e6:.0f} us, hangwd "
+        f"{hangwd_cpu / args.requests * 1e6:.0f} us (its head-end work still running at the "
+        "end is not counted)"
     )
     ratio = rate / baseline
     print(f"RESULT api_provision {rate:.0f} req/s baseline={baseline:.0f} req/s ratio={ratio:.2f}")

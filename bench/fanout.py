@@ -57,7 +57,7 @@ from twisted.internet.task import deferLater, react  # noqa: E402
 from twisted.internet.threads import deferToThread  # noqa: E402
 
 from bench.measure import CpuMeter, free_port, wait_exit  # noqa: E402
-from hangw import certs, logs  # noqa: E402
+from hangw import affinity, certs, logs  # noqa: E402
 from hangw.client import Client, Identity  # noqa: E402
 from hangw.config import Config, from_mapping  # noqa: E402
 from hangw.domain import Party, Role  # noqa: E402
@@ -187,6 +187,8 @@ def storage_floor(path: Path, delivery_rows: int, status_rows: int) -> float:
 async def measure(args: argparse.Namespace, config: Config, tmp: Path) -> tuple[float, int, int]:
     from hangw.gateway import Gateway
 
+    cpu = affinity.pin(config.gateway.cpu)  # as hangwd does: the gateway's threads on one CPU
+    print(f"gateway threads on CPU {cpu}" if cpu is not None else "gateway threads on any CPU")
     gateway = Gateway(config, reactor)
     adapter: Any = gateway.adapters[TDSP]
     link_up = adapter.on_connected
@@ -232,6 +234,7 @@ async def measure(args: argparse.Namespace, config: Config, tmp: Path) -> tuple[
         stdout=sim_log,
         stderr=sim_log,
     )
+    affinity.release(sim.pid)  # the head-end is another machine's work: not on the gateway's CPU
     cert_dir = config.cert_dir
     client = Client(
         f"https://localhost:{api_port}",

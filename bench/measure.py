@@ -54,6 +54,11 @@ def _cpu_seconds(stat_path: str) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds process ``pid`` has used so far (nan where /proc cannot tell)."""
+    return _cpu_seconds(f"/proc/{pid}/stat")
+
+
 def _machine_busy_seconds() -> float:
     """CPU seconds all CPUs spent busy since boot (user, nice, system, irq, softirq, steal)."""
     try:

@@ -177,18 +177,20 @@ class Store:
                         own_failure = Failure()
                         raise  # roll the transaction back
                 else:
-                    # Plain SAVEPOINT statements: SQLAlchemy's begin_nested() costs several
-                    # times more, and these jobs never nest transactions of their own.
+                    # Plain SAVEPOINT statements on the driver's cursor: SQLAlchemy's
+                    # begin_nested() costs several times more (and exec_driver_sql ten times
+                    # more than the cursor), and these jobs never nest transactions of their own.
+                    savepoints = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
                     for thd, args, done, _ in batch:
-                        conn.exec_driver_sql("SAVEPOINT hangw_job")
+                        savepoints.execute("SAVEPOINT hangw_job")
                         try:
                             result = thd(conn, *args)
                         except Exception:
                             outcomes.append((done, Failure()))
-                            conn.exec_driver_sql("ROLLBACK TO SAVEPOINT hangw_job")
+                            savepoints.execute("ROLLBACK TO SAVEPOINT hangw_job")
                         else:
                             outcomes.append((done, result))
-                        conn.exec_driver_sql("RELEASE SAVEPOINT hangw_job")
+                        savepoints.execute("RELEASE SAVEPOINT hangw_job")
         except Exception as error:
             # the one job's own error, or a failed commit: nothing of the batch was kept
             if own_failure is None:
