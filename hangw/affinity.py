@@ -11,8 +11,8 @@ server, the head-end, TLS clients, the usage store's parsing processes.
 ``gateway.cpu`` chooses: ``"auto"`` (the default) pins the daemon to the CPU it started on when
 it may run on more than one; a number pins it to that CPU; ``"off"`` leaves scheduling to the
 kernel. The daemon pins itself first thing, so every thread it starts inherits the one CPU;
-processes that do heavy work of their own (the LSE parsing workers, gpg) are given back every
-CPU the daemon was allowed at start (``release``).
+work that runs for seconds mostly outside Python (the LSE parsing processes, gpg, a bulk usage
+report job's thread) is given back every CPU the daemon was allowed at start (``release``).
 """
 
 from __future__ import annotations

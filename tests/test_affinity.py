@@ -171,3 +171,48 @@ def test_parsing_workers_of_a_pinned_process_get_every_cpu(tmp_path: Path) -> No
     before, worker, parent = json.loads(result.stdout)
     assert len(before) >= 2 and worker == before, result.stdout
     assert len(parent) == 1, result.stdout
+
+
+@pytest.mark.slow
+@several_cpus
+def test_a_thread_released_runs_on_every_cpu_while_the_daemon_stays_pinned(
+    tmp_path: Path,
+) -> None:
+    """A thread that calls release() (as a bulk report job does) gets every CPU; the rest do not."""
+    script = textwrap.dedent(
+        """
+        import json, threading
+        from hangw import affinity
+
+        before = affinity.allowed()
+        affinity.pin("auto")
+        seen = {}
+
+        def job():
+            affinity.release()
+            seen["job"] = affinity.allowed()
+            inner = threading.Thread(target=lambda: seen.update(inner=affinity.allowed()))
+            inner.start()
+            inner.join()
+
+        thread = threading.Thread(target=job)
+        thread.start()
+        thread.join()
+        print(json.dumps([sorted(before), sorted(seen["job"]), sorted(seen["inner"]),
+                          sorted(affinity.allowed())]))
+        """
+    )
+    path = tmp_path / "probe.py"
+    path.write_text(script)
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert result.returncode == 0, result.stderr
+    before, job, inner, main = json.loads(result.stdout)
+    assert job == before and inner == before, result.stdout  # read-ahead threads inherit it
+    assert len(main) == 1, result.stdout

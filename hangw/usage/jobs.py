@@ -38,6 +38,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from hangw import affinity
 from hangw.config import Config, UsageConfig
 from hangw.domain import Party
 from hangw.problems import Conflict, Forbidden, InvalidField, NotFound, Problem
@@ -524,6 +525,9 @@ class JobService:
 
     def _produce(self, job_id: str, report: str, params: str, path: Path) -> int:
         """On the job thread: write the job's CSV, reporting progress to the reactor."""
+        # a bulk report reads and sums for seconds, mostly in SQLite and numpy: on every CPU,
+        # not on the one the daemon keeps its reactor on (its read-ahead threads inherit this)
+        affinity.release()
         spec = _spec_of(report, params)
         esiids = json.loads(params)["esiids"]
 
