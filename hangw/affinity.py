@@ -23,7 +23,6 @@ from collections.abc import Set
 #: The CPUs this process was allowed before ``pin`` narrowed them (None: never pinned).
 _allowed_before_pin: frozenset[int] | None = None
 
-
 #: Can this system pin threads at all (Linux can; macOS cannot)?
 SUPPORTED = hasattr(os, "sched_setaffinity")
 
@@ -101,5 +100,5 @@ def release(pid: int = 0, cpus: Set[int] | None = None) -> None:
         return
     try:
         os.sched_setaffinity(pid, cpus if cpus is not None else unpinned())
-    except (ProcessLookupError, OSError):
+    except OSError:  # it has exited, or may not have these CPUs: it runs where it was
         pass
