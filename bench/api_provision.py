@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.measure import CpuMeter, process_cpu_seconds  # noqa: E402
+from bench.measure import CpuMeter  # noqa: E402
 from hangw.config import load  # noqa: E402
 from tests.gateway_harness import INSTALL_CODE, REP_A, TDSP, prepare_state  # noqa: E402
 
@@ -206,14 +206,12 @@ def main() -> int:
             load_test(bare_port, config.cert_dir, bodies[:200], args.clients)
             ours = ["/proc/self/stat", *(f"/proc/{p.pid}/stat" for p in processes)]
             meter = CpuMeter({"bare endpoint": f"/proc/{bare.pid}/stat"}, ours)
-            bare_cpu = process_cpu_seconds(bare.pid)
             baseline = load_test(bare_port, config.cert_dir, bodies, args.clients)
-            bare_cpu = process_cpu_seconds(bare.pid) - bare_cpu
+            bare_cpu = meter.used()["bare endpoint"]
             print(meter.report())
             meter = CpuMeter({"hangwd": f"/proc/{hangwd.pid}/stat"}, ours)
-            hangwd_cpu = process_cpu_seconds(hangwd.pid)
             rate = load_test(api_port, config.cert_dir, bodies, args.clients)
-            hangwd_cpu = process_cpu_seconds(hangwd.pid) - hangwd_cpu
+            hangwd_cpu = meter.used()["hangwd"]
             print(meter.report())
         finally:
             for process in processes:

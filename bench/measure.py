@@ -54,11 +54,6 @@ def _cpu_seconds(stat_path: str) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """CPU seconds process ``pid`` has used so far (nan where /proc cannot tell)."""
-    return _cpu_seconds(f"/proc/{pid}/stat")
-
-
 def _machine_busy_seconds() -> float:
     """CPU seconds all CPUs spent busy since boot (user, nice, system, irq, softirq, steal)."""
     try:
@@ -89,6 +84,14 @@ class CpuMeter:
             sum(_cpu_seconds(path) for path in self.processes),
             _machine_busy_seconds(),
         )
+
+    def used(self) -> dict[str, float]:
+        """CPU seconds each part has used since the meter was made."""
+        now = [_cpu_seconds(path) for path in self.parts.values()]
+        started = self._start[0]
+        return {
+            name: end - start for name, start, end in zip(self.parts, started, now, strict=True)
+        }
 
     def report(self) -> str:
         parts, ours, machine = self._sample()

@@ -77,8 +77,7 @@ def pin(setting: str | int) -> int | None:
     if cpu is None or not SUPPORTED:
         return None
     _allowed_before_pin = cpus
-    os.sched_setaffinity(0, {cpu})
-    for tid in os.listdir("/proc/self/task"):
+    for tid in os.listdir("/proc/self/task"):  # the calling thread is one of them
         try:
             os.sched_setaffinity(int(tid), {cpu})
         except OSError:  # a thread that ended meanwhile

@@ -137,6 +137,23 @@ def test_a_cpu_that_is_not_allowed_stops_hangwd(tmp_path: Path) -> None:
     assert f"gateway.cpu: CPU {bad} is not one this process may run on" in result.stderr
 
 
+def run_probe(tmp_path: Path, script: str) -> str:
+    """Run ``script`` in a Python process of its own (pinning this one would pin pytest); its
+    standard output."""
+    path = tmp_path / "probe.py"
+    path.write_text(script)
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 @pytest.mark.slow
 @several_cpus
 def test_parsing_workers_of_a_pinned_process_get_every_cpu(tmp_path: Path) -> None:
@@ -157,20 +174,10 @@ def test_parsing_workers_of_a_pinned_process_get_every_cpu(tmp_path: Path) -> No
             print(json.dumps([sorted(before), sorted(worker), sorted(affinity.allowed())]))
         """
     )
-    path = tmp_path / "probe.py"
-    path.write_text(script)
-    root = Path(__file__).resolve().parent.parent
-    result = subprocess.run(
-        [sys.executable, str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(root)},
-    )
-    assert result.returncode == 0, result.stderr
-    before, worker, parent = json.loads(result.stdout)
-    assert len(before) >= 2 and worker == before, result.stdout
-    assert len(parent) == 1, result.stdout
+    result = run_probe(tmp_path, script)
+    before, worker, parent = json.loads(result)
+    assert len(before) >= 2 and worker == before, result
+    assert len(parent) == 1, result
 
 
 @pytest.mark.slow
@@ -202,17 +209,7 @@ def test_a_thread_released_runs_on_every_cpu_while_the_daemon_stays_pinned(
                           sorted(affinity.allowed())]))
         """
     )
-    path = tmp_path / "probe.py"
-    path.write_text(script)
-    root = Path(__file__).resolve().parent.parent
-    result = subprocess.run(
-        [sys.executable, str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(root)},
-    )
-    assert result.returncode == 0, result.stderr
-    before, job, inner, main = json.loads(result.stdout)
-    assert job == before and inner == before, result.stdout  # read-ahead threads inherit it
-    assert len(main) == 1, result.stdout
+    result = run_probe(tmp_path, script)
+    before, job, inner, main = json.loads(result)
+    assert job == before and inner == before, result  # read-ahead threads inherit it
+    assert len(main) == 1, result
