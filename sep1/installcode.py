@@ -52,21 +52,20 @@ def _pad(message: bytes) -> bytes:
         tail = bits.to_bytes(2, "big")
     else:
         tail = bits.to_bytes(4, "big") + b"\x00\x00"
-    padded = message + b"\x80"
-    while (len(padded) + len(tail)) % BLOCK:
-        padded += b"\x00"
-    return padded + tail
+    zeros = -(len(message) + 1 + len(tail)) % BLOCK
+    return message + b"\x80" + bytes(zeros) + tail
 
 
 def aes_mmo_hash(message: bytes) -> bytes:
     """The AES-MMO hash: H0 = 0; Hi = AES(key=H(i-1), Mi) XOR Mi over the padded message."""
     digest = bytes(BLOCK)
     padded = _pad(message)
+    ecb = modes.ECB()
     for start in range(0, len(padded), BLOCK):
         block = padded[start : start + BLOCK]
-        encryptor = Cipher(algorithms.AES(digest), modes.ECB()).encryptor()
-        enciphered = encryptor.update(block) + encryptor.finalize()
-        digest = bytes(a ^ b for a, b in zip(enciphered, block, strict=True))
+        enciphered = Cipher(algorithms.AES(digest), ecb).encryptor().update(block)
+        # ECB on one whole block: update() returns all of it, finalize() adds nothing
+        digest = (int.from_bytes(enciphered) ^ int.from_bytes(block)).to_bytes(BLOCK)
     return digest
 
 
