@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -65,23 +64,6 @@ async def test_queued_jobs_commit_together_and_a_failing_one_alone_is_undone(
     assert "refuses after writing" in results[3][1].getErrorMessage()
     assert counter("hangw_store_transactions_total") - commits_before == 1
     assert stored_ids(store.engine) == {f"p{n}" for n in range(8) if n != 3}
-
-
-@pytest_twisted.ensureDeferred
-async def test_the_jobs_of_one_reactor_turn_share_one_commit(tmp_path: Path) -> None:
-    """A running writer gets a turn's jobs at its end, so they commit together, not one by one."""
-    store = make_store(tmp_path)
-    store.start()
-    await store.run(insert_party("warm-up"))
-    commits_before = counter("hangw_store_transactions_total")
-    jobs = []
-    for n in range(5):
-        jobs.append(store.run(insert_party(f"t{n}")))
-        time.sleep(0.01)  # the turn goes on (socket calls) and the writer could run meanwhile
-    await DeferredList(jobs, fireOnOneErrback=True)
-    store.stop()
-    assert counter("hangw_store_transactions_total") - commits_before == 1
-    assert stored_ids(store.engine) == {"warm-up", *(f"t{n}" for n in range(5))}
 
 
 @pytest_twisted.ensureDeferred

@@ -1,18 +1,12 @@
 """The store: a SQLAlchemy engine and the writer threads all blocking database work runs on.
 
 A query is a plain function ``thd(conn, *args)``; ``Store.run`` queues it and returns a Deferred of
-its result. Work is group-committed: the jobs handed to ``run`` in one reactor turn go to the
-writers together, at the end of that turn, and a writer thread takes every job waiting (up to
+its result. Work is group-committed: a writer thread takes every job waiting in the queue (up to
 ``max_batch``) and runs them in one transaction, each inside its own SAVEPOINT, so a job that
 raises undoes only its own writes and the others still commit together. A job's Deferred fires
 after the commit, so an answer never reports a change that could still be lost. SQLite gets one
 writer thread (one writer is all it allows); other databases get ``threads``. Each writer keeps
 its connection for as long as it runs.
-
-Handing over once a turn rather than once a job matters when the reactor and the writer share a
-CPU: a writer woken by the first request of a turn runs at the reactor's next socket call and
-commits that request alone. Waiting for the turn's end commits all of them at once (one commit and
-one wake-up instead of one each).
 """
 
 from __future__ import annotations
@@ -22,12 +16,12 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 import structlog
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.python.failure import Failure
 
 from hangw import metrics
@@ -39,19 +33,7 @@ R = TypeVar("R")
 log = structlog.get_logger(__name__)
 
 _Job = tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any], float]
-_STOP = None  # on the queue, between lists of jobs (one list for each reactor turn)
-
-
-class StoreReactor(Protocol):
-    """What the store needs of the reactor: answers from its threads, and the end of a turn."""
-
-    def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None: ...
-
-    def callLater(
-        self, delay: float, f: Callable[..., Any], *args: Any, **kwargs: Any
-    ) -> IDelayedCall: ...
-
-
+_STOP = None
 #: Seconds a writer waits before trying the database again after it could not connect.
 RECONNECT_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
 
@@ -74,7 +56,7 @@ class Store:
     def __init__(
         self,
         engine: sa.Engine,
-        reactor: StoreReactor,
+        reactor: IReactorFromThreads,
         threads: int = 4,
         max_batch: int = 256,
     ) -> None:
@@ -82,9 +64,7 @@ class Store:
         self._reactor = reactor
         self.writers = 1 if engine.dialect.name == "sqlite" else threads
         self.max_batch = max_batch
-        self._queue: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
-        self._turn: list[_Job] = []  # handed to run() in this reactor turn, not yet queued
-        self._hand_over_call: IDelayedCall | None = None
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._stopped = False
         self._failed_connects = 0
@@ -106,7 +86,6 @@ class Store:
     def stop(self) -> None:
         """Finish every queued job, then stop the writers and close the engine's connections."""
         self._stopped = True
-        self._hand_over()
         for _ in self._threads:
             self._queue.put(_STOP)
         for thread in self._threads:
@@ -124,47 +103,30 @@ class Store:
         if self._stopped:
             return fail(StoreStopped("the store has stopped; the gateway is shutting down"))
         done: Deferred[T] = Deferred()
-        self._turn.append((thd, args, done, time.monotonic()))
-        if self._hand_over_call is None:
-            self._hand_over_call = self._reactor.callLater(0, self._hand_over)
+        self._queue.put((thd, args, done, time.monotonic()))
         return done
-
-    def _hand_over(self) -> None:
-        """Queue the jobs of this turn for the writers, as one list."""
-        if self._hand_over_call is not None:
-            if self._hand_over_call.active():
-                self._hand_over_call.cancel()
-            self._hand_over_call = None
-        if self._turn:
-            jobs, self._turn = self._turn, []
-            self._queue.put(jobs)
 
     # -- on the writer threads -----------------------------------------------------------------
 
     def _writer(self) -> None:
         conn: sa.Connection | None = None
-        waiting: list[_Job] = []  # taken from the queue, not yet run
-        stopping = False
         try:
             while True:
-                if not waiting:
-                    if stopping:
-                        return
-                    jobs = self._queue.get()
-                    if jobs is _STOP:
-                        return
-                    waiting = jobs
-                while len(waiting) < self.max_batch and not stopping:
+                job = self._queue.get()
+                if job is _STOP:
+                    return
+                metrics.store_wait.observe(time.monotonic() - job[3])
+                batch = [job]
+                stopping = False
+                while len(batch) < self.max_batch:
                     try:
                         more = self._queue.get_nowait()
                     except queue.Empty:
                         break
                     if more is _STOP:
-                        stopping = True  # after what was queued before it
-                    else:
-                        waiting += more
-                batch, waiting = waiting[: self.max_batch], waiting[self.max_batch :]
-                metrics.store_wait.observe(time.monotonic() - batch[0][3])
+                        stopping = True
+                        break
+                    batch.append(more)
                 if conn is None or conn.invalidated or conn.closed:
                     conn = self._connect(conn)
                 if conn is None:
@@ -173,6 +135,8 @@ class Store:
                 else:
                     outcomes = self._run_batch(conn, batch)
                 self._reactor.callFromThread(_deliver, outcomes)
+                if stopping:
+                    return
         finally:
             if conn is not None:
                 conn.close()
