@@ -397,7 +397,9 @@ class _Journal:
             " next_step INTEGER NOT NULL, step_at REAL NOT NULL, finished INTEGER NOT NULL)"
         )
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
-        self._pending_ids: set[str] = set()  # commands recorded but not yet committed
+        self._recorded: set[str] = set()  # commands recorded since the file was opened
+        # an empty journal has nothing from an earlier run to look up, command by command
+        self._from_earlier_runs = self._db.execute("SELECT 1 FROM commands LIMIT 1").fetchone()
         self._flush_call: IDelayedCall | None = None
 
     def _write(self, sql: str, params: tuple[Any, ...]) -> None:
@@ -414,7 +416,6 @@ class _Journal:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        self._pending_ids.clear()
         self._db.execute("BEGIN")
         try:
             for sql, params in pending:
@@ -425,15 +426,17 @@ class _Journal:
         self._db.execute("COMMIT")
 
     def known(self, command_id: str) -> bool:
-        if command_id in self._pending_ids:
+        if command_id in self._recorded:
             return True
+        if self._from_earlier_runs is None:
+            return False
         row = self._db.execute(
             "SELECT 1 FROM commands WHERE command_id = ?", (command_id,)
         ).fetchone()
         return row is not None
 
     def record(self, job: _Job) -> None:
-        self._pending_ids.add(job.command_id)
+        self._recorded.add(job.command_id)
         self._write(
             "INSERT OR IGNORE INTO commands VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
             (
