@@ -189,6 +189,9 @@ _SELECT_DEVICE = Prepared(
     sa.select(*_DEVICE_COLUMNS).where(han_devices.c.device_id == sa.bindparam("b_device_id"))
 )
 
+#: hangw_device_transitions_total, one child per status, looked up once instead of per change
+_TRANSITIONS = {status: metrics.device_transitions.labels(status.value) for status in DeviceStatus}
+
 _SELECT_DEVICE_WITH_COMMAND = Prepared(
     sa.select(*_DEVICE_COLUMNS, _LATEST_COMMAND, meters.c.tdsp_duns)
     .join(meters, meters.c.esiid == han_devices.c.esiid)
@@ -416,7 +419,7 @@ class DeviceService:
         if result.rowcount != 1:
             raise Conflict(f"device {device_id} changed status while this request ran; try again")
         self._write_history(conn, device, new, event.value, now, actor, reason)
-        metrics.device_transitions.labels(new.value).inc()
+        _TRANSITIONS[new].inc()
         return dataclasses.replace(device, status=new, status_at=now, reason=reason)
 
     # ---- requests from parties -----------------------------------------------------------------
@@ -506,7 +509,7 @@ class DeviceService:
                 conn, device, INITIAL_STATUS, "add requested", now, party.party_id, ""
             )
             self._queue(conn, meter.tdsp_duns, device_id, "provision", now)
-            metrics.device_transitions.labels(INITIAL_STATUS.value).inc()
+            _TRANSITIONS[INITIAL_STATUS].inc()
             return device
 
         try:
