@@ -6,6 +6,11 @@ drives them. The bare endpoint answers every POST with a constant JSON body; han
 provisioning request (authorization, validation, one transaction, outbox), with the simulated
 head-end answering in the background.
 
+In the same run, a third server built from hangwd's own parts (bench/stack_floor_server.py:
+the asyncio reactor, the mutual-TLS listener, a Klein route, the store's writer) answers each
+POST after inserting one row and nothing else: the floor its stack puts under any request that
+writes, printed as ``floor`` with its own ratio to the bare endpoint.
+
 hangwd runs on its defaults, its threads on one CPU (``--cpu off`` leaves that to the kernel).
 
     .venv/bin/python bench/api_provision.py [--requests 3000] [--clients 8] [--cpu auto]
@@ -200,14 +205,33 @@ def main() -> int:
                 stderr=open(tmp_path / "hangwd.log", "wb"),
             )
             processes.append(hangwd)
+            floor_port = free_port()
+            floor = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(ROOT / "bench" / "stack_floor_server.py"),
+                    str(config.cert_dir),
+                    str(floor_port),
+                    fingerprints,
+                    str(tmp_path / "floor.sqlite"),
+                ],
+                env=env,
+            )
+            processes.append(floor)
             wait_for(bare_port)
+            wait_for(floor_port)
             wait_for(ops_port, "/healthz")
-            # warm both up, then measure the baseline first and hangw second
+            # warm each up, then measure the baseline first, the floor next and hangw last
             load_test(bare_port, config.cert_dir, bodies[:200], args.clients)
             ours = ["/proc/self/stat", *(f"/proc/{p.pid}/stat" for p in processes)]
             meter = CpuMeter({"bare endpoint": f"/proc/{bare.pid}/stat"}, ours)
             baseline = load_test(bare_port, config.cert_dir, bodies, args.clients)
             bare_cpu = meter.used()["bare endpoint"]
+            print(meter.report())
+            load_test(floor_port, config.cert_dir, bodies[:200], args.clients)
+            meter = CpuMeter({"stack floor": f"/proc/{floor.pid}/stat"}, ours)
+            floor_rate = load_test(floor_port, config.cert_dir, bodies, args.clients)
+            floor_cpu = meter.used()["stack floor"]
             print(meter.report())
             meter = CpuMeter({"hangwd": f"/proc/{hangwd.pid}/stat"}, ours)
             rate = load_test(api_port, config.cert_dir, bodies, args.clients)
@@ -222,7 +246,12 @@ def main() -> int:
         f"({args.requests} requests, {args.clients} keep-alive clients)"
     )
     print(
-        f"CPU per request: bare endpoint {bare_cpu / args.requests * 1e6:.0f} us, hangwd "
+        f"stack floor (one row inserted, nothing else): {floor_rate:.0f} req/s, "
+        f"ratio={floor_rate / baseline:.2f}; the most any request that writes can reach here"
+    )
+    print(
+        f"CPU per request: bare endpoint {bare_cpu / args.requests * 1e6:.0f} us, "
+        f"stack floor {floor_cpu / args.requests * 1e6:.0f} us, hangwd "
         f"{hangwd_cpu / args.requests * 1e6:.0f} us (its head-end work still running at the "
         "end is not counted)"
     )
