@@ -379,10 +379,15 @@ class _Job:
 class _Journal:
     """Accepted commands and the step each reached, in a small SQLite file.
 
-    Writes are collected and committed together at the end of the reactor turn that made them
-    (one transaction instead of one per write), and always before an acknowledgement is given:
-    a command the gateway was told was accepted is on disk, so a restart cannot lose it.
+    Writes are collected and committed together at most ``flush_after_s`` after the first of
+    them (one transaction for all a busy head-end made meanwhile), and a command's record always
+    before its acknowledgement is given: a command the gateway was told was accepted is on disk,
+    so a restart cannot lose it. A step's progress may be lost to a crash; that step is reported
+    again after the restart, and the gateway takes the copy as the stale report it is.
     """
+
+    #: How long a write may wait in memory for others to share its transaction.
+    flush_after_s = 0.05
 
     def __init__(self, path: Path, clock: IReactorTime) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -398,6 +403,7 @@ class _Journal:
         )
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
         self._recorded: set[str] = set()  # commands recorded since the file was opened
+        self._unflushed: set[str] = set()  # of those, the ones not committed yet
         # an empty journal has nothing from an earlier run to look up, command by command
         self._from_earlier_runs = self._db.execute("SELECT 1 FROM commands LIMIT 1").fetchone()
         self._flush_call: IDelayedCall | None = None
@@ -405,7 +411,12 @@ class _Journal:
     def _write(self, sql: str, params: tuple[Any, ...]) -> None:
         self._pending.append((sql, params))
         if self._flush_call is None:
-            self._flush_call = self._clock.callLater(0, self.flush)
+            self._flush_call = self._clock.callLater(self.flush_after_s, self.flush)
+
+    def make_durable(self, command_id: str) -> None:
+        """Commit now if the command's record is still waiting (before it is acknowledged)."""
+        if command_id in self._unflushed:
+            self.flush()
 
     def flush(self) -> None:
         """Commit every write made so far, in one transaction."""
@@ -416,6 +427,7 @@ class _Journal:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
+        self._unflushed.clear()
         self._db.execute("BEGIN")
         try:
             for sql, params in pending:
@@ -437,6 +449,7 @@ class _Journal:
 
     def record(self, job: _Job) -> None:
         self._recorded.add(job.command_id)
+        self._unflushed.add(job.command_id)
         self._write(
             "INSERT OR IGNORE INTO commands VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
             (
@@ -788,7 +801,8 @@ class SimulatedHeadEnd:
         step = self._steps(job)[job.next_step]
         if job.next_step == 0:
             if self._journal is not None:
-                self._journal.flush()  # the command is on disk before it is acknowledged
+                # the command is on disk before it is acknowledged
+                self._journal.make_durable(job.command_id)
             waiting, job.waiting = job.waiting, []
             for d in waiting:
                 d.callback(None)

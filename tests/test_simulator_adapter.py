@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 import tomllib
+from contextlib import closing
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import SimpleNamespace
@@ -421,6 +423,44 @@ def test_journal_resumes_after_restart(tmp_path: Path) -> None:
     again.stop()
     assert INSTALL_CODE not in Path(journal).read_bytes()
     assert INSTALL_CODE.hex().encode() not in Path(journal).read_bytes().lower()
+
+
+def journaled(path: str) -> dict[str, int]:
+    """command id -> the next step, as committed to the journal file (read from outside)."""
+    with closing(sqlite3.connect(path)) as db:
+        return dict(db.execute("SELECT command_id, next_step FROM commands").fetchall())
+
+
+def test_journal_commits_a_record_before_its_acknowledgement(tmp_path: Path) -> None:
+    """An acknowledgement due before the journal's next commit commits the record first."""
+    journal = str(tmp_path / "head-end.sqlite")
+    clock = Clock()
+    simulator, _ = running(clock, journal_path=journal, ack_delay_s=0.01)
+    acknowledged = simulator.send(add())
+    assert journaled(journal) == {}  # still in memory, waiting for company
+    clock.advance(0.01)
+    assert succeeded(acknowledged) is None
+    assert journaled(journal) == {"add-0": 0}
+    simulator.stop()
+
+
+def test_journal_commits_the_writes_of_a_busy_spell_together(tmp_path: Path) -> None:
+    """Records and steps written within flush_after_s of the first share one commit after it."""
+    journal = str(tmp_path / "head-end.sqlite")
+    clock = Clock()
+    simulator, events = running(clock, journal_path=journal, ack_delay_s=0.2)
+    simulator.send(add(1))
+    clock.advance(0.03)
+    simulator.send(add(2, mac="000D6F0000002000"))
+    assert journaled(journal) == {}
+    clock.advance(0.02)  # flush_after_s after the first write
+    assert journaled(journal) == {"add-1": 0, "add-2": 0}
+    clock.advance(0.15)  # add-1 acknowledged: its step is written, committed a little later
+    assert events.statuses_of("add-1") == [S.ACKNOWLEDGED]
+    assert journaled(journal)["add-1"] == 0
+    clock.advance(0.05)
+    assert journaled(journal)["add-1"] == 1
+    simulator.stop()
 
 
 def test_journal_keeps_deduplicating_finished_commands(tmp_path: Path) -> None:
