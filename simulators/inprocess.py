@@ -39,7 +39,7 @@ import math
 import random
 import sqlite3
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -366,7 +366,10 @@ class _Job:
     next_step: int = 0
     #: When the previous step finished (or the command was accepted), on the simulator's clock.
     step_at: float = 0.0
+    #: The retry of a report the gateway did not take.
     call: IDelayedCall | None = None
+    #: The tick of ``_StepTimers`` the next step waits for.
+    tick: int | None = None
     delivering: bool = False
     #: ``send`` Deferreds waiting for the acknowledgement step.
     waiting: list[Deferred[None]] = field(default_factory=list)
@@ -374,6 +377,48 @@ class _Job:
     frames: tuple[OutboundFrame, ...] = ()
     #: A FanOutFrame command (kept in memory only), delivered after the ack.
     fan_out: FanOutFrame | None = None
+
+
+class _StepTimers:
+    """The jobs' next steps, on one delayed call for each tick of ``resolution_s`` with steps due.
+
+    A busy head-end has thousands of commands between two steps; a delayed call each would keep
+    the reactor's timer heap that deep, and Twisted orders that heap in Python. Steps due in the
+    same tick fire together, in the order they were scheduled, at most half a tick off.
+    """
+
+    def __init__(
+        self, clock: IReactorTime, fire: Callable[[_Job], None], resolution_s: float
+    ) -> None:
+        self._clock = clock
+        self._fire = fire
+        self._resolution_s = resolution_s
+        self._ticks: dict[int, tuple[IDelayedCall, list[_Job]]] = {}
+
+    def schedule(self, job: _Job, delay_s: float) -> None:
+        now = self._clock.seconds()
+        tick = round((now + delay_s) / self._resolution_s)
+        entry = self._ticks.get(tick)
+        if entry is None:
+            wait = max(0.0, tick * self._resolution_s - now)
+            entry = self._ticks[tick] = (self._clock.callLater(wait, self._run, tick), [])
+        entry[1].append(job)
+        job.tick = tick
+
+    def _run(self, tick: int) -> None:
+        _, jobs = self._ticks.pop(tick)
+        for job in jobs:
+            if job.tick == tick:
+                job.tick = None
+                self._fire(job)
+
+    def cancel_all(self) -> None:
+        for call, jobs in self._ticks.values():
+            if call.active():
+                call.cancel()
+            for job in jobs:
+                job.tick = None
+        self._ticks.clear()
 
 
 class _Journal:
@@ -507,6 +552,8 @@ class SimulatedHeadEnd:
 
     #: The most delivery statuses, or inbound frames, handed to the gateway in one call.
     event_batch_max = 10_000
+    #: Steps due within this many seconds of each other fire together (see ``_StepTimers``).
+    step_resolution_s = 0.01
 
     def __init__(
         self,
@@ -533,6 +580,7 @@ class SimulatedHeadEnd:
         self._running = False
         self._journal: _Journal | None = None
         self._jobs: dict[str, _Job] = {}  # unfinished, by command id
+        self._steps_due = _StepTimers(clock, self._fire, self.step_resolution_s)
         self._plans: dict[tuple[str, Fault], tuple[Step, ...]] = {}
         self._seen: set[str] = set()  # every command id accepted while this object lived
         self._acks: dict[Deferred[None], IDelayedCall] = {}  # acknowledgements of duplicates
@@ -599,7 +647,7 @@ class SimulatedHeadEnd:
                     self._seen.add(job.command_id)
                     self._applied[job.command_id] = max(1, self._applied[job.command_id])
         for job in self._jobs.values():
-            if job.call is None and not job.delivering:
+            if job.call is None and job.tick is None and not job.delivering:
                 self._schedule(job)
                 resumed += 1
         self._log.info(
@@ -614,6 +662,7 @@ class SimulatedHeadEnd:
         self._running = False
         stopped = HeadEndUnreachable(f"the simulated head-end of TDSP {self.tdsp_duns} stopped")
         waiting: list[Deferred[None]] = []
+        self._steps_due.cancel_all()
         for job in self._jobs.values():
             if job.call is not None:
                 if job.call.active():
@@ -794,10 +843,9 @@ class SimulatedHeadEnd:
         """Call the next step its delay after the previous one (less any time already gone)."""
         step = self._steps(job)[job.next_step]
         remaining = job.step_at + step.delay_s - self._clock.seconds()
-        job.call = self._clock.callLater(min(step.delay_s, max(0.0, remaining)), self._fire, job)
+        self._steps_due.schedule(job, min(step.delay_s, max(0.0, remaining)))
 
     def _fire(self, job: _Job) -> None:
-        job.call = None
         step = self._steps(job)[job.next_step]
         if job.next_step == 0:
             if self._journal is not None:

@@ -373,6 +373,26 @@ def test_stop_cancels_every_delayed_call() -> None:
     assert len(events.timed) == count
 
 
+def test_steps_due_in_one_tick_share_one_timer() -> None:
+    """Commands sent within one step tick wait on one delayed call and still report on time."""
+    clock = Clock()
+    simulator, events = running(clock)
+    for n in range(50):
+        simulator.send(add(n, mac=f"000D6F{n:010X}"))
+        clock.advance(0.0001)
+    assert len(clock.getDelayedCalls()) == 1
+    run(clock, 10)
+    assert len(events.timed) == 50 * 4
+    for n in range(50):
+        assert events.statuses_of(f"add-{n}") == [
+            S.ACKNOWLEDGED,
+            S.ADD_PENDING,
+            S.METER_READY,
+            S.DEVICE_JOINED,
+        ]
+    assert {round(t, 6) for t, _ in events.timed} == {0.2, 0.7, 1.2, 2.2}
+
+
 def test_start_after_stop_resumes_in_memory() -> None:
     """Without a journal, stop then start continues unfinished commands from their step."""
     clock = Clock()
