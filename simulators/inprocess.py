@@ -427,8 +427,9 @@ class _Journal:
     Writes are collected and committed together at most ``flush_after_s`` after the first of
     them (one transaction for all a busy head-end made meanwhile), and a command's record always
     before its acknowledgement is given: a command the gateway was told was accepted is on disk,
-    so a restart cannot lose it. A step's progress may be lost to a crash; that step is reported
-    again after the restart, and the gateway takes the copy as the stale report it is.
+    so a restart cannot lose it. A crash may lose the steps reached in its last ``flush_after_s``:
+    after the restart each is reported again, as a head-end resends what it does not know was
+    taken, and the gateway does not apply a copy of a step its device has moved past.
     """
 
     #: How long a write may wait in memory for others to share its transaction.
