@@ -83,7 +83,7 @@ from twisted.python.failure import Failure  # noqa: E402
 
 from adapters.commands import ProvisionDevice  # noqa: E402
 from adapters.wire import protocol  # noqa: E402
-from bench.measure import CpuMeter, Progress, free_port, wait_exit  # noqa: E402
+from bench.measure import CpuMeter, Progress, free_port, start_hangw_sim, wait_exit  # noqa: E402
 from hangw import certs, logs  # noqa: E402
 from hangw.api.listener import PinnedClientContextFactory  # noqa: E402
 from hangw.config import Config, from_mapping  # noqa: E402
@@ -334,9 +334,7 @@ def attempts_thd(conn: sa.Connection) -> tuple[int, int]:
     return sum(n for a, n in by_attempts.items() if a > 0), by_attempts.get(0, 0)
 
 
-async def measure_adapter(
-    config: Config, count: int, env: dict[str, str], tmp: Path, profile: str | None
-) -> float:
+async def measure_adapter(config: Config, count: int, tmp: Path, profile: str | None) -> float:
     from hangw.gateway import Gateway
 
     gateway = Gateway(config, reactor)
@@ -358,31 +356,17 @@ async def measure_adapter(
     gc.collect()  # as hangwd does before it starts (hangw/daemon.py)
     gc.freeze()
     gateway.startService()
-    sim_log = open(tmp / "hangw-sim.log", "wb")
-    sim = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "simulators.headend",
-            "--gateway",
-            f"127.0.0.1:{config.api.adapter_port}",
-            "--cert-dir",
-            str(config.cert_dir),
-            "--party",
-            "demo-tdsp",
-            "--tdsp-duns",
-            TDSP,
-            "--credit",
-            str(WINDOW),
-            "--set",
-            "ack_delay_s=0",
-            "--set",
-            "pending_delay_s=3600",
-        ],
-        env=env,
-        cwd=ROOT,
-        stdout=sim_log,
-        stderr=sim_log,
+    sim = start_hangw_sim(
+        config.api.adapter_port,
+        config.cert_dir,
+        TDSP,
+        tmp / "hangw-sim.log",
+        "--credit",
+        str(WINDOW),
+        "--set",
+        "ack_delay_s=0",
+        "--set",
+        "pending_delay_s=3600",
     )
     # cProfile profiles the thread that enables it: one profiler for the reactor thread, one
     # enabled and disabled by jobs on the store's writer thread
@@ -428,7 +412,6 @@ async def measure_adapter(
         await gateway.stopService()
         sim.send_signal(signal.SIGTERM)
         await wait_exit(sim)
-        sim_log.close()
 
     if acknowledged != count or abandoned:
         raise SystemExit(f"{acknowledged} rows retired by an ack, {abandoned} without one")
@@ -493,7 +476,7 @@ async def run(args: argparse.Namespace) -> None:
         print(f"filled: {fill_rate:,.0f} adds/s (not part of the result)")
 
         print(f"adapter: {args.count:,} commands, outbox -> wire adapter -> hangw-sim -> retired")
-        rate = await measure_adapter(config, args.count, env, tmp, args.profile)
+        rate = await measure_adapter(config, args.count, tmp, args.profile)
         gateway_log.close()
         print(f"adapter: {rate:,.0f} cmd/s")
 

@@ -31,10 +31,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import os
 import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -56,7 +54,7 @@ from twisted.internet.defer import Deferred  # noqa: E402
 from twisted.internet.task import deferLater, react  # noqa: E402
 from twisted.internet.threads import deferToThread  # noqa: E402
 
-from bench.measure import CpuMeter, free_port, wait_exit  # noqa: E402
+from bench.measure import CpuMeter, free_port, start_hangw_sim, wait_exit  # noqa: E402
 from hangw import affinity, certs, logs  # noqa: E402
 from hangw.client import Client, Identity  # noqa: E402
 from hangw.config import Config, from_mapping  # noqa: E402
@@ -205,34 +203,19 @@ async def measure(args: argparse.Namespace, config: Config, tmp: Path) -> tuple[
     gateway.startService()
     api_port = (await gateway.api_service._waitingForPort).getHost().port
     await gateway.registry.refresh()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    sim_log = open(tmp / "hangw-sim.log", "wb")
-    sim = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "simulators.headend",
-            "--gateway",
-            f"127.0.0.1:{config.api.adapter_port}",
-            "--cert-dir",
-            str(config.cert_dir),
-            "--party",
-            "demo-tdsp",
-            "--tdsp-duns",
-            TDSP,
-            "--meters",
-            str(args.meters),
-            "--devices-per-meter",
-            "5",
-            "--set",
-            "ack_delay_s=0",
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-        cwd=ROOT,
-        stdout=sim_log,
-        stderr=sim_log,
+    sim = start_hangw_sim(
+        config.api.adapter_port,
+        config.cert_dir,
+        TDSP,
+        tmp / "hangw-sim.log",
+        "--meters",
+        str(args.meters),
+        "--devices-per-meter",
+        "5",
+        "--set",
+        "ack_delay_s=0",
+        "--log-level",
+        "warning",
     )
     affinity.release(sim.pid)  # the head-end is another machine's work: not on the gateway's CPU
     cert_dir = config.cert_dir
@@ -308,7 +291,6 @@ async def measure(args: argparse.Namespace, config: Config, tmp: Path) -> tuple[
         await gateway.stopService()
         sim.send_signal(signal.SIGTERM)
         await wait_exit(sim)
-        sim_log.close()
     print(f"  deliveries by status: {by_status}; status rows {status_rows:,}")
     if total != expected or sum(by_status.values()) != expected:
         raise SystemExit(f"{total:,} deliveries, expected {expected:,}")

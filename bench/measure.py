@@ -1,4 +1,4 @@
-"""What the benchmarks share: a free port, progress lines, CPU time per thread and process.
+"""What the benchmarks share: a free port, hangw-sim, progress lines, CPU time used.
 
 Imports no reactor: a benchmark installs the asyncio reactor first, as hangwd does.
 """
@@ -8,10 +8,41 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from twisted.internet.task import deferLater
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_hangw_sim(
+    adapter_port: int, cert_dir: Path, tdsp_duns: str, log_path: Path, *options: str
+) -> subprocess.Popen[bytes]:
+    """hangw-sim dialling the adapter port on loopback as ``demo-tdsp`` (its certificate from
+    ``cert_dir``), ``options`` after those; its output goes to ``log_path``."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "simulators.headend",
+                "--gateway",
+                f"127.0.0.1:{adapter_port}",
+                "--cert-dir",
+                str(cert_dir),
+                "--party",
+                "demo-tdsp",
+                "--tdsp-duns",
+                tdsp_duns,
+                *options,
+            ],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
+        )
 
 
 def free_port() -> int:
