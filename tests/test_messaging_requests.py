@@ -95,6 +95,21 @@ def test_text_message_control_and_long_text_warning() -> None:
     assert spec.warnings and "80 bytes" in spec.warnings[0]
 
 
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"category": "STM", "message": "Peak\x00 at 5 pm"}, "message"),
+        ({"category": "PRM", "provider_id": 7, "price": 1, "rate_label": "TOU\x00"}, "rate_label"),
+    ],
+)
+def test_text_with_a_nul_is_refused_where_it_is(body: dict[str, object], field: str) -> None:
+    """A NUL in shown text is refused with its field and position: devices stop reading there."""
+    with pytest.raises(InvalidField) as refused:
+        specs.message_spec(body, NOW)
+    assert refused.value.extensions == {"field": field}
+    assert f"NUL character at position {str(body[field]).index(chr(0))}" in str(refused.value)
+
+
 def test_price_body_sets_current_time_from_the_clock() -> None:
     """Publish Price carries the gateway's time and the given tier, digits and price."""
     spec = specs.message_spec(

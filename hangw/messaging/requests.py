@@ -128,6 +128,18 @@ def _text(body: dict[str, Any], name: str, default: str = "") -> str:
     value = body.get(name, default)
     if not isinstance(value, str):
         raise InvalidField(name, f"{name} must be a string")
+    return _without_nul(name, value)
+
+
+def _without_nul(name: str, value: str) -> str:
+    """``value``, refused if it holds a NUL: devices (and zigpy) end a string there."""
+    at = value.find("\x00")
+    if at >= 0:
+        raise InvalidField(
+            name,
+            f"{name} holds a NUL character at position {at}; devices end text there, "
+            "so what follows would never show",
+        )
     return value
 
 
@@ -327,6 +339,7 @@ def text(body: dict[str, Any], now: float) -> MessageSpec:
     words = body.get("message")
     if not isinstance(words, str) or not words:
         raise InvalidField("message", "message is the text to show: a non-empty string")
+    _without_nul("message", words)
     size = len(words.encode("utf-8"))
     if size > DisplayMessage.MAX_TEXT_BYTES:
         raise InvalidField(
