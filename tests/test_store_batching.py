@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,43 @@ async def test_queued_jobs_commit_together_and_a_failing_one_alone_is_undone(
     assert "refuses after writing" in results[3][1].getErrorMessage()
     assert counter("hangw_store_transactions_total") - commits_before == 1
     assert stored_ids(store.engine) == {f"p{n}" for n in range(8) if n != 3}
+
+
+@pytest_twisted.ensureDeferred
+async def test_jobs_of_one_reactor_turn_share_a_commit_though_the_writer_is_idle(
+    tmp_path: Path,
+) -> None:
+    """Jobs handed over in one reactor turn commit together, even if the turn pauses between."""
+    store = make_store(tmp_path)
+    store.start()
+    await store.run(insert_party("warm-up"))  # the writer is running and waiting for work
+    commits_before = counter("hangw_store_transactions_total")
+    jobs = []
+    for n in range(5):
+        jobs.append(store.run(insert_party(f"t{n}")))
+        time.sleep(0.02)  # the turn goes on (TLS, parsing): an idle writer must not start alone
+    results = await DeferredList(jobs, consumeErrors=True)
+    store.stop()
+    assert all(ok for ok, _ in results)
+    assert counter("hangw_store_transactions_total") - commits_before == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_turn_of_more_jobs_than_max_batch_commits_in_several_transactions(
+    tmp_path: Path,
+) -> None:
+    """No transaction takes more than max_batch jobs, however many one turn hands over."""
+    engine = schema.make_engine(f"sqlite:///{tmp_path / 'batch.sqlite'}")
+    schema.upgrade(engine)
+    store = Store(engine, reactor, max_batch=4)
+    store.start()
+    commits_before = counter("hangw_store_transactions_total")
+    jobs = [store.run(insert_party(f"m{n}")) for n in range(10)]
+    results = await DeferredList(jobs, consumeErrors=True)
+    store.stop()
+    assert all(ok for ok, _ in results)
+    assert counter("hangw_store_transactions_total") - commits_before == 3  # 4 + 4 + 2
+    assert len(stored_ids(engine)) == 10
 
 
 @pytest_twisted.ensureDeferred
