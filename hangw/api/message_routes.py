@@ -11,42 +11,14 @@ from typing import Any
 from urllib.parse import urlencode
 
 from klein import Klein
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
 from twisted.web.iweb import IRequest
-from zope.interface import implementer
 
+from hangw.api.paced import Paced
 from hangw.messaging import log as message_log
 from hangw.messaging import requests as specs
 from hangw.problems import InvalidField
 
 _LOG_PAGE_FOR_CSV = 5000
-
-
-@implementer(IPushProducer)
-class _Paced:
-    """Pauses the writer of a long answer while the client's connection is full."""
-
-    def __init__(self) -> None:
-        self._resumed: Deferred[None] | None = None
-        self.stopped = False
-
-    def pauseProducing(self) -> None:
-        if self._resumed is None:
-            self._resumed = Deferred()
-
-    def resumeProducing(self) -> None:
-        resumed, self._resumed = self._resumed, None
-        if resumed is not None:
-            resumed.callback(None)
-
-    def stopProducing(self) -> None:
-        self.stopped = True
-        self.resumeProducing()
-
-    async def room(self) -> None:
-        if self._resumed is not None:
-            await self._resumed
 
 
 def _args(request: IRequest) -> dict[str, str]:
@@ -173,7 +145,7 @@ def register(app: Klein) -> None:
             return self._json(request, 200, body)
         request.setHeader(b"content-type", b"text/csv; charset=utf-8")
         request.setHeader(b"content-disposition", b'attachment; filename="hangw-message-log.csv"')
-        paced = _Paced()
+        paced = Paced()
         request.registerProducer(paced, True)
         gone: list[bool] = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))

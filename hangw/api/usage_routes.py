@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from klein import Klein
 from twisted.web.iweb import IRequest
 
-from hangw.api.message_routes import _Paced
+from hangw.api.paced import Paced
 from hangw.problems import Problem
 from hangw.usage.jobs import JobExpired, UsageReports
 from hangw.usage.reports import REPORTS
@@ -54,11 +54,11 @@ def _wants_csv(request: IRequest, args: dict[str, str]) -> bool:
     )
 
 
-def _start_csv(request: Any, filename: str) -> tuple[_Paced, list[bool]]:
+def _start_csv(request: Any, filename: str) -> tuple[Paced, list[bool]]:
     """Headers for a CSV download, and the pacing and "client gone" flag to write it with."""
     request.setHeader(b"content-type", b"text/csv; charset=utf-8")
     request.setHeader(b"content-disposition", f'attachment; filename="{filename}"'.encode())
-    paced = _Paced()
+    paced = Paced()
     request.registerProducer(paced, True)
     gone: list[bool] = []
     request.notifyFinish().addErrback(lambda _: gone.append(True))
