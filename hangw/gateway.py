@@ -296,8 +296,8 @@ class Gateway(MultiService):
             self.store, clock, config.messaging, notifier=self.webhooks
         )
         self.router = Router(self.devices, self.adapters, clock, sources=[self.messaging])
-        self.devices._on_outbox = self.router.wake
-        self.messaging._on_outbox = self.router.wake
+        self.devices._on_outbox = functools.partial(self.router.wake, source=self.devices)
+        self.messaging._on_outbox = functools.partial(self.router.wake, source=self.messaging)
 
         StoreService(self.store).setServiceParent(self)
         self.webhooks.sender.setServiceParent(self)

@@ -78,6 +78,9 @@ class Router(Service):
         self._draining: Deferred[None] | None = None
         self._again = False
         self._rescan = True
+        #: The sources (by number) a command was queued in since the last drain: only those are
+        #: read, so a burst of device commands does not read the idle messaging outbox each time.
+        self._woken: set[int] = set()
         self._wake_call: IDelayedCall | None = None
         self._poll = LoopingCall(self.wake, rescan=True)
         self._poll.clock = clock
@@ -100,18 +103,27 @@ class Router(Service):
         self._not_before.pop(tdsp_duns, None)
         self.wake(rescan=True)
 
-    def wake(self, rescan: bool = False) -> None:
+    def wake(self, rescan: bool = False, source: OutboxSource | None = None) -> None:
         """Drain soon; called after a command was queued, and with ``rescan`` on every poll.
 
-        A rescan reads the whole outbox again instead of only the rows queued since the last
-        drain: it finds commands that failed to send, and rows another writer committed late.
+        ``source``: the outbox the command was queued in, the only one the drain need read
+        (None: read every outbox). A rescan reads every outbox from its start instead of only
+        the rows queued since the last drain: it finds commands that failed to send, and rows
+        another writer committed late.
         """
         self._rescan = self._rescan or rescan
+        if source is None:
+            self._woken.update(range(len(self._sources)))
+        else:
+            self._woken.add(self._sources.index(source))
         if not self.running:
             return
         if self._draining is not None:
             self._again = True
             return
+        self._schedule_drain()
+
+    def _schedule_drain(self) -> None:
         if self._wake_call is None or not self._wake_call.active():
             self._wake_call = self._clock.callLater(0, self._start_drain)
 
@@ -122,18 +134,21 @@ class Router(Service):
             self._draining = None
             if self._again:
                 self._again = False
-                self.wake()
+                self._schedule_drain()
 
         self._draining.addBoth(done)
 
     async def drain(self) -> None:
         now = self._clock.seconds()
         rescan, self._rescan = self._rescan, False
+        woken, self._woken = self._woken, set()
         for tdsp_duns, adapter in self._adapters.items():
             if self._not_before.get(tdsp_duns, 0.0) > now:
                 self._rescan = True  # what could not be sent waits for the next poll
                 continue
             for number, source in enumerate(self._sources):
+                if not rescan and number not in woken:
+                    continue
                 if not await self._drain_source(number, source, tdsp_duns, adapter, rescan):
                     break
 

@@ -3,7 +3,9 @@ one quiet back-off (not a re-send of the whole backlog) while the head-end is aw
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 from structlog.testing import capture_logs
 from twisted.internet.defer import Deferred, fail
@@ -53,6 +55,23 @@ class HeldAdapter:
     def acknowledge(self, count: int) -> None:
         for command_id in list(self.waiting)[:count]:
             self.waiting.pop(command_id).callback(None)
+
+
+class CountingOutbox:
+    """An outbox with nothing in it that counts how often the router reads it."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.reads = 0
+
+    def pending_after_thd(
+        self, conn: Any, tdsp_duns: str, limit: int, skip: frozenset[str], after: int
+    ) -> tuple[list[Command], int]:
+        self.reads += 1
+        return [], after
+
+    def retire_many_thd(self, conn: Any, command_ids: list[str], now: float) -> None:
+        raise AssertionError("nothing was sent from this outbox")
 
 
 def backlog(tmp_path: Path, devices: int) -> tuple[DeviceService, Clock]:
@@ -115,4 +134,29 @@ def test_an_absent_head_end_costs_one_batch_and_one_warning(tmp_path: Path) -> N
     clock.advance(2.0)
     turn(clock)
     assert len(set(adapter.sent)) == 250
+    router.stopService()
+
+
+def test_a_drain_reads_only_the_outbox_a_command_was_queued_in(tmp_path: Path) -> None:
+    """Device commands wake a drain that leaves an idle second outbox unread; a command queued
+    there, and the poll, read it."""
+    service, clock = backlog(tmp_path, 5)
+    other = CountingOutbox(service.store)
+    adapter = HeldAdapter()
+    router = Router(service, {TDSP: adapter}, clock, sources=[other], poll_interval_s=60)
+    service._on_outbox = functools.partial(router.wake, source=service)  # as the gateway wires it
+    router.startService()  # the first poll reads every outbox
+    turn(clock)
+    assert (len(adapter.sent), other.reads) == (5, 1)
+    for n in range(3):  # on the second meter, which backlog() left empty
+        request = AddDeviceRequest(f"000D6F88{n:08X}", INSTALL_CODE, "thermostat")
+        resolve(service.add_device(REP, f"1077{1:013d}", request))
+        turn(clock)
+    assert (len(adapter.sent), other.reads) == (8, 1)
+    router.wake(source=other)
+    turn(clock)
+    assert other.reads == 2
+    clock.advance(60)
+    turn(clock)
+    assert other.reads == 3
     router.stopService()
