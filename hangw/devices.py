@@ -197,6 +197,16 @@ _SELECT_DEVICE_WITH_COMMAND = Prepared(
     .join(meters, meters.c.esiid == han_devices.c.esiid)
     .where(han_devices.c.device_id == sa.bindparam("b_device_id"))
 )
+#: An ESI ID's history, found through its devices (device_history has no ESI ID index).
+_SELECT_ESIID_HISTORY = (
+    sa.select(device_history)
+    .where(
+        device_history.c.device_id.in_(
+            sa.select(han_devices.c.device_id).where(han_devices.c.esiid == sa.bindparam("b_esiid"))
+        )
+    )
+    .order_by(device_history.c.history_id)
+)
 _UPDATE_STATUS = Prepared(
     han_devices.update()
     .where(
@@ -619,11 +629,7 @@ class DeviceService:
                     sa.select(*_DEVICE_COLUMNS).where(han_devices.c.esiid == esiid)
                 )
             }
-            rows = conn.execute(
-                sa.select(device_history)
-                .where(device_history.c.esiid == esiid)
-                .order_by(device_history.c.history_id)
-            )
+            rows = conn.execute(_SELECT_ESIID_HISTORY, {"b_esiid": esiid})
             return [(_history(row), devices[row.device_id]) for row in rows]
 
         return await self.store.run(thd)

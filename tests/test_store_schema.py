@@ -256,3 +256,28 @@ def test_hot_lookups_use_their_indexes(tmp_path: Path) -> None:
                 assert "SCAN outbox" not in details, details
     finally:
         engine.dispose()
+
+
+def test_an_esiid_history_is_read_through_its_devices_indexes(tmp_path: Path) -> None:
+    """The consolidated ESI ID history searches han_devices by ESI ID, then the history by
+    device; it scans neither table (device_history has no ESI ID index of its own)."""
+    from hangw import devices
+
+    engine = schema.make_engine(f"sqlite:///{tmp_path / 'plan.sqlite'}")
+    schema.upgrade(engine)
+    try:
+        with engine.connect() as conn:
+            compiled = devices._SELECT_ESIID_HISTORY.compile(engine)
+            positional = tuple(
+                "10443720000000001" if name == "b_esiid" else value
+                for name, value in compiled.params.items()
+            )
+            plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", positional)
+            details = " | ".join(row[3] for row in plan)
+        assert "ix_han_devices_esiid" in details, details
+        assert "ix_device_history_device_id_history_id" in details, details
+        assert "SCAN han_devices" not in details and "SCAN device_history" not in details, details
+        indexes = {index["name"] for index in sa.inspect(engine).get_indexes("device_history")}
+        assert "ix_device_history_esiid" not in indexes
+    finally:
+        engine.dispose()

@@ -82,7 +82,8 @@ device_history = sa.Table(
     metadata,
     sa.Column("history_id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("device_id", sa.String(32), sa.ForeignKey("han_devices.device_id"), nullable=False),
-    sa.Column("esiid", sa.String(64), nullable=False, index=True),
+    # not indexed: an ESI ID's history is read through its devices (migration 0005)
+    sa.Column("esiid", sa.String(64), nullable=False),
     sa.Column("status", sa.String(32), nullable=False),
     sa.Column("event", sa.String(32), nullable=False),
     sa.Column("at", sa.Float, nullable=False),
