@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
-import sqlalchemy as sa
 import structlog
 from klein import Klein
 from twisted.python.failure import Failure
@@ -22,7 +21,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
-from hangw import authz, metrics, tls
+from hangw import authz, idempotency, metrics, tls
 from hangw.api.message_routes import register as register_message_routes
 from hangw.api.read_routes import register as register_read_routes
 from hangw.api.usage_routes import register as register_usage_routes
@@ -44,16 +43,11 @@ from hangw.problems import (
     Unauthenticated,
     UnsupportedMediaType,
 )
-from hangw.store.model import idempotency_keys
 from hangw.webhooks import WebhookService
 
 log = structlog.get_logger(__name__)
 
 PROBLEM_JSON = b"application/problem+json"
-#: The status of an Idempotency-Key claimed by a request that has not been answered yet.
-IN_PROGRESS = 0
-#: A claim older than this was left by a gateway that stopped mid-request; it may be taken over.
-IDEMPOTENCY_CLAIM_EXPIRY_S = 60.0
 
 
 def iso(ts: float | None) -> str | None:
@@ -202,46 +196,10 @@ class Api:
         ).hexdigest()
         request.content.seek(0)
         store = self.devices.store
-
-        def lookup(conn: sa.Connection) -> Any:
-            return conn.execute(
-                sa.select(idempotency_keys).where(
-                    idempotency_keys.c.party_id == party.party_id, idempotency_keys.c.key == key
-                )
-            ).first()
-
-        now = time.time()
-
-        def reserve(conn: sa.Connection) -> Any:
-            """The earlier answer (or claim) for this key, or None once it is claimed for us."""
-            previous = lookup(conn)
-            if previous is None:
-                conn.execute(
-                    idempotency_keys.insert().values(
-                        party_id=party.party_id,
-                        key=key,
-                        request_hash=digest,
-                        status_code=IN_PROGRESS,
-                        body=b"",
-                        created_at=now,
-                    )
-                )
-                return None
-            abandoned = previous.created_at < now - IDEMPOTENCY_CLAIM_EXPIRY_S
-            if previous.status_code == IN_PROGRESS and abandoned:
-                conn.execute(
-                    idempotency_keys.update()
-                    .where(
-                        idempotency_keys.c.party_id == party.party_id,
-                        idempotency_keys.c.key == key,
-                    )
-                    .values(request_hash=digest, created_at=now)
-                )
-                return None  # its request died with a gateway; this one takes the key over
-            return previous
-
         try:
-            previous = await store.run(reserve)
+            previous = await store.run(
+                idempotency.claim_thd, party.party_id, key, digest, time.time()
+            )
         except store.integrity_errors:  # another gateway claimed the key at the same moment
             raise IdempotencyKeyInProgress(
                 f"a request with Idempotency-Key {key!r} is being processed; "
@@ -252,7 +210,7 @@ class Api:
                 raise IdempotencyKeyReused(
                     f"Idempotency-Key {key!r} was used for a different request; use a new key"
                 )
-            if previous.status_code == IN_PROGRESS:
+            if previous.status_code == idempotency.IN_PROGRESS:
                 raise IdempotencyKeyInProgress(
                     f"a request with Idempotency-Key {key!r} is being processed; "
                     "send it again in a moment to get its answer"
@@ -262,33 +220,16 @@ class Api:
             request.setHeader(b"content-type", media)
             request.setHeader(b"idempotent-replayed", b"true")
             return previous.body
-
-        def release(conn: sa.Connection) -> None:
-            conn.execute(
-                idempotency_keys.delete().where(
-                    idempotency_keys.c.party_id == party.party_id,
-                    idempotency_keys.c.key == key,
-                    idempotency_keys.c.status_code == IN_PROGRESS,
-                )
-            )
-
         try:
             body: bytes = await handler()
         except Problem as problem:
             body = self._refuse(request, problem)  # a refusal is this key's answer too
         except BaseException:
-            await store.run(release)  # an unexpected failure: the client may try the key again
+            # an unexpected failure: the client may try the key again
+            await store.run(idempotency.release_thd, party.party_id, key)
             raise
         status = request.code  # type: ignore[attr-defined]
-
-        def remember(conn: sa.Connection) -> None:
-            conn.execute(
-                idempotency_keys.update()
-                .where(idempotency_keys.c.party_id == party.party_id, idempotency_keys.c.key == key)
-                .values(status_code=status, body=body)
-            )
-
-        await store.run(remember)
+        await store.run(idempotency.answer_thd, party.party_id, key, status, body)
         return body
 
     # ---- errors --------------------------------------------------------------------------------

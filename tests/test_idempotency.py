@@ -1,0 +1,88 @@
+"""Idempotency-Key records on a real SQLite file: claim, answer, take-over, release."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from hangw import idempotency
+from hangw.store import schema
+
+NOW = 1_790_000_000.0
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> sa.Engine:
+    engine = schema.make_engine(f"sqlite:///{tmp_path / 'keys.sqlite'}")
+    schema.upgrade(engine)
+    return engine
+
+
+def claim(engine: sa.Engine, key: str, request_hash: str, now: float = NOW) -> object:
+    with engine.begin() as conn:
+        return idempotency.claim_thd(conn, "rep-a", key, request_hash, now)
+
+
+def test_a_claimed_key_holds_its_request_then_its_answer(engine: sa.Engine) -> None:
+    """The first claim wins; a repeat sees the claim in progress, then the answer once given."""
+    assert claim(engine, "k", "h1") is None
+    assert claim(engine, "k", "h1") == idempotency.Earlier("h1", idempotency.IN_PROGRESS, b"")
+    with engine.begin() as conn:
+        idempotency.answer_thd(conn, "rep-a", "k", 202, b'{"id":"dev_1"}')
+    assert claim(engine, "k", "h1") == idempotency.Earlier("h1", 202, b'{"id":"dev_1"}')
+    assert claim(engine, "k", "h2") == idempotency.Earlier("h1", 202, b'{"id":"dev_1"}')
+
+
+def test_keys_are_kept_per_party(engine: sa.Engine) -> None:
+    """Two parties may use the same key for different requests."""
+    assert claim(engine, "shared", "h1") is None
+    with engine.begin() as conn:
+        assert idempotency.claim_thd(conn, "rep-b", "shared", "h2", NOW) is None
+
+
+def test_an_expired_claim_is_taken_over_by_the_next_request(engine: sa.Engine) -> None:
+    """A claim left unanswered for longer than the expiry goes to the next request with the key."""
+    assert claim(engine, "k", "h1") is None
+    still_running = NOW + idempotency.CLAIM_EXPIRY_S - 1
+    assert claim(engine, "k", "h2", still_running) == idempotency.Earlier(
+        "h1", idempotency.IN_PROGRESS, b""
+    )
+    assert claim(engine, "k", "h2", NOW + idempotency.CLAIM_EXPIRY_S + 1) is None
+    later = NOW + idempotency.CLAIM_EXPIRY_S + 2
+    assert claim(engine, "k", "h2", later) == idempotency.Earlier(
+        "h2", idempotency.IN_PROGRESS, b""
+    )
+
+
+def test_release_frees_an_unanswered_claim_only(engine: sa.Engine) -> None:
+    """Releasing gives an unanswered key back; an answered key keeps its answer."""
+    assert claim(engine, "open", "h1") is None
+    assert claim(engine, "done", "h1") is None
+    with engine.begin() as conn:
+        idempotency.answer_thd(conn, "rep-a", "done", 201, b"{}")
+        idempotency.release_thd(conn, "rep-a", "open")
+        idempotency.release_thd(conn, "rep-a", "done")
+    assert claim(engine, "open", "h3") is None
+    assert claim(engine, "done", "h3") == idempotency.Earlier("h1", 201, b"{}")
+
+
+def test_a_second_claim_of_a_claimed_key_is_refused_by_the_store(engine: sa.Engine) -> None:
+    """A claim written while another stands (two gateways at one moment) raises an error the
+    store reports as an integrity error, which the API turns into 409 in-progress."""
+    from twisted.internet import reactor
+
+    from hangw.store.db import Store
+
+    assert claim(engine, "k", "h1") is None
+    row = {
+        "party_id": "rep-a",
+        "key": "k",
+        "request_hash": "h2",
+        "status_code": idempotency.IN_PROGRESS,
+        "body": b"",
+        "created_at": NOW,
+    }
+    with engine.begin() as conn, pytest.raises(Store(engine, reactor).integrity_errors):
+        idempotency._CLAIM.execute(conn, row)
