@@ -12,8 +12,11 @@ POST after inserting one row and nothing else: the floor its stack puts under an
 writes, printed as ``floor`` with its own ratio to the bare endpoint.
 
 hangwd runs on its defaults, its threads on one CPU (``--cpu off`` leaves that to the kernel).
+With ``--idempotency-keys`` every POST carries a key of its own, as a REP's program that retries
+safely sends them: hangw then also claims the key and keeps the answer (two more store jobs).
 
     .venv/bin/python bench/api_provision.py [--requests 3000] [--clients 8] [--cpu auto]
+        [--idempotency-keys]
 
 Last line: RESULT api_provision <req/s> req/s baseline=<req/s> ratio=<x>
 """
@@ -95,8 +98,17 @@ def wait_for(port: int, path: str | None = None, timeout: float = 30) -> None:
     raise SystemExit(f"nothing listening on {port}")
 
 
-def load_test(port: int, cert_dir: Path, bodies: list[tuple[str, bytes]], clients: int) -> float:
-    """Send every (path, body) POST over ``clients`` keep-alive connections; return requests/s."""
+def load_test(
+    port: int,
+    cert_dir: Path,
+    bodies: list[tuple[str, bytes]],
+    clients: int,
+    idempotency_keys: bool = False,
+) -> float:
+    """Send every (path, body) POST over ``clients`` keep-alive connections; return requests/s.
+
+    ``idempotency_keys``: each POST carries an Idempotency-Key of its own.
+    """
     context = ssl.create_default_context(cafile=str(cert_dir / "ca.pem"))
     context.load_cert_chain(str(cert_dir / "demo-rep-a.pem"), str(cert_dir / "demo-rep-a-key.pem"))
     shares = [bodies[i::clients] for i in range(clients)]
@@ -108,9 +120,10 @@ def load_test(port: int, cert_dir: Path, bodies: list[tuple[str, bytes]], client
         connection.connect()
         barrier.wait()
         for path, body in share:
-            connection.request(
-                "POST", path, body=body, headers={"content-type": "application/json"}
-            )
+            headers = {"content-type": "application/json"}
+            if idempotency_keys:
+                headers["idempotency-key"] = os.urandom(16).hex()
+            connection.request("POST", path, body=body, headers=headers)
             response = connection.getresponse()
             payload = response.read()
             if response.status != 202:
@@ -147,7 +160,14 @@ def main() -> int:
     parser.add_argument(
         "--cpu", default="auto", help='hangwd\'s gateway.cpu: "auto" (its default), "off" or a CPU'
     )
+    parser.add_argument(
+        "--idempotency-keys",
+        action="store_true",
+        help="every POST carries an Idempotency-Key of its own, as a REP's program that retries "
+        "safely sends them (the bare endpoint and the floor get the header too)",
+    )
     args = parser.parse_args()
+    keyed = args.idempotency_keys
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
@@ -222,19 +242,19 @@ def main() -> int:
             wait_for(floor_port)
             wait_for(ops_port, "/healthz")
             # warm each up, then measure the baseline first, the floor next and hangw last
-            load_test(bare_port, config.cert_dir, bodies[:200], args.clients)
+            load_test(bare_port, config.cert_dir, bodies[:200], args.clients, keyed)
             ours = ["/proc/self/stat", *(f"/proc/{p.pid}/stat" for p in processes)]
             meter = CpuMeter({"bare endpoint": f"/proc/{bare.pid}/stat"}, ours)
-            baseline = load_test(bare_port, config.cert_dir, bodies, args.clients)
+            baseline = load_test(bare_port, config.cert_dir, bodies, args.clients, keyed)
             bare_cpu = meter.used()["bare endpoint"]
             print(meter.report())
-            load_test(floor_port, config.cert_dir, bodies[:200], args.clients)
+            load_test(floor_port, config.cert_dir, bodies[:200], args.clients, keyed)
             meter = CpuMeter({"stack floor": f"/proc/{floor.pid}/stat"}, ours)
-            floor_rate = load_test(floor_port, config.cert_dir, bodies, args.clients)
+            floor_rate = load_test(floor_port, config.cert_dir, bodies, args.clients, keyed)
             floor_cpu = meter.used()["stack floor"]
             print(meter.report())
             meter = CpuMeter({"hangwd": f"/proc/{hangwd.pid}/stat"}, ours)
-            rate = load_test(api_port, config.cert_dir, bodies, args.clients)
+            rate = load_test(api_port, config.cert_dir, bodies, args.clients, keyed)
             hangwd_cpu = meter.used()["hangwd"]
             print(meter.report())
         finally:
@@ -243,7 +263,8 @@ def main() -> int:
                 process.wait(timeout=20)
     print(
         f"bare Twisted TLS endpoint: {baseline:.0f} req/s; hangw provisioning: {rate:.0f} req/s "
-        f"({args.requests} requests, {args.clients} keep-alive clients)"
+        f"({args.requests} requests, {args.clients} keep-alive clients"
+        f"{', each request with an Idempotency-Key' if keyed else ''})"
     )
     print(
         f"stack floor (one row inserted, nothing else): {floor_rate:.0f} req/s, "
