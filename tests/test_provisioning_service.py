@@ -395,3 +395,31 @@ def test_the_drivers_own_integrity_error_is_recognised(tmp_path: Path) -> None:
 
     with pytest.raises(service.store.integrity_errors):
         service.store.transaction(violate)
+
+
+def test_an_esiid_history_holds_its_devices_rows_in_the_order_written(tmp_path: Path) -> None:
+    """The consolidated history of an ESI ID has every row of its own devices, interleaved in
+    the order they were written, and none of another ESI ID's."""
+    service, clock = make_service(tmp_path / "history.sqlite")
+
+    def add(party: Party, esiid: str, mac: str) -> str:
+        clock.advance(1)
+        request = AddDeviceRequest(mac, INSTALL_CODE, "thermostat")
+        return resolve(service.add_device(party, esiid, request)).device_id
+
+    first = add(REP, E_OWN, "000D6F0000000001")
+    elsewhere = add(TDSP_PARTY, E_OTHER, "000D6F0000000009")
+    second = add(REP, E_OWN, "000D6F0000000002")
+    clock.advance(1)
+    resolve(service.remove_device(REP, first, "moving"))
+    history = resolve(service.esiid_history(REP, E_OWN))
+    assert [(entry.device_id, entry.status.value) for entry, _ in history] == [
+        (first, "Add Acknowledged"),
+        (second, "Add Acknowledged"),
+        (first, "Remove Acknowledged"),
+    ]
+    assert [entry.at for entry, _ in history] == sorted(entry.at for entry, _ in history)
+    assert all(device.device_id == entry.device_id for entry, device in history)
+    assert [e.device_id for e, _ in resolve(service.esiid_history(TDSP_PARTY, E_OTHER))] == [
+        elsewhere
+    ]
