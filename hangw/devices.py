@@ -860,6 +860,8 @@ class DeviceService:
     async def fire_timers(self) -> list[Device]:
         now = self._clock.seconds()
         moved = await self.store.run(self.fire_timers_thd, now)
+        if moved:
+            self._on_outbox()  # an add the head-end took but never answered is taken back now
         if now - self._pruned_at > 3600:
             self._pruned_at = now
             await self.store.run(head_end_events.prune_thd, now)

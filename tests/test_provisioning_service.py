@@ -354,10 +354,13 @@ def test_an_add_taken_but_never_answered_is_taken_back_after_it_timed_out(tmp_pa
     )
     (sent,) = service.store.transaction(service.pending_commands_thd, TDSP, 10, frozenset())
     service.store.transaction(service.retire_many_thd, [sent.command_id], clock.seconds())
+    wakes: list[None] = []
+    service._on_outbox = lambda: wakes.append(None)  # the router, as the gateway wires it
     clock.advance(31)
-    service.store.transaction(service.fire_timers_thd, clock.seconds())
+    resolve(service.fire_timers())
     (undo,) = service.store.transaction(service.pending_commands_thd, TDSP, 10, frozenset())
     assert isinstance(undo, DeprovisionDevice) and undo.device_id == device.device_id
+    assert wakes, "the router is woken for the de-provision, not left to its next poll"
 
 
 def test_a_provision_for_a_device_that_freed_its_slot_is_never_sent(tmp_path: Path) -> None:
