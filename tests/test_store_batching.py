@@ -105,6 +105,21 @@ async def test_a_turn_of_more_jobs_than_max_batch_commits_in_several_transaction
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_writer_keeps_temporary_files_in_memory_on_its_own_connection(
+    tmp_path: Path,
+) -> None:
+    """The writer's connection journals its savepoints in memory; the pool's connections, which
+    stage whole usage deliveries in temporary tables, keep SQLite's default, even after it."""
+    store = make_store(tmp_path)
+    store.start()
+    on_writer = await store.run(lambda conn: conn.exec_driver_sql("PRAGMA temp_store").scalar())
+    store.stop()  # the writer closes its connection
+    with store.engine.connect() as conn:
+        elsewhere = conn.exec_driver_sql("PRAGMA temp_store").scalar()
+    assert (on_writer, elsewhere) == (2, 0)  # MEMORY, DEFAULT
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_single_failing_job_rolls_back(tmp_path: Path) -> None:
     """A job alone in its transaction that raises after writing leaves nothing behind."""
     store = make_store(tmp_path)

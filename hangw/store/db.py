@@ -29,6 +29,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from hangw import metrics
+from hangw.store.schema import WRITER_SQLITE_PRAGMAS
 
 T = TypeVar("T")
 Item = TypeVar("Item")
@@ -167,17 +168,17 @@ class Store:
                 self._reactor.callFromThread(_deliver, outcomes)
         finally:
             if conn is not None:
-                conn.close()
+                self._close_writer_connection(conn)
 
     def _connect(self, old: sa.Connection | None) -> sa.Connection | None:
         """A new connection, or None (logged) after waiting a little when none can be had."""
         if old is not None:
             try:
-                old.close()
+                self._close_writer_connection(old)
             except Exception:  # a broken connection may fail to close; it is dropped anyway
                 pass
         try:
-            conn = self.engine.connect()
+            conn = self._writer_connection()
         except Exception as error:
             delay = RECONNECT_DELAYS[min(self._failed_connects, len(RECONNECT_DELAYS) - 1)]
             self._failed_connects += 1
@@ -191,6 +192,31 @@ class Store:
             return None
         self._failed_connects = 0
         return conn
+
+    def _writer_connection(self) -> sa.Connection:
+        """A connection for a writer to keep, with the writer's own SQLite pragmas."""
+        conn = self.engine.connect()
+        if conn.dialect.name == "sqlite":
+            try:
+                driver: Any = conn.connection.driver_connection  # outside any transaction
+                for pragma in WRITER_SQLITE_PRAGMAS:
+                    driver.execute(pragma)
+            except Exception:
+                conn.invalidate()  # not back to the pool with half the writer's settings
+                conn.close()
+                raise
+        return conn
+
+    @staticmethod
+    def _close_writer_connection(conn: sa.Connection) -> None:
+        """Give the connection back to the pool as other users expect it, or drop it."""
+        if conn.dialect.name == "sqlite" and not (conn.invalidated or conn.closed):
+            try:
+                driver: Any = conn.connection.driver_connection
+                driver.execute("PRAGMA temp_store=DEFAULT")
+            except Exception:
+                conn.invalidate()  # the pool gets a fresh one instead
+        conn.close()
 
     def _run_batch(self, conn: sa.Connection, batch: list[_Job]) -> list[tuple[Deferred[Any], Any]]:
         outcomes: list[tuple[Deferred[Any], Any]] = []

@@ -25,15 +25,18 @@ from hangw.store.model import metadata
 #: The Alembic script directory shipped with the package.
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
-#: Set on every new SQLite connection. temp_store=MEMORY keeps the statement journals of the group
-#: commit's savepoints off the disk: as files they cost an open, an unlink and a write per page.
+#: Set on every new SQLite connection (the store's writers add WRITER_SQLITE_PRAGMAS).
 SQLITE_PRAGMAS: tuple[str, ...] = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA foreign_keys=ON",
     "PRAGMA synchronous=NORMAL",
     "PRAGMA busy_timeout=5000",
-    "PRAGMA temp_store=MEMORY",
 )
+#: Set on a store writer's own SQLite connection. temp_store=MEMORY keeps the statement journals
+#: of the group commit's savepoints off the disk: as files in /var/tmp they cost an open, an
+#: unlink and a write per page. Only there: other connections stage whole usage deliveries in
+#: temporary tables, which must be free to spill to disk.
+WRITER_SQLITE_PRAGMAS: tuple[str, ...] = ("PRAGMA temp_store=MEMORY",)
 
 
 def _set_sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
