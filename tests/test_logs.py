@@ -41,3 +41,31 @@ def test_json_logs_carry_the_traceback_of_a_logged_exception() -> None:
     line = json.loads(stream.getvalue().splitlines()[-1])
     assert line["event"] == "router.read_failed"
     assert "Traceback" in line["exception"] and "the outbox could not be read" in line["exception"]
+
+
+def test_hangw_events_and_library_records_come_out_alike() -> None:
+    """hangw's events (the short way) and other libraries' stdlib records (the root handler)
+    are both JSON lines with level and UTC time, secrets redacted, those below the level dropped."""
+    import io
+    import json
+
+    stream = io.StringIO()
+    logs.configure("info", "json", stream=stream)
+    try:
+        ours = structlog.get_logger("hangw.devices")
+        ours.debug("device.detail", device="dev_1")
+        ours.info("device.status", device="dev_1", install_code="83FED3407A939723A5C639B26916D505")
+        library = logging.getLogger("zigpy.application")
+        library.debug("frame details")
+        library.warning("coordinator %s did not answer", "ember", extra={"link_key": "66b69009"})
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+        logging.getLogger().setLevel(logging.WARNING)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(line["event"], line["level"]) for line in lines] == [
+        ("device.status", "info"),
+        ("coordinator ember did not answer", "warning"),
+    ]
+    assert lines[0]["install_code"] == lines[1]["link_key"] == "<redacted>"
+    assert all(line["timestamp"].endswith("Z") for line in lines)
