@@ -434,7 +434,18 @@ class DeviceService:
 
     # ---- requests from parties -----------------------------------------------------------------
 
-    async def add_device(self, party: Party, esiid: str, request: AddDeviceRequest) -> Device:
+    async def add_device(
+        self,
+        party: Party,
+        esiid: str,
+        request: AddDeviceRequest,
+        also: Callable[[sa.Connection, Device], None] | None = None,
+    ) -> Device:
+        """Add a device (Add Acknowledged) and queue its provisioning command, in one transaction.
+
+        ``also(conn, device)`` runs last in that transaction, when the add is accepted: the API
+        keeps an Idempotency-Key's answer there, so the answer is kept exactly when the add is.
+        """
         check_esiid(esiid)
         mac = normalize_mac(request.mac)
         if request.device_type not in DEVICE_TYPES:
@@ -519,6 +530,8 @@ class DeviceService:
                 conn, device, INITIAL_STATUS, "add requested", now, party.party_id, ""
             )
             self._queue(conn, meter.tdsp_duns, device_id, "provision", now)
+            if also is not None:
+                also(conn, device)
             _TRANSITIONS[INITIAL_STATUS].inc()
             return device
 

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 import sqlalchemy as sa
 from twisted.internet import reactor
@@ -229,6 +230,35 @@ async def test_idempotency_key_replays_the_first_answer(harness: Harness) -> Non
     assert status == 422 and "Idempotency-Key" in problem["detail"]
     _, listed = await rep.call("GET", path)
     assert len(listed["devices"]) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_keyed_add_keeps_its_answer_in_its_own_transaction(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An accepted add keeps its Idempotency-Key answer in the add's own transaction (no store
+    job of its own that a crash could come before); a refusal's answer is kept after it."""
+    store = harness.gateway.store
+    jobs: list[str] = []
+    run = store.run
+
+    def recording_run(thd: Any, *args: Any) -> Any:
+        jobs.append(getattr(thd, "__name__", ""))
+        return run(thd, *args)
+
+    monkeypatch.setattr(store, "run", recording_run)
+    rep = harness.caller("demo-rep-a")
+    path = f"/v1/esiids/{E_OWN}/han-devices"
+    first = await rep.call("POST", path, add_body(mac="000D6F0600000001"), {"idempotency-key": "a"})
+    assert first[0] == 202 and "claim_thd" in jobs and "answer_thd" not in jobs
+    again = await rep.call("POST", path, add_body(mac="000D6F0600000001"), {"idempotency-key": "a"})
+    assert again == first
+    jobs.clear()
+    refused = await rep.call("POST", path, add_body(mac="not-a-mac"), {"idempotency-key": "b"})
+    assert refused[0] == 422 and jobs.count("answer_thd") == 1
+    assert await rep.call("POST", path, add_body(mac="not-a-mac"), {"idempotency-key": "b"}) == (
+        refused
+    )
 
 
 @pytest_twisted.ensureDeferred

@@ -426,3 +426,30 @@ def test_an_esiid_history_holds_its_devices_rows_in_the_order_written(tmp_path: 
     assert [e.device_id for e, _ in resolve(service.esiid_history(TDSP_PARTY, E_OTHER))] == [
         elsewhere
     ]
+
+
+def test_what_also_writes_is_kept_exactly_when_the_add_is(tmp_path: Path) -> None:
+    """add_device's ``also`` runs in the add's own transaction: if it fails the add is undone,
+    and a refused add never runs it."""
+    service, _ = make_service(tmp_path / "also.sqlite")
+    request = AddDeviceRequest("000D6F0000000001", INSTALL_CODE, "thermostat")
+
+    def failing(conn: sa.Connection, device: Any) -> None:
+        raise RuntimeError("the answer could not be kept")
+
+    with pytest.raises(RuntimeError):
+        resolve(service.add_device(REP, E_OWN, request, also=failing))
+    assert (
+        service.store.transaction(
+            lambda conn: conn.execute(sa.select(sa.func.count()).select_from(han_devices)).scalar()
+        )
+        == 0
+    )
+    seen: list[str] = []
+    device = resolve(
+        service.add_device(REP, E_OWN, request, also=lambda conn, d: seen.append(d.device_id))
+    )
+    assert seen == [device.device_id]
+    with pytest.raises(Problem):  # the same MAC again: refused before ``also``
+        resolve(service.add_device(REP, E_OWN, request, also=lambda conn, d: seen.append("x")))
+    assert seen == [device.device_id]
