@@ -236,8 +236,7 @@ async def test_idempotency_key_replays_the_first_answer(harness: Harness) -> Non
 async def test_a_keyed_add_keeps_its_answer_in_its_own_transaction(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An accepted add keeps its Idempotency-Key answer in the add's own transaction (no store
-    job of its own that a crash could come before); a refusal's answer is kept after it."""
+    """An accepted add keeps its key's answer in its own transaction; a refusal's comes after."""
     store = harness.gateway.store
     jobs: list[str] = []
     run = store.run

@@ -69,8 +69,7 @@ def test_release_frees_an_unanswered_claim_only(engine: sa.Engine) -> None:
 
 
 def test_a_second_claim_of_a_claimed_key_is_refused_by_the_store(engine: sa.Engine) -> None:
-    """A claim written while another stands (two gateways at one moment) raises an error the
-    store reports as an integrity error, which the API turns into 409 in-progress."""
+    """A second claim of a standing key raises what the store reports as an integrity error."""
     from twisted.internet import reactor
 
     from hangw.store.db import Store

@@ -44,8 +44,7 @@ def test_json_logs_carry_the_traceback_of_a_logged_exception() -> None:
 
 
 def test_hangw_events_and_library_records_come_out_alike() -> None:
-    """hangw's events (the short way) and other libraries' stdlib records (the root handler)
-    are both JSON lines with level and UTC time, secrets redacted, those below the level dropped."""
+    """hangw's events and stdlib records are alike JSON lines, redacted, filtered by level."""
     import io
     import json
 

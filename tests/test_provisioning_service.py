@@ -401,8 +401,7 @@ def test_the_drivers_own_integrity_error_is_recognised(tmp_path: Path) -> None:
 
 
 def test_an_esiid_history_holds_its_devices_rows_in_the_order_written(tmp_path: Path) -> None:
-    """The consolidated history of an ESI ID has every row of its own devices, interleaved in
-    the order they were written, and none of another ESI ID's."""
+    """An ESI ID's history has its devices' rows in the order written, none of another's."""
     service, clock = make_service(tmp_path / "history.sqlite")
 
     def add(party: Party, esiid: str, mac: str) -> str:
@@ -429,8 +428,7 @@ def test_an_esiid_history_holds_its_devices_rows_in_the_order_written(tmp_path: 
 
 
 def test_what_also_writes_is_kept_exactly_when_the_add_is(tmp_path: Path) -> None:
-    """add_device's ``also`` runs in the add's own transaction: if it fails the add is undone,
-    and a refused add never runs it."""
+    """add_device's ``also`` is undone with the add if it fails, and never runs for a refusal."""
     service, _ = make_service(tmp_path / "also.sqlite")
     request = AddDeviceRequest("000D6F0000000001", INSTALL_CODE, "thermostat")
 

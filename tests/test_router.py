@@ -138,8 +138,7 @@ def test_an_absent_head_end_costs_one_batch_and_one_warning(tmp_path: Path) -> N
 
 
 def test_a_drain_reads_only_the_outbox_a_command_was_queued_in(tmp_path: Path) -> None:
-    """Device commands wake a drain that leaves an idle second outbox unread; a command queued
-    there, and the poll, read it."""
+    """A drain reads the outbox it was woken for (and every one on the poll), not idle ones."""
     service, clock = backlog(tmp_path, 5)
     other = CountingOutbox(service.store)
     adapter = HeldAdapter()

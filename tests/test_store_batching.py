@@ -108,8 +108,7 @@ async def test_a_turn_of_more_jobs_than_max_batch_commits_in_several_transaction
 async def test_the_writer_keeps_temporary_files_in_memory_on_its_own_connection(
     tmp_path: Path,
 ) -> None:
-    """The writer's connection journals its savepoints in memory; the pool's connections, which
-    stage whole usage deliveries in temporary tables, keep SQLite's default, even after it."""
+    """Only the writer's connection keeps temporary files in memory; the pool's keep the default."""
     store = make_store(tmp_path)
     store.start()
     on_writer = await store.run(lambda conn: conn.exec_driver_sql("PRAGMA temp_store").scalar())

@@ -213,8 +213,7 @@ def test_environment_migrates_from_a_url_alone(tmp_path: Path) -> None:
 
 
 def test_sqlite_connections_get_the_pragmas(tmp_path: Path) -> None:
-    """Each connection of make_engine's SQLite engine has foreign keys, NORMAL sync, a timeout;
-    temporary tables may spill to disk (a usage delivery is staged in one)."""
+    """make_engine's SQLite connections get foreign keys, NORMAL sync, a timeout, default temp."""
     engine = schema.make_engine(f"sqlite:///{tmp_path / 'new-dir' / 'hangw.sqlite'}")
     schema.configure_sqlite(engine)  # a second call must not stack a second listener
     try:
@@ -259,8 +258,7 @@ def test_hot_lookups_use_their_indexes(tmp_path: Path) -> None:
 
 
 def test_an_esiid_history_is_read_through_its_devices_indexes(tmp_path: Path) -> None:
-    """The consolidated ESI ID history searches han_devices by ESI ID, then the history by
-    device; it scans neither table (device_history has no ESI ID index of its own)."""
+    """The ESI ID history searches devices by ESI ID, then history by device; it scans neither."""
     from hangw import devices
 
     engine = schema.make_engine(f"sqlite:///{tmp_path / 'plan.sqlite'}")
