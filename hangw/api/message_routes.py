@@ -7,13 +7,14 @@ to 200,000 ESI IDs is one request); the message log streams as CSV page by page.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
 from klein import Klein
 from twisted.web.iweb import IRequest
 
-from hangw.api.paced import Paced
+from hangw.api.paced import wants_csv, write_csv
 from hangw.messaging import log as message_log
 from hangw.messaging import requests as specs
 from hangw.problems import InvalidField
@@ -122,12 +123,8 @@ def register(app: Klein) -> None:
         party = self._party(request)
         args = _args(request)
         wanted = message_log.log_filter(party, args)
-        accept = (request.getHeader(b"accept") or b"").lower()
-        as_csv = args.get("format") == "csv" or (
-            b"text/csv" in accept and b"application/json" not in accept
-        )
         store = self.messaging.store
-        if not as_csv:
+        if not wants_csv(request, args):
             limit = _page_size(args)
             after_raw = args.get("after", "0")
             if not after_raw.isdigit():
@@ -143,29 +140,20 @@ def register(app: Klein) -> None:
                 query["after"] = str(last)
                 body["next"] = "/v1/message-log?" + urlencode(query)
             return self._json(request, 200, body)
-        request.setHeader(b"content-type", b"text/csv; charset=utf-8")
-        request.setHeader(b"content-disposition", b'attachment; filename="hangw-message-log.csv"')
-        paced = Paced()
-        request.registerProducer(paced, True)
-        gone: list[bool] = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
-        request.write(message_log.csv_header())
-        after = 0
-        try:
-            while not gone and not paced.stopped:
+
+        async def pieces() -> AsyncIterator[bytes]:
+            yield message_log.csv_header()
+            after = 0
+            while True:
                 rows, after = await store.run(
                     message_log.page_thd, wanted, after, _LOG_PAGE_FOR_CSV
                 )
                 if rows:
-                    request.write(
-                        message_log.csv_rows([message_log.entry_values(row) for row in rows])
-                    )
+                    yield message_log.csv_rows([message_log.entry_values(row) for row in rows])
                 if len(rows) < _LOG_PAGE_FOR_CSV:
-                    break
-                await paced.room()
-        finally:
-            request.unregisterProducer()
-        return b""
+                    return
+
+        return await write_csv(request, "hangw-message-log.csv", pieces())
 
 
 def _has_body(request: IRequest) -> bool:

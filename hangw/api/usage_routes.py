@@ -9,12 +9,13 @@ job's result streams from its file. The columns are in hangw.usage.reports and d
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from klein import Klein
 from twisted.web.iweb import IRequest
 
-from hangw.api.paced import Paced
+from hangw.api.paced import wants_csv, write_csv
 from hangw.problems import Problem
 from hangw.usage.jobs import JobExpired, UsageReports
 from hangw.usage.reports import REPORTS
@@ -47,22 +48,9 @@ def _args(request: IRequest) -> dict[str, str]:
     }
 
 
-def _wants_csv(request: IRequest, args: dict[str, str]) -> bool:
-    accept = (request.getHeader(b"accept") or b"").lower()
-    return args.get("format") == "csv" or (
-        b"text/csv" in accept and b"application/json" not in accept
-    )
-
-
-def _start_csv(request: Any, filename: str) -> tuple[Paced, list[bool]]:
-    """Headers for a CSV download, and the pacing and "client gone" flag to write it with."""
-    request.setHeader(b"content-type", b"text/csv; charset=utf-8")
-    request.setHeader(b"content-disposition", f'attachment; filename="{filename}"'.encode())
-    paced = Paced()
-    request.registerProducer(paced, True)
-    gone: list[bool] = []
-    request.notifyFinish().addErrback(lambda _: gone.append(True))
-    return paced, gone
+async def _file_pieces(file: BinaryIO) -> AsyncIterator[bytes]:
+    while piece := file.read(_FILE_PIECE):
+        yield piece
 
 
 def _report_route(app: Klein, report: str) -> None:
@@ -71,21 +59,12 @@ def _report_route(app: Klein, report: str) -> None:
         party = self._party(request)
         service = _usage(self).reports
         args = _args(request)
-        if not _wants_csv(request, args):
+        if not wants_csv(request, args):
             return self._json(request, 200, await service.report_json(party, report, args))
         esiid, spec = service.spec(report, args)
         await service.authorize(party, esiid, spec)
         name = f"hangw-usage-{report}-{esiid}-{spec.first}-{spec.last}.csv"
-        paced, gone = _start_csv(request, name)
-        try:
-            async for piece in service.csv_pieces(spec, esiid):
-                if gone or paced.stopped:
-                    break
-                request.write(piece)
-                await paced.room()
-        finally:
-            request.unregisterProducer()
-        return b""
+        return await write_csv(request, name, service.csv_pieces(spec, esiid))
 
 
 def register(app: Klein) -> None:
@@ -123,14 +102,6 @@ def register(app: Klein) -> None:
             raise JobExpired(f"the result of report job {job_id} is no longer kept") from None
         with result:
             request.setHeader(b"content-length", str(os.fstat(result.fileno()).st_size).encode())
-            paced, gone = _start_csv(request, f"hangw-usage-{job.spec.report}-{job_id}.csv")
-            try:
-                while not gone and not paced.stopped:
-                    piece = result.read(_FILE_PIECE)
-                    if not piece:
-                        break
-                    request.write(piece)
-                    await paced.room()
-            finally:
-                request.unregisterProducer()
-        return b""
+            return await write_csv(
+                request, f"hangw-usage-{job.spec.report}-{job_id}.csv", _file_pieces(result)
+            )
