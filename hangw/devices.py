@@ -649,7 +649,17 @@ class DeviceService:
 
     # ---- grants --------------------------------------------------------------------------------
 
-    async def grant(self, party: Party, esiid: str, hsp_party_id: str) -> Grant:
+    async def grant(
+        self,
+        party: Party,
+        esiid: str,
+        hsp_party_id: str,
+        also: Callable[[sa.Connection, Grant], None] | None = None,
+    ) -> Grant:
+        """Grant ``hsp_party_id`` HAN access to ``esiid`` (its live grant, if it has one already).
+
+        ``also(conn, grant)`` runs last in the grant's transaction, as in ``add_device``.
+        """
         check_esiid(esiid)
         now = self._clock.seconds()
 
@@ -666,19 +676,24 @@ class DeviceService:
                 )
             existing = _live_grant_row(conn, esiid, hsp_party_id)
             if existing is not None:
-                return _grant(existing)
-            grant_id = "grt_" + secrets.token_hex(8)
-            conn.execute(
-                grants.insert().values(
-                    grant_id=grant_id,
-                    esiid=esiid,
-                    hsp_party_id=hsp_party_id,
-                    granted_by=party.party_id,
-                    granted_at=now,
-                    revoked_at=None,
+                grant = _grant(existing)
+            else:
+                grant = Grant(
+                    "grt_" + secrets.token_hex(8), esiid, hsp_party_id, party.party_id, now, None
                 )
-            )
-            return Grant(grant_id, esiid, hsp_party_id, party.party_id, now, None)
+                conn.execute(
+                    grants.insert().values(
+                        grant_id=grant.grant_id,
+                        esiid=esiid,
+                        hsp_party_id=hsp_party_id,
+                        granted_by=party.party_id,
+                        granted_at=now,
+                        revoked_at=None,
+                    )
+                )
+            if also is not None:
+                also(conn, grant)
+            return grant
 
         return await self.store.run(thd)
 

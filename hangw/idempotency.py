@@ -3,10 +3,10 @@
 A request claims its key (a row with status ``IN_PROGRESS``) before it runs, and the row takes
 the answer once there is one; a repeat gets that answer again, and a repeat that comes while the
 first still runs is told to wait. A claim older than ``CLAIM_EXPIRY_S`` belonged to a request
-that died with its gateway, and the next request with the key takes it over. A request whose
-store job can compute its answer keeps it there (hangw.api.app.KeptAnswer: adding a device), so
-the answer is kept exactly when the request's writes are; others keep it in a job of its own just
-after. The statements run on the DB-API cursor (hangw.store.prepared).
+that died with its gateway, and the next request with the key takes it over. An accepted request
+keeps its answer in its own store job (hangw.api.kept), so the answer is kept exactly when the
+request's writes are; a refusal, which writes nothing, keeps it in a job of its own just after.
+The statements run on the DB-API cursor (hangw.store.prepared).
 """
 
 from __future__ import annotations

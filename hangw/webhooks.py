@@ -23,7 +23,7 @@ import json
 import secrets
 import threading
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -444,10 +444,18 @@ class WebhookService:
         return row
 
     async def subscribe(
-        self, party: Party, url: object, secret: object = None
+        self,
+        party: Party,
+        url: object,
+        secret: object = None,
+        also: Callable[[sa.Connection, Subscription], None] | None = None,
     ) -> tuple[Subscription, str]:
         """Subscribe ``url``; answers the subscription and its signing secret (generated when
-        ``secret`` is None), which is shown this once and stored only sealed."""
+        ``secret`` is None), which is shown this once and stored only sealed.
+
+        ``also(conn, subscription)`` runs last in the subscription's transaction (the API keeps
+        an Idempotency-Key's answer there; never the secret).
+        """
         self._check_role(party)
         url = _check_url(url)
         if secret is None:
@@ -492,7 +500,12 @@ class WebhookService:
                     created_at=now,
                 )
             )
-            return Subscription(subscription_id, party.party_id, url, ACTIVE, "", 0, 0, now, None)
+            subscription = Subscription(
+                subscription_id, party.party_id, url, ACTIVE, "", 0, 0, now, None
+            )
+            if also is not None:
+                also(conn, subscription)
+            return subscription
 
         subscription = await self.store.run(thd)
         log.info(

@@ -10,12 +10,10 @@ import hashlib
 import json
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
-import sqlalchemy as sa
 import structlog
 from klein import Klein
 from twisted.python.failure import Failure
@@ -24,6 +22,7 @@ from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
 from hangw import authz, idempotency, metrics, tls
+from hangw.api.kept import KeptAnswer, json_bytes, keeping
 from hangw.api.message_routes import register as register_message_routes
 from hangw.api.read_routes import register as register_read_routes
 from hangw.api.usage_routes import register as register_usage_routes
@@ -56,32 +55,6 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass
-class KeptAnswer:
-    """An Idempotency-Key's answer kept in the request's own transaction (see ``Api._idempotent``).
-
-    A handler whose store job can compute its answer calls ``keep_thd`` in that job; the answer
-    is then kept exactly when the request's writes are, and costs no store job of its own.
-    """
-
-    party_id: str
-    key: str
-    kept: tuple[int, bytes] | None = None
-
-    def keep_thd(self, conn: sa.Connection, status: int, body: bytes) -> None:
-        idempotency.answer_thd(conn, self.party_id, self.key, status, body)
-        self.kept = (status, body)  # read on the reactor thread after the job's commit
-
-
-def kept_answer_of(request: IRequest) -> KeptAnswer | None:
-    """The Idempotency-Key answer a handler may keep in its own transaction, if a key came."""
-    return getattr(request, "hangw_kept_answer", None)
-
-
-def _json_bytes(body: Any) -> bytes:
-    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def request_id_of(request: IRequest) -> str:
@@ -208,7 +181,7 @@ class Api:
     def _json(self, request: IRequest, status: int, body: Any) -> bytes:
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
-        return _json_bytes(body)
+        return json_bytes(body)
 
     async def _idempotent(self, request: IRequest, party: Party, handler: Any) -> bytes:
         """Run ``handler()`` once per Idempotency-Key; a repeat gets the first answer again."""
@@ -347,14 +320,11 @@ class Api:
                     sorted(unknown)[0], f"unknown field(s): {', '.join(sorted(unknown))}"
                 )
             request_ = AddDeviceRequest(description=body.get("description", ""), **fields)
-            kept = kept_answer_of(request)
-
-            def keep_answer(conn: sa.Connection, device: Device) -> None:
-                assert kept is not None
-                kept.keep_thd(conn, 202, _json_bytes(device_json(device, party)))
-
             device = await self.devices.add_device(
-                party, esiid, request_, also=keep_answer if kept is not None else None
+                party,
+                esiid,
+                request_,
+                also=keeping(request, 202, lambda device: device_json(device, party)),
             )
             request.setHeader(b"location", f"/v1/han-devices/{device.device_id}".encode())
             return self._json(request, 202, device_json(device, party))
@@ -425,7 +395,9 @@ class Api:
             hsp = body.get("hsp_party_id")
             if not isinstance(hsp, str):
                 raise InvalidField("hsp_party_id", "hsp_party_id is required and must be a string")
-            grant = await self.devices.grant(party, esiid, hsp)
+            grant = await self.devices.grant(
+                party, esiid, hsp, also=keeping(request, 201, grant_json)
+            )
             return self._json(request, 201, grant_json(grant))
 
         return await self._idempotent(request, party, handle)

@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 from klein import Klein
 from twisted.web.iweb import IRequest
 
+from hangw.api.kept import keeping
 from hangw.api.paced import wants_csv, write_csv
 from hangw.messaging import log as message_log
 from hangw.messaging import requests as specs
@@ -28,6 +29,10 @@ def _args(request: IRequest) -> dict[str, str]:
         for key, values in request.args.items()
         if values
     }
+
+
+def _same(summary: dict[str, Any]) -> dict[str, Any]:
+    return summary
 
 
 def _page_size(args: dict[str, str]) -> int:
@@ -46,7 +51,7 @@ def register(app: Klein) -> None:
         body = self._body(request, limit=self.messaging_max_body)
 
         async def handle() -> bytes:
-            summary = await self.messaging.send(party, body)
+            summary = await self.messaging.send(party, body, also=keeping(request, 202, _same))
             request.setHeader(b"location", summary["links"]["self"].encode())
             return self._json(request, 202, summary)
 
@@ -63,7 +68,9 @@ def register(app: Klein) -> None:
         body = self._body(request) if _has_body(request) else {}
 
         async def handle() -> bytes:
-            summary = await self.messaging.cancel(party, request_id, body)
+            summary = await self.messaging.cancel(
+                party, request_id, body, also=keeping(request, 202, _same)
+            )
             request.setHeader(b"location", summary["links"]["self"].encode())
             return self._json(request, 202, summary)
 
@@ -76,7 +83,9 @@ def register(app: Klein) -> None:
         targets = specs.Targets(esiids=specs.esiid_list([esiid], "esiid"))
 
         async def handle() -> bytes:
-            summary = await self.messaging.cancel_all(party, targets, body)
+            summary = await self.messaging.cancel_all(
+                party, targets, body, also=keeping(request, 202, _same)
+            )
             return self._json(request, 202, summary)
 
         return await self._idempotent(request, party, handle)
@@ -88,7 +97,9 @@ def register(app: Klein) -> None:
         targets = specs.Targets(group=specs.group_name(name))
 
         async def handle() -> bytes:
-            summary = await self.messaging.cancel_all(party, targets, body)
+            summary = await self.messaging.cancel_all(
+                party, targets, body, also=keeping(request, 202, _same)
+            )
             return self._json(request, 202, summary)
 
         return await self._idempotent(request, party, handle)

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from klein import Klein
 from twisted.web.iweb import IRequest
 
+from hangw.api.kept import keeping
 from hangw.api.paced import wants_csv, write_csv
 from hangw.problems import Problem
-from hangw.usage.jobs import JobExpired, UsageReports
+from hangw.usage.jobs import Job, JobExpired, UsageReports
 from hangw.usage.reports import REPORTS
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ def register(app: Klein) -> None:
         body = self._body(request, limit=jobs.max_body_bytes)
 
         async def handle() -> bytes:
-            job = await jobs.submit(party, body)
+            job = await jobs.submit(party, body, also=keeping(request, 202, Job.json))
             answer: dict[str, Any] = job.json()
             request.setHeader(b"location", answer["links"]["self"].encode())
             return self._json(request, 202, answer)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from klein import Klein
 from twisted.web.iweb import IRequest
 
+from hangw.api.kept import keeping
 from hangw.problems import InvalidField, Problem
 from hangw.webhooks import Subscription, WebhookService, iso_utc
 
@@ -68,7 +69,10 @@ def register(app: Klein) -> None:
                     sorted(unknown)[0], f"unknown field(s): {', '.join(sorted(unknown))}"
                 )
             subscription, secret = await webhooks.subscribe(
-                party, body.get("url"), body.get("secret")
+                party,
+                body.get("url"),
+                body.get("secret"),
+                also=keeping(request, 201, subscription_json),
             )
             secrets_made.append(secret)
             request.setHeader(b"location", f"/v1/webhooks/{subscription.subscription_id}".encode())

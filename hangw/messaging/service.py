@@ -71,6 +71,9 @@ from sep1 import (
 
 log = structlog.get_logger(__name__)
 
+#: Run last in a request's own transaction with the summary it answers (see ``send``).
+Also = Callable[[sa.Connection, dict[str, Any]], None] | None
+
 #: Device types (hangw.devices.DEVICE_TYPES) and the Device Class bits they take load control
 #: for; a registered device of a matching type gets a delivery of its own for an LCE.
 LOAD_CLASSES = {
@@ -169,8 +172,12 @@ class MessagingService:
                 "access"
             )
 
-    async def send(self, party: Party, body: dict[str, Any]) -> dict[str, Any]:
-        """Accept a PRM, LCE or STM request (POST /v1/messages)."""
+    async def send(self, party: Party, body: dict[str, Any], also: Also = None) -> dict[str, Any]:
+        """Accept a PRM, LCE or STM request (POST /v1/messages).
+
+        ``also(conn, summary)`` runs last in the request's transaction (the API keeps an
+        Idempotency-Key's answer there); so it does in ``cancel`` and ``cancel_all``.
+        """
         self._check_sender(party)
         now = self._clock.seconds()
         spec = specs.message_spec(body, now)
@@ -230,7 +237,10 @@ class MessagingService:
             if spec.category is Category.LOAD_CONTROL:
                 warnings += self._supersede_thd(conn, request_id, spec, now)
             self._accepted_thd(conn, party, request_id, count, now)
-            return self._summary_thd(conn, request_id, warnings)
+            summary = self._summary_thd(conn, request_id, warnings)
+            if also is not None:
+                also(conn, summary)
+            return summary
 
         summary = await self.store.run(thd)
         self._remember(
@@ -513,7 +523,9 @@ class MessagingService:
 
     # ---- cancellations ------------------------------------------------------------------------
 
-    async def cancel(self, party: Party, request_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def cancel(
+        self, party: Party, request_id: str, body: dict[str, Any], also: Also = None
+    ) -> dict[str, Any]:
         """Cancel one load control event (CLE) or one text (CSM) on all its ESI IDs."""
         self._check_sender(party)
         now = self._clock.seconds()
@@ -635,6 +647,8 @@ class MessagingService:
             self._accepted_thd(conn, party, cancel_id, original.targets, now)
             live = _Live(cancel_id, kind, party.party_id, original.issuer_event_id, now, request_id)
             summary = self._summary_thd(conn, cancel_id, [])
+            if also is not None:
+                also(conn, summary)
             return summary, live, type(message).CLUSTER_ID
 
         summary, live, cluster = await self.store.run(thd)
@@ -650,7 +664,7 @@ class MessagingService:
         return summary
 
     async def cancel_all(
-        self, party: Party, targets: specs.Targets, body: dict[str, Any]
+        self, party: Party, targets: specs.Targets, body: dict[str, Any], also: Also = None
     ) -> dict[str, Any]:
         """Cancel every load control event on ESI IDs (CAL): what the devices run, any sender's."""
         self._check_sender(party)
@@ -685,7 +699,10 @@ class MessagingService:
             )
             count = self._insert_targets_thd(conn, party, request_id, targets, now, None)
             self._accepted_thd(conn, party, request_id, count, now)
-            return self._summary_thd(conn, request_id, [])
+            summary = self._summary_thd(conn, request_id, [])
+            if also is not None:
+                also(conn, summary)
+            return summary
 
         summary = await self.store.run(thd)
         self._remember(

@@ -334,8 +334,17 @@ class JobService:
             seen.add(esiid)
         return value
 
-    async def submit(self, party: Party, body: dict[str, Any]) -> Job:
-        """Check a job whole and queue it (POST /v1/usage/jobs); nothing is stored if refused."""
+    async def submit(
+        self,
+        party: Party,
+        body: dict[str, Any],
+        also: Callable[[sa.Connection, Job], None] | None = None,
+    ) -> Job:
+        """Check a job whole and queue it (POST /v1/usage/jobs); nothing is stored if refused.
+
+        ``also(conn, job)`` runs last in the transaction that queues the job (the API keeps an
+        Idempotency-Key's answer there).
+        """
         unknown_fields = set(body) - _FIELDS
         if unknown_fields:
             names = sorted(unknown_fields)
@@ -379,7 +388,16 @@ class JobService:
             "result_path": "",
             "created_at": now,
         }
-        await self.store.run(lambda conn: conn.execute(usage_jobs.insert(), values))
+        job = Job(
+            job_id, party.party_id, spec, "queued", len(esiids), 0, 0, "", "", now, None, None
+        )
+
+        def thd(conn: sa.Connection) -> None:
+            conn.execute(usage_jobs.insert(), values)
+            if also is not None:
+                also(conn, job)
+
+        await self.store.run(thd)
         self._specs[job_id] = spec
         log.info(
             "usage.job.accepted",
@@ -389,9 +407,7 @@ class JobService:
             party=party.party_id,
         )
         self.kick()
-        return Job(
-            job_id, party.party_id, spec, "queued", len(esiids), 0, 0, "", "", now, None, None
-        )
+        return job
 
     # -- answering -----------------------------------------------------------------------------
 
