@@ -15,7 +15,8 @@ hangwd runs on its defaults, its threads on one CPU (``--cpu off`` leaves that t
 except that it logs at ``warning``: at its default ``info`` each request writes five lines (the add
 and four status changes), about 100 us more a request.
 With ``--idempotency-keys`` every POST carries a key of its own, as a REP's program that retries
-safely sends them: hangw then also claims the key and keeps the answer (two more store jobs).
+safely sends them: hangw then also claims the key (one more store job) and keeps the answer
+in the add's own transaction.
 
     .venv/bin/python bench/api_provision.py [--requests 3000] [--clients 8] [--cpu auto]
         [--idempotency-keys]
