@@ -36,6 +36,28 @@ def is_enabled(logger: Any, level: int) -> bool:
     return True if check is None else bool(check(level))
 
 
+class LineWriter(structlog.WriteLogger):
+    """structlog's ``WriteLogger``, except that a line the stream refuses (closed, disk full) is
+    never an error of the code that logged it: the line is dropped and the failure told once on
+    the process's own stderr, as the standard library's handlers do."""
+
+    _told = False
+
+    def msg(self, message: str) -> None:
+        try:
+            super().msg(message)
+        except (OSError, ValueError) as error:
+            if not LineWriter._told:
+                LineWriter._told = True
+                try:
+                    print(f"hangw: a log line could not be written: {error}", file=sys.__stderr__)
+                except (OSError, ValueError, AttributeError):
+                    pass
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
     """Set up structlog and route stdlib logging (Twisted, zigpy, SQLAlchemy) through it.
 
@@ -61,7 +83,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
     structlog.configure(
         processors=[*shared, *tracebacks, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
-        logger_factory=structlog.WriteLoggerFactory(stream),
+        logger_factory=lambda *_: LineWriter(stream),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(stream)

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
+import structlog
 from twisted.internet import reactor
 
 from tests.gateway_harness import Harness, make_test_config, prepare_state
+
+
+@pytest.fixture(autouse=True)
+def logging_left_as_found() -> Any:
+    """A test that configures logging (a command's main, in-process) leaves it as it found it:
+    its stream is pytest's capture of that test, closed once the test ends."""
+    config = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.configure(**config)
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 async def start_gateway(state_dir: Path, **provisioning: object) -> Harness:

@@ -68,3 +68,28 @@ def test_hangw_events_and_library_records_come_out_alike() -> None:
     ]
     assert lines[0]["install_code"] == lines[1]["link_key"] == "<redacted>"
     assert all(line["timestamp"].endswith("Z") for line in lines)
+
+
+def test_a_log_line_the_stream_refuses_is_dropped_not_raised() -> None:
+    """Logging to a closed stream neither raises into the caller nor stops later lines elsewhere."""
+    import io
+
+    closed = io.StringIO()
+    logs.configure("info", "json", stream=closed)
+    try:
+        closed.close()
+        structlog.get_logger("hangw.simulators").info("simulator.started", tdsp_duns="1")
+        logging.getLogger("twisted").warning("a library's record")
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+        logging.getLogger().setLevel(logging.WARNING)
+    again = io.StringIO()
+    logs.configure("info", "json", stream=again)
+    try:
+        structlog.get_logger("hangw.simulators").info("simulator.stopped")
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+        logging.getLogger().setLevel(logging.WARNING)
+    assert '"event": "simulator.stopped"' in again.getvalue()
