@@ -3,6 +3,7 @@ of requests and head-end answers ever breaks the five-slot rule or leaves an ill
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from adapters.commands import DeprovisionDevice, HeadEndStatus, ProvisioningReport, ReportRefused
-from hangw.devices import REPORT_EVENTS, AddDeviceRequest, DeviceService
+from hangw.devices import REPORT_EVENTS, AddDeviceRequest, DeviceService, new_device_id
 from hangw.domain import Party, Role
 from hangw.problems import Forbidden, IllegalTransitionProblem, Problem
 from hangw.provisioning import (
@@ -451,3 +452,29 @@ def test_what_also_writes_is_kept_exactly_when_the_add_is(tmp_path: Path) -> Non
     with pytest.raises(Problem):  # the same MAC again: refused before ``also``
         resolve(service.add_device(REP, E_OWN, request, also=lambda conn, d: seen.append("x")))
     assert seen == [device.device_id]
+
+
+def test_device_ids_sort_in_the_order_they_were_made() -> None:
+    """Device ids are dev_ and 24 hex digits, sort in the order made, and differ within one ms."""
+    made = [new_device_id(1_795_000_000 + (n + 0.5) / 1000) for n in range(2000)]
+    assert made == sorted(made)
+    assert all(re.fullmatch(r"dev_[0-9a-f]{24}", device_id) for device_id in made)
+    same_millisecond = {new_device_id(1_795_000_000.0005) for _ in range(2000)}
+    assert len(same_millisecond) == 2000
+
+
+def test_a_devices_commands_fit_the_outbox(tmp_path: Path) -> None:
+    """The ids of an add's and a removal's commands fit the outbox's command_id column."""
+    service, _ = make_service(tmp_path / "ids.sqlite")
+    device = resolve(
+        service.add_device(
+            REP, E_OWN, AddDeviceRequest("000D6F0000000001", INSTALL_CODE, "thermostat")
+        )
+    )
+    resolve(service.remove_device(REP, device.device_id, "moved"))
+    command_ids = service.store.transaction(
+        lambda conn: conn.execute(sa.select(outbox.c.command_id)).scalars().all()
+    )
+    limit = outbox.c.command_id.type.length
+    assert len(command_ids) == 2 and all(len(c) <= limit for c in command_ids), command_ids
+    assert all(device.device_id in c for c in command_ids)
