@@ -453,11 +453,14 @@ class DeviceService:
         esiid: str,
         request: AddDeviceRequest,
         also: Callable[[sa.Connection, Device], None] | None = None,
+        before: Callable[[sa.Connection], None] | None = None,
     ) -> Device:
         """Add a device (Add Acknowledged) and queue its provisioning command, in one transaction.
 
         ``also(conn, device)`` runs last in that transaction, when the add is accepted: the API
         keeps an Idempotency-Key's answer there, so the answer is kept exactly when the add is.
+        ``before(conn)`` runs first in it (the API claims the key there); what it raises
+        refuses the add, and what it wrote is undone with the add.
         """
         check_esiid(esiid)
         mac = normalize_mac(request.mac)
@@ -479,6 +482,8 @@ class DeviceService:
         sealed_key = self._box.seal(derive_link_key(install_code), device_id)
 
         def thd(conn: sa.Connection) -> Device:
+            if before is not None:
+                before(conn)
             meter = self._load_meter(conn, esiid, lock=True)
             self._authorize(conn, party, meter)
             if not meter.active:

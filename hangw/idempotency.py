@@ -6,6 +6,8 @@ first still runs is told to wait. A claim older than ``CLAIM_EXPIRY_S`` belonged
 that died with its gateway, and the next request with the key takes it over. An accepted request
 keeps its answer in its own store job (hangw.api.kept), so the answer is kept exactly when the
 request's writes are; a refusal, which writes nothing, keeps it in a job of its own just after.
+A device add claims its key in its own job too, and a refusal then claims the key with its
+answer at once (``claim_answered_thd``).
 The statements run on the DB-API cursor (hangw.store.prepared).
 """
 
@@ -99,6 +101,23 @@ def answer_thd(conn: sa.Connection, party_id: str, key: str, status_code: int, b
         conn,
         {"b_party_id": party_id, "b_key": key, "b_status_code": status_code, "b_body": body},
     )
+
+
+def claim_answered_thd(
+    conn: sa.Connection,
+    party_id: str,
+    key: str,
+    request_hash: str,
+    now: float,
+    status_code: int,
+    body: bytes,
+) -> Earlier | None:
+    """Claim ``key`` with its answer at once (a request refused before any job of its own
+    claimed it); None once kept, else what the key already holds, which is left as it was."""
+    previous = claim_thd(conn, party_id, key, request_hash, now)
+    if previous is None:
+        answer_thd(conn, party_id, key, status_code, body)
+    return previous
 
 
 def release_thd(conn: sa.Connection, party_id: str, key: str) -> None:

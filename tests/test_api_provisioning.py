@@ -236,7 +236,7 @@ async def test_idempotency_key_replays_the_first_answer(harness: Harness) -> Non
 async def test_a_keyed_add_keeps_its_answer_in_its_own_transaction(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An accepted add keeps its key's answer in its own transaction; a refusal's comes after."""
+    """A keyed add claims its key and keeps its answer in its own job; a refusal's comes after."""
     store = harness.gateway.store
     jobs: list[str] = []
     run = store.run
@@ -249,15 +249,40 @@ async def test_a_keyed_add_keeps_its_answer_in_its_own_transaction(
     rep = harness.caller("demo-rep-a")
     path = f"/v1/esiids/{E_OWN}/han-devices"
     first = await rep.call("POST", path, add_body(mac="000D6F0600000001"), {"idempotency-key": "a"})
-    assert first[0] == 202 and "claim_thd" in jobs and "answer_thd" not in jobs
+    key_jobs = {"claim_thd", "answer_thd", "claim_answered_thd"}
+    assert first[0] == 202 and not key_jobs & set(jobs), jobs
     again = await rep.call("POST", path, add_body(mac="000D6F0600000001"), {"idempotency-key": "a"})
     assert again == first
     jobs.clear()
     refused = await rep.call("POST", path, add_body(mac="not-a-mac"), {"idempotency-key": "b"})
-    assert refused[0] == 422 and jobs.count("answer_thd") == 1
+    assert refused[0] == 422 and [j for j in jobs if j in key_jobs] == ["claim_answered_thd"]
     assert await rep.call("POST", path, add_body(mac="not-a-mac"), {"idempotency-key": "b"}) == (
         refused
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_keyed_add_refused_in_its_transaction_keeps_the_refusal(harness: Harness) -> None:
+    """A keyed add the slot rule refuses leaves only its answer; a retry replays the refusal (even
+    after a removal), and the key with another body is refused as reused."""
+    rep = harness.caller("demo-rep-a")
+    path = f"/v1/esiids/{E_OWN}/han-devices"
+    added = []
+    for n in range(5):
+        status, device = await rep.call("POST", path, add_body(mac=f"000D6F080000000{n}"))
+        assert status == 202, device
+        added.append(device["id"])
+    before = await store_counts(harness)
+    key = {"idempotency-key": "sixth"}
+    refused = await rep.call("POST", path, add_body(mac="000D6F0800000009"), key)
+    assert refused[0] == 409 and refused[1]["type"].endswith("slots-full"), refused
+    counts = await store_counts(harness)
+    assert counts[:4] == before[:4] and counts[4] == before[4] + 1  # only the key's answer
+    status, _ = await rep.call("DELETE", f"/v1/han-devices/{added[0]}")
+    assert status == 202
+    assert await rep.call("POST", path, add_body(mac="000D6F0800000009"), key) == refused
+    status, problem = await rep.call("POST", path, add_body(mac="000D6F080000000A"), key)
+    assert status == 422 and "Idempotency-Key" in problem["detail"]
 
 
 @pytest_twisted.ensureDeferred

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from hangw import idempotency
+from hangw.api.kept import KeptAnswer, KeyHeld
 from hangw.store import schema
 
 NOW = 1_790_000_000.0
@@ -85,3 +87,45 @@ def test_a_second_claim_of_a_claimed_key_is_refused_by_the_store(engine: sa.Engi
     }
     with engine.begin() as conn, pytest.raises(Store(engine, reactor).integrity_errors):
         idempotency._CLAIM.execute(conn, row)
+
+
+def test_claim_answered_keeps_a_refusal_unless_the_key_is_held(engine: sa.Engine) -> None:
+    """A refusal claims its key with its answer at once; a held key keeps what it holds."""
+    with engine.begin() as conn:
+        assert idempotency.claim_answered_thd(conn, "rep-a", "k", "h1", NOW, 422, b"{}") is None
+    assert claim(engine, "k", "h1") == idempotency.Earlier("h1", 422, b"{}")
+    with engine.begin() as conn:
+        held = idempotency.claim_answered_thd(conn, "rep-a", "k", "h2", NOW, 409, b"[]")
+    assert held == idempotency.Earlier("h1", 422, b"{}")
+    assert claim(engine, "k", "h1") == idempotency.Earlier("h1", 422, b"{}")
+
+
+def test_a_claim_in_the_requests_own_job_raises_when_the_key_is_held(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KeptAnswer.claim_thd claims once, then raises KeyHeld with what the key holds, and with
+    None for a key another gateway inserted at the same moment (not the driver's error)."""
+    kept = KeptAnswer("rep-a", "k", "h1", NOW, True, (sqlite3.IntegrityError,))
+    with engine.begin() as conn:
+        kept.claim_thd(conn)
+        kept.keep_thd(conn, 202, b"{}")
+    assert kept.claimed and kept.kept == (202, b"{}")
+    again = KeptAnswer("rep-a", "k", "h1", NOW, True, (sqlite3.IntegrityError,))
+    with pytest.raises(KeyHeld) as held, engine.begin() as conn:
+        again.claim_thd(conn)
+    assert held.value.previous == idempotency.Earlier("h1", 202, b"{}") and not again.claimed
+
+    def racing(*args: object) -> None:
+        raise sqlite3.IntegrityError("UNIQUE constraint failed: idempotency_keys.party_id")
+
+    monkeypatch.setattr(idempotency, "claim_thd", racing)
+    with pytest.raises(KeyHeld) as raced, engine.begin() as conn:
+        KeptAnswer("rep-a", "k2", "h1", NOW, True, (sqlite3.IntegrityError,)).claim_thd(conn)
+    assert raced.value.previous is None
+
+
+def test_an_answer_kept_without_the_claim_it_needs_is_an_error(engine: sa.Engine) -> None:
+    """A request meant to claim its key in its job cannot keep an answer no row would hold."""
+    kept = KeptAnswer("rep-a", "k", "h1", NOW, claim_in_job=True)
+    with pytest.raises(RuntimeError), engine.begin() as conn:
+        kept.keep_thd(conn, 202, b"{}")

@@ -22,7 +22,7 @@ from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
 from hangw import authz, idempotency, metrics, tls
-from hangw.api.kept import KeptAnswer, json_bytes, keeping
+from hangw.api.kept import KeptAnswer, KeyHeld, claiming, json_bytes, keeping
 from hangw.api.message_routes import register as register_message_routes
 from hangw.api.read_routes import register as register_read_routes
 from hangw.api.usage_routes import register as register_usage_routes
@@ -183,8 +183,15 @@ class Api:
         request.setHeader(b"content-type", b"application/json")
         return json_bytes(body)
 
-    async def _idempotent(self, request: IRequest, party: Party, handler: Any) -> bytes:
-        """Run ``handler()`` once per Idempotency-Key; a repeat gets the first answer again."""
+    async def _idempotent(
+        self, request: IRequest, party: Party, handler: Any, claims_in_job: bool = False
+    ) -> bytes:
+        """Run ``handler()`` once per Idempotency-Key; a repeat gets the first answer again.
+
+        ``claims_in_job``: the handler's store job claims the key itself (``kept.claiming``),
+        so the claim, the request's writes and its answer are one job; otherwise the key is
+        claimed in a job of its own before the handler runs.
+        """
         key_header = request.getHeader(b"idempotency-key")
         if key_header is None:
             return await handler()
@@ -197,44 +204,68 @@ class Api:
         ).hexdigest()
         request.content.seek(0)
         store = self.devices.store
-        try:
-            previous = await store.run(
-                idempotency.claim_thd, party.party_id, key, digest, time.time()
-            )
-        except store.integrity_errors:  # another gateway claimed the key at the same moment
-            raise IdempotencyKeyInProgress(
-                f"a request with Idempotency-Key {key!r} is being processed; "
-                "send it again in a moment to get its answer"
-            ) from None
-        if previous is not None:
-            if previous.request_hash != digest:
-                raise IdempotencyKeyReused(
-                    f"Idempotency-Key {key!r} was used for a different request; use a new key"
-                )
-            if previous.status_code == idempotency.IN_PROGRESS:
-                raise IdempotencyKeyInProgress(
-                    f"a request with Idempotency-Key {key!r} is being processed; "
-                    "send it again in a moment to get its answer"
-                )
-            request.setResponseCode(previous.status_code)
-            media = PROBLEM_JSON if previous.status_code >= 400 else b"application/json"
-            request.setHeader(b"content-type", media)
-            request.setHeader(b"idempotent-replayed", b"true")
-            return previous.body
-        kept = KeptAnswer(party.party_id, key)
+        now = time.time()
+        if not claims_in_job:
+            try:
+                previous = await store.run(idempotency.claim_thd, party.party_id, key, digest, now)
+            except store.integrity_errors:  # another gateway claimed the key at the same moment
+                raise self._key_in_progress(key) from None
+            if previous is not None:
+                return self._earlier_answer(request, key, digest, previous)
+        kept = KeptAnswer(
+            party.party_id, key, digest, now, claims_in_job, tuple(store.integrity_errors)
+        )
         request.hangw_kept_answer = kept  # type: ignore[attr-defined]
         try:
             body: bytes = await handler()
+        except KeyHeld as held:  # the handler's own job found the key held
+            if held.previous is None:
+                raise self._key_in_progress(key) from None
+            return self._earlier_answer(request, key, digest, held.previous)
         except Problem as problem:
             body = self._refuse(request, problem)  # a refusal is this key's answer too
         except BaseException:
-            # an unexpected failure: the client may try the key again
-            await store.run(idempotency.release_thd, party.party_id, key)
-            raise
+            if not claims_in_job:  # an unexpected failure: the client may try the key again
+                await store.run(idempotency.release_thd, party.party_id, key)
+            raise  # (a claim made in the handler's job went with the job)
         status = request.code  # type: ignore[attr-defined]
-        if kept.kept != (status, body):  # not kept in the request's own transaction
+        if kept.kept == (status, body):  # kept in the request's own transaction
+            return body
+        if not claims_in_job:
             await store.run(idempotency.answer_thd, party.party_id, key, status, body)
+            return body
+        try:
+            previous = await store.run(
+                idempotency.claim_answered_thd, party.party_id, key, digest, now, status, body
+            )
+        except store.integrity_errors:
+            raise self._key_in_progress(key) from None
+        if previous is not None:  # the key was taken since: its request's answer, not ours
+            return self._earlier_answer(request, key, digest, previous)
         return body
+
+    @staticmethod
+    def _key_in_progress(key: str) -> IdempotencyKeyInProgress:
+        return IdempotencyKeyInProgress(
+            f"a request with Idempotency-Key {key!r} is being processed; "
+            "send it again in a moment to get its answer"
+        )
+
+    def _earlier_answer(
+        self, request: IRequest, key: str, digest: str, previous: idempotency.Earlier
+    ) -> bytes:
+        """The answer the key already holds, or why there is none to give."""
+        if previous.request_hash != digest:
+            raise IdempotencyKeyReused(
+                f"Idempotency-Key {key!r} was used for a different request; use a new key"
+            )
+        if previous.status_code == idempotency.IN_PROGRESS:
+            raise self._key_in_progress(key)
+        request.setResponseCode(previous.status_code)
+        media = PROBLEM_JSON if previous.status_code >= 400 else b"application/json"
+        request.setHeader(b"content-type", media)
+        request.setHeader(b"idempotent-replayed", b"true")
+        return previous.body
 
     # ---- errors --------------------------------------------------------------------------------
 
@@ -324,12 +355,13 @@ class Api:
                 party,
                 esiid,
                 request_,
+                before=claiming(request),
                 also=keeping(request, 202, lambda device: device_json(device, party)),
             )
             request.setHeader(b"location", f"/v1/han-devices/{device.device_id}".encode())
             return self._json(request, 202, device_json(device, party))
 
-        return await self._idempotent(request, party, handle)
+        return await self._idempotent(request, party, handle, claims_in_job=True)
 
     @app.route("/v1/esiids/<esiid>/han-devices", methods=["GET"])
     async def list_devices(self, request: IRequest, esiid: str) -> bytes:
