@@ -212,9 +212,7 @@ class Api:
                 raise self._key_in_progress(key) from None
             if previous is not None:
                 return self._earlier_answer(request, key, digest, previous)
-        kept = KeptAnswer(
-            party.party_id, key, digest, now, claims_in_job, tuple(store.integrity_errors)
-        )
+        kept = KeptAnswer(party.party_id, key, digest, now, claims_in_job, store.integrity_errors)
         request.hangw_kept_answer = kept  # type: ignore[attr-defined]
         try:
             body: bytes = await handler()

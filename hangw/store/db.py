@@ -29,7 +29,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from hangw import metrics
-from hangw.store.schema import WRITER_SQLITE_PRAGMAS
+from hangw.store.schema import WRITER_SQLITE_PRAGMAS, WRITER_SQLITE_RESETS
 
 T = TypeVar("T")
 Item = TypeVar("Item")
@@ -213,7 +213,8 @@ class Store:
         if conn.dialect.name == "sqlite" and not (conn.invalidated or conn.closed):
             try:
                 driver: Any = conn.connection.driver_connection
-                driver.execute("PRAGMA temp_store=DEFAULT")
+                for pragma in WRITER_SQLITE_RESETS:
+                    driver.execute(pragma)
             except Exception:
                 conn.invalidate()  # the pool gets a fresh one instead
         conn.close()

@@ -37,6 +37,8 @@ SQLITE_PRAGMAS: tuple[str, ...] = (
 #: unlink and a write per page. Only there: other connections stage whole usage deliveries in
 #: temporary tables, which must be free to spill to disk.
 WRITER_SQLITE_PRAGMAS: tuple[str, ...] = ("PRAGMA temp_store=MEMORY",)
+#: What undoes WRITER_SQLITE_PRAGMAS before a writer's connection goes back to the pool.
+WRITER_SQLITE_RESETS: tuple[str, ...] = ("PRAGMA temp_store=DEFAULT",)
 
 
 def _set_sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
