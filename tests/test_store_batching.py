@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest_twisted
 import sqlalchemy as sa
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
+from twisted.internet.threads import deferToThread
 
 from hangw import metrics
 from hangw.store import schema
@@ -177,3 +179,39 @@ async def test_an_unreachable_database_fails_the_batch_and_is_tried_again(tmp_pa
     missing.mkdir()
     assert await store.run(lambda conn: conn.exec_driver_sql("SELECT 1").scalar()) == 1
     store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_batch_keeps_its_writes_when_another_connection_writes_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """A batch that reads first still writes: another connection's commit waits for it."""
+    store = make_store(tmp_path)
+    store.start()
+    await store.run(insert_party("warm"))
+    other_done = threading.Event()
+
+    def other_writer() -> None:  # the usage import or a CLI, on a connection of its own
+        with store.engine.begin() as other:
+            other.execute(sa.text("CREATE TABLE IF NOT EXISTS other_writes (x)"))
+            other.execute(sa.text("INSERT INTO other_writes VALUES (1)"))
+        other_done.set()
+
+    other = threading.Thread(target=other_writer)
+
+    def read_while_another_connection_writes(conn: sa.Connection) -> int:
+        seen = len(conn.execute(sa.select(parties.c.party_id)).all())  # the batch's snapshot
+        other.start()
+        other_done.wait(0.5)  # committed meanwhile, unless the batch holds the write lock
+        return seen
+
+    jobs = [store.run(read_while_another_connection_writes)]
+    jobs += [store.run(insert_party(f"p{n}")) for n in range(3)]
+    results = await DeferredList(jobs, consumeErrors=True)
+    await deferToThread(other.join)
+    store.stop()
+    assert [ok for ok, _ in results] == [True] * 4, [
+        r.getErrorMessage() for ok, r in results if not ok
+    ]
+    assert {"p0", "p1", "p2"} <= stored_ids(store.engine)
+    assert other_done.is_set()  # and the other connection's write went in after the batch

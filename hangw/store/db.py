@@ -29,7 +29,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from hangw import metrics
-from hangw.store.schema import WRITER_SQLITE_PRAGMAS, WRITER_SQLITE_RESETS
+from hangw.store.schema import WRITER_SQLITE_PRAGMAS, WRITER_SQLITE_RESETS, WRITES
 
 T = TypeVar("T")
 Item = TypeVar("Item")
@@ -111,8 +111,9 @@ class Store:
         self.engine.dispose()
 
     def transaction(self, thd: Callable[..., T], *args: Any) -> T:
-        """Run ``thd(conn, *args)`` in one transaction on the calling thread."""
-        with self.engine.begin() as conn:
+        """Run ``thd(conn, *args)`` in one transaction on the calling thread (one that may write:
+        on SQLite it takes the write lock as it begins)."""
+        with self.engine.execution_options(**{WRITES: True}).begin() as conn:
             return thd(conn, *args)
 
     def run(self, thd: Callable[..., T], *args: Any) -> Deferred[T]:
@@ -196,6 +197,7 @@ class Store:
     def _writer_connection(self) -> sa.Connection:
         """A connection for a writer to keep, with the writer's own SQLite pragmas."""
         conn = self.engine.connect()
+        conn.execution_options(**{WRITES: True})  # every batch may write: see schema.WRITES
         if conn.dialect.name == "sqlite":
             try:
                 driver: Any = conn.connection.driver_connection  # outside any transaction

@@ -53,8 +53,18 @@ def _set_sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
     dbapi_connection.isolation_level = None
 
 
+#: The execution option that makes a SQLite transaction take the write lock when it begins.
+WRITES = "hangw_writes"
+
+
 def _begin_sqlite(conn: sa.Connection) -> None:
-    conn.exec_driver_sql("BEGIN")
+    # A transaction that reads before it writes must hold the write lock from its start: begun
+    # deferred, its first write fails at once (SQLITE_BUSY_SNAPSHOT, which no busy timeout waits
+    # out) whenever another connection committed since its first read, and so does every later
+    # write of the transaction: a whole group-committed batch of the store's writer would fail.
+    # BEGIN IMMEDIATE waits (busy_timeout) for the lock instead.
+    immediate = conn.get_execution_options().get(WRITES, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def configure_sqlite(engine: sa.Engine) -> None:
