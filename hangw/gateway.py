@@ -44,7 +44,7 @@ from hangw.parties import PartyRegistry
 from hangw.router import Router
 from hangw.secrets import SecretBox, load_or_create_key
 from hangw.store import schema
-from hangw.store.db import Store
+from hangw.store.db import Store, without_password
 from hangw.store.model import han_devices
 from hangw.usage.dropdir import DropDirectories
 from hangw.usage.ingest import Ingest
@@ -83,13 +83,24 @@ def load_adapter(adapter_config: AdapterConfig, clock: Any, config: Config) -> I
     return adapter
 
 
-def _holds_sealed_secrets(engine: sa.Engine) -> bool:
-    """Does the store already hold HAN devices (whose secrets are sealed with the store key)?"""
+def _holds_sealed_secrets(engine: sa.Engine, key_path: Path) -> bool:
+    """Does the store already hold HAN devices (whose secrets are sealed with the store key)?
+
+    A store that cannot be reached cannot say, and a new key must not be made on a guess: that
+    raises ConfigError.
+    """
     try:
         with engine.connect() as conn:
+            if not sa.inspect(conn).has_table(han_devices.name):
+                return False  # a new store: nothing was ever sealed
             return conn.execute(sa.select(han_devices.c.device_id).limit(1)).first() is not None
-    except sa.exc.DBAPIError:
-        return False  # no database or no table yet: nothing was ever sealed
+    except sa.exc.DBAPIError as error:
+        why = without_password(str(error.orig)).strip().splitlines()[0][:200]
+        raise ConfigError(
+            f"store.key_file: {key_path} is missing, and the store cannot be reached to tell "
+            f"whether it holds install codes sealed with it ({why}); start hangwd again when "
+            "the database is up (a new key is made only for a store without devices)"
+        ) from None
 
 
 @implementer(IAdapterEvents)
@@ -280,7 +291,8 @@ class Gateway(MultiService):
                 f"api.cert_dir: no server certificate in {cert_dir}; run `hangw certs init` first"
             )
         self.store = Store(schema.make_engine(config.store_url), reactor)
-        if not config.store_key_path.exists() and _holds_sealed_secrets(self.store.engine):
+        key_path = config.store_key_path
+        if not key_path.exists() and _holds_sealed_secrets(self.store.engine, key_path):
             raise ConfigError(
                 f"store.key_file: {config.store_key_path} is missing, but the store holds install "
                 "codes sealed with it; restore the key file (a new key could not open them)"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -144,3 +146,19 @@ def test_a_secret_sealed_with_another_key_does_not_block_the_outbox(tmp_path: Pa
         first.device_id
     ]
     assert not secrets_in(json.dumps(events, default=str))
+
+
+def test_no_new_store_key_while_the_store_cannot_be_reached(tmp_path: Path) -> None:
+    """With the key file gone and the database down, start-up stops and makes no new key."""
+    from hangw.certs import init_dev_identity
+    from tests.gateway_harness import make_test_config
+
+    config = make_test_config(tmp_path / "state")
+    init_dev_identity(config.cert_dir, now=time.time())
+    unreachable = "postgresql+psycopg://hangw:s3cret-pw@127.0.0.1:9/hangw"  # nothing listens
+    config = dataclasses.replace(config, store=dataclasses.replace(config.store, url=unreachable))
+    with pytest.raises(ConfigError, match=r"store\.key_file") as refusal:
+        Gateway(config, reactor)
+    assert "cannot be reached" in str(refusal.value)
+    assert "s3cret-pw" not in str(refusal.value)
+    assert not config.store_key_path.exists()

@@ -61,7 +61,7 @@ class StoreUnavailable(ConnectionError):
     """The database could not be reached for this batch of work."""
 
 
-def _without_password(text: str) -> str:
+def without_password(text: str) -> str:
     """A driver's error text with any password in a URL or DSN replaced by ***."""
     text = re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
     return re.sub(r"(password\s*=\s*)\S+", r"\1***", text, flags=re.IGNORECASE)
@@ -185,7 +185,7 @@ class Store:
             self._failed_connects += 1
             log.error(
                 "store.connect_failed",
-                error=_without_password(str(error)),
+                error=without_password(str(error)),
                 attempt=self._failed_connects,
                 retry_in_s=delay,
             )
@@ -252,7 +252,7 @@ class Store:
             # the one job's own error, or a failed commit: nothing of the batch was kept
             if own_failure is None:
                 log.error(
-                    "store.batch_failed", jobs=len(batch), error=_without_password(str(error))[:300]
+                    "store.batch_failed", jobs=len(batch), error=without_password(str(error))[:300]
                 )
             failure = own_failure or Failure()
             outcomes = [(done, failure) for _, _, done, _ in batch]
