@@ -291,6 +291,13 @@ _ABANDON_COMMANDS = Prepared(
     .where(outbox.c.device_id == sa.bindparam("b_device_id"), outbox.c.retired_at.is_(None))
     .values(retired_at=sa.bindparam("b_now"))
 )
+_UNRETIRED_PROVISIONS = Prepared(
+    sa.select(outbox.c.command_id, outbox.c.created_at).where(
+        outbox.c.device_id == sa.bindparam("b_device_id"),
+        outbox.c.kind == "provision",
+        outbox.c.retired_at.is_(None),
+    )
+)
 _RETIRE = Prepared(
     outbox.update()
     .where(outbox.c.command_id == sa.bindparam("b_command_id"))
@@ -320,6 +327,10 @@ class DeviceService:
         self._reports: TurnBatch[ProvisioningReport, Device | ReportRefused | None] = TurnBatch(
             store, clock, self.apply_reports_thd, self._log_statuses
         )
+        #: Was this command handed to its adapter (the router's answer; the gateway wires it)?
+        self.handed_out: Callable[[str], bool] = lambda command_id: False
+        #: Commands queued before this time may have gone out in an earlier run of the gateway.
+        self._started_at = clock.seconds()
 
     # ---- reads shared by requests ------------------------------------------------------------
 
@@ -870,6 +881,14 @@ class DeviceService:
 
     def fire_timers_thd(self, conn: sa.Connection, now: float) -> list[Device]:
         """Move every device whose timer ran out: join window -> Add Failed, timeout -> *Failed."""
+        return self._fire_timers_thd(conn, now)[0]
+
+    def _fire_timers_thd(
+        self, conn: sa.Connection, now: float
+    ) -> tuple[list[Device], list[tuple[Device, list[tuple[str, float]]]]]:
+        """The devices moved, and the adds abandoned unanswered with their unretired provisions
+        (command id, queued at): the head-end may hold one of those all the same (see
+        fire_timers)."""
         due = conn.execute(
             sa.select(han_devices.c.device_id, han_devices.c.status)
             .where(han_devices.c.deadline.is_not(None), han_devices.c.deadline <= now)
@@ -877,6 +896,7 @@ class DeviceService:
             .limit(500)
         ).all()
         moved = []
+        unsure: list[tuple[Device, list[tuple[str, float]]]] = []
         for device_id, status in due:
             if DeviceStatus(status) in JOIN_WINDOW_STATUSES:
                 event = Event.JOIN_WINDOW_EXPIRED
@@ -886,26 +906,61 @@ class DeviceService:
             else:
                 event = Event.COMMAND_TIMED_OUT
                 reason = f"the TDSP did not answer within {self._config.command_timeout_s} s"
+            add_unanswered = (
+                event is Event.COMMAND_TIMED_OUT
+                and DeviceStatus(status) is DeviceStatus.ADD_ACKNOWLEDGED
+            )
+            provisions = (
+                [
+                    (row.command_id, row.created_at)
+                    for row in _UNRETIRED_PROVISIONS.all(conn, {"b_device_id": device_id})
+                ]
+                if add_unanswered
+                else []
+            )
             device = self._transition_thd(conn, device_id, event, "gateway", reason, now)
             moved.append(device)
             # What the head-end has not taken yet is abandoned with the device: sent later, it
             # would act on a device the gateway has given up on (and whose slot is free again).
-            abandoned = _ABANDON_COMMANDS.execute(
-                conn, {"b_device_id": device_id, "b_now": now}
-            ).rowcount
-            if (
-                event is Event.COMMAND_TIMED_OUT
-                and DeviceStatus(status) is DeviceStatus.ADD_ACKNOWLEDGED
-                and abandoned == 0
-            ):
+            _ABANDON_COMMANDS.execute(conn, {"b_device_id": device_id, "b_now": now})
+            if add_unanswered and not provisions:
                 # the head-end took the add and never answered: take it back off the meter
-                meter = self._load_meter(conn, device.esiid)
-                self._queue(conn, meter.tdsp_duns, device_id, "deprovision", now)
-        return moved
+                self._take_back_thd(conn, device, now)
+            elif provisions:
+                unsure.append((device, provisions))
+        return moved, unsure
+
+    def _take_back_thd(self, conn: sa.Connection, device: Device, now: float) -> None:
+        """Queue a de-provision for a device the gateway gave up adding."""
+        meter = self._load_meter(conn, device.esiid)
+        self._queue(conn, meter.tdsp_duns, device.device_id, "deprovision", now)
+
+    def _may_have_gone_out(self, provisions: list[tuple[str, float]]) -> bool:
+        """Might the head-end hold one of these unretired provisions?"""
+        return any(
+            self.handed_out(command_id) or queued_at < self._started_at
+            for command_id, queued_at in provisions
+        )
 
     async def fire_timers(self) -> list[Device]:
         now = self._clock.seconds()
-        moved = await self.store.run(self.fire_timers_thd, now)
+        moved, unsure = await self.store.run(self._fire_timers_thd, now)
+        # An unretired provision may have reached the head-end all the same: handed out and not
+        # acknowledged yet, or its acknowledgement lost with the link (or with an earlier run of
+        # the gateway). The head-end could add the device after the gateway freed its slot, so
+        # it is taken back too. Asked here, on the reactor, after the timer's transaction: the
+        # router has then handed out every command it read before that transaction, and any it
+        # reads later is already retired.
+        taken_back = [
+            device for device, provisions in unsure if self._may_have_gone_out(provisions)
+        ]
+        if taken_back:
+
+            def take_back_thd(conn: sa.Connection) -> None:
+                for device in taken_back:
+                    self._take_back_thd(conn, device, now)
+
+            await self.store.run(take_back_thd)
         if moved:
             self._on_outbox()  # an add the head-end took but never answered is taken back now
         if now - self._pruned_at > 3600:

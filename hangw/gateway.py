@@ -309,6 +309,7 @@ class Gateway(MultiService):
         )
         self.router = Router(self.devices, self.adapters, clock, sources=[self.messaging])
         self.devices._on_outbox = functools.partial(self.router.wake, source=self.devices)
+        self.devices.handed_out = self.router.handed_out
         self.messaging._on_outbox = functools.partial(self.router.wake, source=self.messaging)
 
         StoreService(self.store).setServiceParent(self)

@@ -61,6 +61,9 @@ class Router(Service):
         self._poll_interval_s = poll_interval_s
         self._max_backoff_s = max_backoff_s
         self._in_flight: set[str] = set()
+        #: Handed to an adapter (once or more) and not yet retired: the head-end may hold these,
+        #: also those whose sending failed (the acknowledgement may be what was lost).
+        self._handed_out: set[str] = set()
         #: At most ``window`` commands per TDSP are handed to its adapter and not yet settled;
         #: the rest wait in the outbox (not in the adapter's memory, where their ack timeouts
         #: would run while they wait for credit). Reading resumes when half the window is free.
@@ -96,6 +99,10 @@ class Router(Service):
         if self._wake_call is not None and self._wake_call.active():
             self._wake_call.cancel()
         return self._draining
+
+    def handed_out(self, command_id: str) -> bool:
+        """Was the command handed to its adapter, and has it not been retired since?"""
+        return command_id in self._handed_out
 
     def link_up(self, tdsp_duns: str) -> None:
         """A TDSP's head-end (re)connected: forget the back-off and send what waits, now."""
@@ -199,6 +206,7 @@ class Router(Service):
         self, tdsp_duns: str, adapter: IHeadEndAdapter, command: Command, source: int = 0
     ) -> None:
         self._in_flight.add(command.command_id)
+        self._handed_out.add(command.command_id)
         self._in_flight_by_tdsp[tdsp_duns] = self._in_flight_by_tdsp.get(tdsp_duns, 0) + 1
         d: Deferred[object] = maybeDeferred(adapter.send, command)
         kind = type(command).__name__
@@ -206,7 +214,8 @@ class Router(Service):
         def accepted(_: object) -> Deferred[None]:
             self._backoff.pop(tdsp_duns, None)
             metrics.outbox_sent.labels(tdsp_duns, kind).inc()
-            return self._retirements[source].add(command.command_id)
+            retired = self._retirements[source].add(command.command_id)
+            return retired.addCallback(lambda _: self._handed_out.discard(command.command_id))
 
         def refused(failure: object) -> None:
             self._rescan = True  # send it again from the start of the outbox

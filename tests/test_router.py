@@ -18,7 +18,7 @@ from hangw.devices import AddDeviceRequest, DeviceService
 from hangw.domain import Meter, Party, Role
 from hangw.meters import upsert_meters_thd
 from hangw.router import Router
-from tests.gateway_harness import INSTALL_CODE, REP_A, TDSP
+from tests.gateway_harness import E_OWN, INSTALL_CODE, REP_A, TDSP
 from tests.service_harness import make_service, resolve
 
 REP = Party(REP_A, Role.REP, "demo-rep-a", "f" * 64)
@@ -159,3 +159,73 @@ def test_a_drain_reads_only_the_outbox_a_command_was_queued_in(tmp_path: Path) -
     turn(clock)
     assert other.reads == 3
     router.stopService()
+
+
+def pending_kinds(service: DeviceService, device_id: str) -> list[str]:
+    """The kinds of the device's commands still waiting in the outbox, oldest first."""
+    pending = service.store.transaction(service.pending_commands_thd, TDSP, 100, frozenset())
+    return [type(c).__name__ for c in pending if c.device_id == device_id]
+
+
+def timed_out_add(tmp_path: Path, *, away: bool) -> tuple[DeviceService, HeldAdapter, str]:
+    """An add handed to the adapter (held, or refused when ``away``) until its timeout ran out."""
+    service, clock = make_service(tmp_path / "s.sqlite", command_timeout_s=30)
+    adapter = HeldAdapter()
+    adapter.away = away
+    router = Router(service, {TDSP: adapter}, clock)
+    service._on_outbox = router.wake
+    service.handed_out = router.handed_out  # as the gateway wires it
+    router.startService()
+    request = AddDeviceRequest("000D6F0000000001", INSTALL_CODE, "thermostat")
+    device = resolve(service.add_device(REP, E_OWN, request))
+    turn(clock)
+    assert len(adapter.sent) == 1
+    clock.advance(31)
+    (moved,) = resolve(service.fire_timers())
+    assert moved.status.value == "Add Failed"
+    router.stopService()
+    return service, adapter, device.device_id
+
+
+def test_an_add_in_flight_when_it_timed_out_is_taken_back(tmp_path: Path) -> None:
+    """A provision handed out but not yet acknowledged at its timeout is followed by a
+    de-provision: the head-end may still add the device after the gateway freed its slot."""
+    service, adapter, device_id = timed_out_add(tmp_path, away=False)
+    adapter.acknowledge(1)  # the head-end took it after all
+    assert pending_kinds(service, device_id) == ["DeprovisionDevice"]
+
+
+def test_an_add_whose_sending_failed_is_taken_back_after_its_timeout(tmp_path: Path) -> None:
+    """A provision whose send failed (its acknowledgement may be what was lost) is taken back."""
+    service, _, device_id = timed_out_add(tmp_path, away=True)
+    assert pending_kinds(service, device_id) == ["DeprovisionDevice"]
+
+
+def test_an_add_queued_before_a_restart_is_taken_back_after_its_timeout(tmp_path: Path) -> None:
+    """A provision queued in an earlier run may have gone out then: its timeout takes it back."""
+    earlier, clock = make_service(tmp_path / "s.sqlite", command_timeout_s=30)
+    request = AddDeviceRequest("000D6F0000000001", INSTALL_CODE, "thermostat")
+    device = resolve(earlier.add_device(REP, E_OWN, request))
+    clock.advance(31)
+    restarted = DeviceService(
+        earlier.store,
+        earlier._box,
+        clock,
+        earlier._config,  # a new run, started later
+    )
+    (moved,) = resolve(restarted.fire_timers())
+    assert moved.status.value == "Add Failed"
+    assert pending_kinds(restarted, device.device_id) == ["DeprovisionDevice"]
+
+
+def test_an_add_never_handed_out_is_dropped_at_its_timeout(tmp_path: Path) -> None:
+    """A provision this run never handed out, queued in this run, is abandoned: nothing goes."""
+    service, clock = make_service(tmp_path / "s.sqlite", command_timeout_s=30)
+    router = Router(service, {TDSP: HeldAdapter()}, clock)
+    service.handed_out = router.handed_out
+    request = AddDeviceRequest("000D6F0000000001", INSTALL_CODE, "thermostat")
+    device = resolve(service.add_device(REP, E_OWN, request))
+    clock.advance(31)
+    (moved,) = resolve(service.fire_timers())
+    assert moved.status.value == "Add Failed"
+    assert pending_kinds(service, device.device_id) == []
