@@ -141,7 +141,8 @@ class Router(Service):
             self._draining = None
             if self._again:
                 self._again = False
-                self._schedule_drain()
+                if self.running:  # a wake during the last drain before stopService starts none
+                    self._schedule_drain()
 
         self._draining.addBoth(done)
 

@@ -229,3 +229,29 @@ def test_an_add_never_handed_out_is_dropped_at_its_timeout(tmp_path: Path) -> No
     (moved,) = resolve(service.fire_timers())
     assert moved.status.value == "Add Failed"
     assert pending_kinds(service, device.device_id) == []
+
+
+def test_a_wake_during_the_last_drain_starts_no_drain_after_stop(tmp_path: Path) -> None:
+    """A command queued while the router's last drain runs is left for the next start: no drain
+    reads the outbox after stopService (the store stops right after it)."""
+    service, clock = make_service(tmp_path / "s.sqlite")
+    real_run = service.store.run
+
+    def slow_run(thd: Any, *args: Any) -> Deferred[Any]:
+        done: Deferred[Any] = Deferred()
+        clock.callLater(0.5, lambda: real_run(thd, *args).chainDeferred(done))
+        return done
+
+    service.store.run = slow_run  # type: ignore[method-assign]
+    router = Router(service, {TDSP: HeldAdapter()}, clock)
+    router.startService()
+    clock.advance(0)  # the first drain is reading the outbox
+    router.wake()  # a command was queued meanwhile
+    stopped = router.stopService()
+    assert stopped is not None
+    reads: list[object] = []
+    read = service.pending_after_thd
+    service.pending_after_thd = lambda *a: (reads.append(a), read(*a))[1]  # type: ignore[method-assign]
+    for _ in range(4):
+        clock.advance(0.5)
+    assert reads == []
