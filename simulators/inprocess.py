@@ -493,11 +493,11 @@ class _Journal:
         ).fetchone()
         return row is not None
 
-    def record(self, job: _Job) -> None:
+    def record(self, job: _Job, finished: bool = False) -> None:
         self._recorded.add(job.command_id)
         self._unflushed.add(job.command_id)
         self._write(
-            "INSERT OR IGNORE INTO commands VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+            "INSERT OR IGNORE INTO commands VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 job.command_id,
                 job.action,
@@ -507,6 +507,7 @@ class _Journal:
                 job.fault.value,
                 job.next_step,
                 job.step_at,
+                int(finished),
             ),
         )
 
@@ -750,7 +751,9 @@ class SimulatedHeadEnd:
             frames=frames,
             fan_out=fan_out,
         )
-        if self._journal is not None:
+        if self._journal is not None and action != FRAMES:
+            # (frames live in memory only: their command is recorded when they are delivered,
+            # so one that a stop cut short is taken afresh when the gateway sends it again)
             self._journal.record(job)
         self._jobs[job.command_id] = job
         self._seen.add(job.command_id)
@@ -850,6 +853,8 @@ class SimulatedHeadEnd:
         step = self._steps(job)[job.next_step]
         if job.next_step == 0:
             if self._journal is not None:
+                if job.action == FRAMES:  # delivered now, in this step: done with it
+                    self._journal.record(job, finished=True)
                 # the command is on disk before it is acknowledged
                 self._journal.make_durable(job.command_id)
             waiting, job.waiting = job.waiting, []

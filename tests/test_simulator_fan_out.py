@@ -314,3 +314,30 @@ def test_provisioning_reports_still_go_one_by_one() -> None:
         clock.advance(1)
     assert [type(e) for e in events.singles] == [ProvisioningReport] * 4
     assert events.batches == []
+
+
+def test_a_fan_out_cut_short_by_a_stop_is_delivered_when_sent_again(tmp_path: Any) -> None:
+    """A fan-out accepted but not yet acknowledged when the head-end stopped is delivered when
+    the gateway sends it again after the restart; one delivered before a stop is not again."""
+    journal = str(tmp_path / "journal.sqlite")
+    clock = Clock()
+    before, _ = running(clock, journal_path=journal)
+    cut_short = before.send(fan_out("fan-1"))
+    delivered = before.send(fan_out("fan-2", range(3, 5)))
+    clock.advance(ACK)  # both acknowledged and delivered ...
+    assert succeeded(delivered) is None
+    cut_short_again = before.send(fan_out("fan-3", range(5, 7)))
+    clock.advance(ACK / 2)
+    before.stop()  # ... but fan-3 was still waiting for its acknowledgement
+    _case.failureResultOf(cut_short_again)
+    assert succeeded(cut_short) is None
+    after_clock = Clock()
+    after, events = running(after_clock, journal_path=journal)
+    resent = after.send(fan_out("fan-3", range(5, 7)))
+    repeated = after.send(fan_out("fan-2", range(3, 5)))
+    answered(after_clock)
+    assert succeeded(resent) is None and succeeded(repeated) is None
+    statuses = [
+        s.delivery_id for kind, _, items in events.batches if kind == "statuses" for s in items
+    ]
+    assert sorted(statuses) == ["fan-3-d5", "fan-3-d6"]
