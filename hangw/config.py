@@ -1,11 +1,12 @@
 """Configuration: one TOML file parsed once at start into validated, frozen objects.
 
 A wrong key or value stops start-up with a ConfigError that names the key, e.g.
-``api.port: must be an integer from 1 to 65535, got 'x'``.
+``api.port: must be an integer from 0 to 65535, got 'x'`` (port 0: any free port, as tests use).
 """
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -168,17 +169,44 @@ def _integer(key: str, value: Any, low: int, high: int) -> int:
 
 
 def _number(key: str, value: Any, low: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < low:
-        raise ConfigError(f"{key}: must be a number of at least {low}, got {value!r}")
-    return float(value)
+    number = math.nan  # TOML's nan and inf are numbers, but no setting can use them
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer too large for a float
+            pass
+    if not math.isfinite(number) or number < low:
+        raise ConfigError(f"{key}: must be a finite number of at least {low}, got {value!r}")
+    return number
 
 
-def _string(key: str, value: Any, choices: tuple[str, ...] = ()) -> str:
+def _string(key: str, value: Any, choices: tuple[str, ...] = (), *, empty_ok: bool = True) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{key}: must be a string, got {value!r}")
     if choices and value not in choices:
         raise ConfigError(f"{key}: must be one of {', '.join(choices)}, got {value!r}")
+    if not empty_ok and not value.strip():
+        raise ConfigError(f"{key}: must not be empty")
     return value
+
+
+def _store_url(key: str, value: Any) -> str:
+    """A SQLAlchemy database URL of an installed dialect, or empty (the SQLite default)."""
+    import sqlalchemy as sa
+
+    url = _string(key, value)
+    if not url:
+        return url
+    example = "such as sqlite:///path/hangw.sqlite or postgresql+psycopg://user@host/db"
+    try:  # the value is not shown: a URL may carry a password
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        raise ConfigError(f"{key}: not a database URL ({example})") from None
+    try:
+        parsed.get_dialect()
+    except sa.exc.NoSuchModuleError:
+        raise ConfigError(f"{key}: no database dialect {parsed.drivername!r} ({example})") from None
+    return url
 
 
 def _table(key: str, value: Any) -> Mapping[str, Any]:
@@ -220,21 +248,20 @@ def from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> Config:
         _string("gateway.cpu", cpu, ("auto", "off"))
     else:
         cpu = _integer("gateway.cpu", cpu, 0, 65535)
-    gateway = GatewayConfig(
-        state_dir=Path(_string("gateway.state_dir", g.get("state_dir", ".state"))), cpu=cpu
-    )
+    state_dir = _string("gateway.state_dir", g.get("state_dir", ".state"), empty_ok=False)
+    gateway = GatewayConfig(state_dir=Path(state_dir), cpu=cpu)
 
     s = _table("store", data.get("store", {}))
     _known("store", s, StoreConfig)
     store = StoreConfig(
-        url=_string("store.url", s.get("url", "")),
+        url=_store_url("store.url", s.get("url", "")),
         key_file=_string("store.key_file", s.get("key_file", "")),
     )
 
     a = _table("api", data.get("api", {}))
     _known("api", a, ApiConfig)
     api = ApiConfig(
-        host=_string("api.host", a.get("host", "127.0.0.1")),
+        host=_string("api.host", a.get("host", "127.0.0.1"), empty_ok=False),
         port=_integer("api.port", a.get("port", 8443), 0, 65535),
         cert_dir=_string("api.cert_dir", a.get("cert_dir", "")),
         max_body_bytes=_integer(
@@ -278,6 +305,11 @@ def from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> Config:
         batch=_integer("webhooks.batch", w.get("batch", 100), 1, 1000),
         ca_file=_string("webhooks.ca_file", w.get("ca_file", "")),
     )
+    if webhooks.first_retry_s > webhooks.max_retry_s:
+        raise ConfigError(
+            f"webhooks.first_retry_s: must not be more than webhooks.max_retry_s "
+            f"({webhooks.max_retry_s:g}), got {webhooks.first_retry_s:g}"
+        )
 
     u = _table("usage", data.get("usage", {}))
     _known("usage", u, UsageConfig)
@@ -356,6 +388,8 @@ def load(path: Path | str | None = None) -> Config:
             data = tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"{config_path}: no such configuration file") from None
+    except OSError as error:  # a directory, or a file it may not read
+        raise ConfigError(f"{config_path}: cannot read it: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{config_path}: not valid TOML: {error}") from None
     try:

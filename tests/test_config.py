@@ -29,6 +29,15 @@ def test_embedded_default_loads() -> None:
         ({"adapters": {"abc": {"kind": "simulator"}}}, "adapters.abc"),
         ({"adapters": {"123456789": {}}}, "adapters.123456789.kind"),
         ({"store": "sqlite://"}, "store"),
+        ({"usage": {"poll_s": float("nan")}}, "usage.poll_s"),
+        ({"provisioning": {"timer_interval_s": float("inf")}}, "provisioning.timer_interval_s"),
+        ({"webhooks": {"timeout_s": float("inf")}}, "webhooks.timeout_s"),
+        ({"usage": {"spike_ratio": 10**400}}, "usage.spike_ratio"),
+        ({"webhooks": {"first_retry_s": 60, "max_retry_s": 10}}, "webhooks.first_retry_s"),
+        ({"api": {"host": ""}}, "api.host"),
+        ({"gateway": {"state_dir": ""}}, "gateway.state_dir"),
+        ({"store": {"url": "nonsense"}}, "store.url"),
+        ({"store": {"url": "nonsense://db.example/hangw"}}, "store.url"),
     ],
 )
 def test_bad_key_or_value_is_named(data: dict[str, object], named: str) -> None:
@@ -36,6 +45,38 @@ def test_bad_key_or_value_is_named(data: dict[str, object], named: str) -> None:
     with pytest.raises(ConfigError) as refusal:
         from_mapping(data)
     assert str(refusal.value).startswith(named + ":"), str(refusal.value)
+
+
+def test_nan_and_infinity_are_refused_as_toml_gives_them(tmp_path: Path) -> None:
+    """TOML's nan and inf, which no setting can use, stop loading with the key named."""
+    path = tmp_path / "hangw.toml"
+    path.write_text("[usage]\npoll_s = nan\n")
+    with pytest.raises(ConfigError, match=r"usage\.poll_s: must be a finite number"):
+        load(path)
+    path.write_text("[provisioning]\ntimer_interval_s = inf\n")
+    with pytest.raises(ConfigError, match=r"provisioning\.timer_interval_s: must be a finite"):
+        load(path)
+
+
+def test_a_bad_store_url_is_refused_without_showing_it() -> None:
+    """A store URL SQLAlchemy cannot use is refused naming store.url, never echoing its password."""
+    for url in ("postgresql+nosuchdriver://hangw:s3cret@db.example/hangw", "hangw:s3cret@db"):
+        with pytest.raises(ConfigError) as refusal:
+            from_mapping({"store": {"url": url}})
+        assert str(refusal.value).startswith("store.url:")
+        assert "s3cret" not in str(refusal.value)
+
+
+def test_port_zero_is_any_free_port_and_retry_bounds_may_be_equal() -> None:
+    """Port 0 (an ephemeral port, as the tests use) and first_retry_s == max_retry_s load."""
+    config = from_mapping({"api": {"port": 0}, "webhooks": {"first_retry_s": 5, "max_retry_s": 5}})
+    assert config.api.port == 0 and config.webhooks.first_retry_s == 5.0
+
+
+def test_a_directory_given_as_the_configuration_is_refused(tmp_path: Path) -> None:
+    """--config naming a directory is a ConfigError with the path, not an OSError."""
+    with pytest.raises(ConfigError, match="cannot read it"):
+        load(tmp_path)
 
 
 def test_bad_toml_names_the_file(tmp_path: Path) -> None:
