@@ -133,3 +133,17 @@ async def test_api_command_refusal_exits_1_with_the_problem(
     assert await run_cli("--config", config, "list", E_OWN, *api) == 1
     err = capsys.readouterr().err
     assert "403" in err and "no HAN access" in err
+
+
+def test_certs_init_writes_private_keys_0600_over_a_stale_temporary_file(tmp_path: Path) -> None:
+    """A world-readable .tmp left by an interrupted run does not pass its mode to a private key."""
+    directory = tmp_path / "certs"
+    directory.mkdir()
+    for name in ("ca-key.pem", "server-key.pem", "demo-rep-a-key.pem"):
+        stale = directory / f"{name}.tmp"
+        stale.write_text("left over")
+        stale.chmod(0o666)
+    certs.init_dev_identity(directory, now=time.time())
+    for name in ("ca-key.pem", "server-key.pem", "demo-rep-a-key.pem"):
+        assert (directory / name).stat().st_mode & 0o777 == 0o600, name
+        assert not (directory / f"{name}.tmp").exists()
