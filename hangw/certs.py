@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -24,6 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 __all__ = [
     "DEMO_PARTIES",
     "CertificateAuthority",
+    "DamagedFileError",
     "DemoParty",
     "IssuedCert",
     "IssuedParty",
@@ -92,6 +94,24 @@ class NamedParty:
     party_id: str
     role: str
     name: str
+
+
+class DamagedFileError(ValueError):
+    """A certificate or key file in the certificate directory cannot be read; the message names
+    it and says what to do."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        super().__init__(
+            f"{path} is not a readable PEM {what} (damaged, or not written whole): move it "
+            "aside and run `hangw certs init` again to make a new one"
+        )
+
+
+def _read_certificate(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except ValueError:
+        raise DamagedFileError(path, "certificate") from None
 
 
 def fingerprint(cert_pem: bytes) -> str:
@@ -242,17 +262,20 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
 
 
 def load_ca(directory: Path) -> CertificateAuthority:
-    """The CA in ``directory`` (ca.pem and ca-key.pem)."""
-    certificate = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
-    key = serialization.load_pem_private_key((directory / "ca-key.pem").read_bytes(), None)
+    """The CA in ``directory`` (ca.pem and ca-key.pem); DamagedFileError when one is unreadable."""
+    certificate = _read_certificate(directory / "ca.pem")
+    key_path = directory / "ca-key.pem"
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):  # TypeError: it needs a password
+        raise DamagedFileError(key_path, "private key") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ValueError(f"{directory / 'ca-key.pem'} is not an EC private key")
+        raise DamagedFileError(key_path, "EC private key")
     return CertificateAuthority(certificate, key)
 
 
 def _expired(path: Path, now: float) -> bool:
-    certificate = x509.load_pem_x509_certificate(path.read_bytes())
-    return certificate.not_valid_after_utc.timestamp() < now + 86400
+    return _read_certificate(path).not_valid_after_utc.timestamp() < now + 86400
 
 
 def init_dev_identity(directory: Path, now: float) -> list[IssuedParty]:
@@ -260,6 +283,7 @@ def init_dev_identity(directory: Path, now: float) -> list[IssuedParty]:
 
     A file that exists and is still valid for a day is kept; so is everything a new CA would not
     invalidate. Returns the demo parties with their certificate paths and fingerprints.
+    A file that cannot be read as PEM raises DamagedFileError, which names it.
     """
     directory.mkdir(parents=True, exist_ok=True)
     ca_path = directory / "ca.pem"
@@ -300,7 +324,7 @@ def init_dev_identity(directory: Path, now: float) -> list[IssuedParty]:
                 demo.name,
                 demo.role,
                 demo.party_id,
-                fingerprint(cert_path.read_bytes()),
+                _read_certificate(cert_path).fingerprint(hashes.SHA256()).hex(),
                 cert_path,
                 key_path,
             )

@@ -21,16 +21,14 @@ import sqlalchemy as sa
 
 from hangw import cli_messaging, cli_usage, cli_usage_store
 from hangw import config as config_module
+from hangw.cli_common import CommandError, open_engine, store_problem
 from hangw.client import add_api_options
 
 
 def _store(config: config_module.Config) -> Any:
-    from hangw.store import schema
     from hangw.store.db import Store
 
-    engine = schema.make_engine(config.store_url)
-    schema.upgrade(engine)
-    return Store(engine, reactor=None)  # type: ignore[arg-type]  # used synchronously only
+    return Store(open_engine(config), reactor=None)  # type: ignore[arg-type]  # synchronous use
 
 
 def cmd_certs_init(config: config_module.Config, args: argparse.Namespace) -> int:
@@ -39,7 +37,15 @@ def cmd_certs_init(config: config_module.Config, args: argparse.Namespace) -> in
     from hangw.parties import register_party_thd
 
     directory = config.cert_dir
-    issued = certs.init_dev_identity(directory, now=time.time())
+    try:
+        issued = certs.init_dev_identity(directory, now=time.time())
+    except certs.DamagedFileError as error:
+        raise CommandError(str(error)) from None
+    except OSError as error:
+        raise CommandError(
+            f"cannot write the certificates in {directory}: {error.strerror} ({error.filename}); "
+            f"check api.cert_dir and gateway.state_dir in {config.source}"
+        ) from None
     store = _store(config)
     for demo in issued:
         party = Party(demo.party_id, Role(demo.role), demo.name, demo.fingerprint)
@@ -126,7 +132,7 @@ def cmd_meters_import(config: config_module.Config, args: argparse.Namespace) ->
 
 
 def _client(config: config_module.Config, args: argparse.Namespace) -> Any:
-    from hangw.client import Client, Identity
+    from hangw.client import Client, Identity, IdentityError
 
     cert_dir = config.cert_dir
     cert = Path(args.cert) if args.cert else cert_dir / f"{args.as_party}.pem"
@@ -134,11 +140,16 @@ def _client(config: config_module.Config, args: argparse.Namespace) -> Any:
     ca = Path(args.ca) if args.ca else cert_dir / "ca.pem"
     for path in (cert, key, ca):
         if not path.exists():
-            raise SystemExit(
-                f"hangw: {path} does not exist (run `hangw certs init`, or give --cert/--key/--ca)"
+            raise CommandError(
+                f"{path} does not exist (run `hangw certs init`, or give --cert/--key/--ca)"
             )
     url = args.api or f"https://localhost:{config.api.port}"
-    return Client(url, Identity(cert, key, ca))
+    try:
+        return Client(url, Identity(cert, key, ca))
+    except IdentityError as error:
+        raise CommandError(str(error)) from None
+    except ValueError as error:  # the URL
+        raise CommandError(f"{'--api' if args.api else 'api.host, api.port'}: {error}") from None
 
 
 def _print(data: Any, args: argparse.Namespace) -> None:
@@ -340,7 +351,14 @@ def main(argv: list[str] | None = None) -> int:
         **cli_usage_store.HANDLERS,
     }
     handler = handlers.get((args.command, getattr(args, "action", "")), cmd_api)
-    return handler(config, args)
+    try:
+        return handler(config, args)
+    except CommandError as error:
+        print(f"hangw: {error}", file=sys.stderr)
+        return 1
+    except sa.exc.SQLAlchemyError as error:  # the store failed a command that had opened it
+        print(f"hangw: {store_problem(config, error)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

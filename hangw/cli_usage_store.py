@@ -18,6 +18,7 @@ from typing import Any, TextIO
 import sqlalchemy as sa
 
 from hangw import config as config_module
+from hangw.cli_common import open_engine
 
 
 def add_store_commands(usage: Any) -> None:
@@ -39,14 +40,6 @@ def add_store_commands(usage: Any) -> None:
     p.add_argument("--uid", default="hangw usage store", help="init: the key's user id")
     p.add_argument("--replace", action="store_true", help="init: replace an existing key")
     p.add_argument("--out", help="export: write the public key to this file")
-
-
-def _engine(config: config_module.Config) -> sa.Engine:
-    from hangw.store import schema
-
-    engine = schema.make_engine(config.store_url)
-    schema.upgrade(engine)
-    return engine
 
 
 class Bar:
@@ -98,7 +91,7 @@ def _import(config: config_module.Config, args: argparse.Namespace, key: Any) ->
     decrypt: Callable[[bytes], bytes] | None = None
     if key.exists():
         decrypt = functools.partial(key.decrypt, max_bytes=config.usage.max_unpacked_bytes)
-    engine = _engine(config)
+    engine = open_engine(config)
     failed = 0
     with Ingest(
         VeeSettings(config.usage.spike_ratio, config.usage.zero_run),
@@ -160,7 +153,7 @@ def cmd_import_reads(config: config_module.Config, args: argparse.Namespace) -> 
     except (OSError, UnicodeDecodeError) as error:
         print(f"hangw: cannot read {args.file}: {error}", file=sys.stderr)
         return 1
-    engine = _engine(config)
+    engine = open_engine(config)
     with engine.begin() as conn:
         stored = load_reads_thd(conn, reads, time.time(), config.usage.sum_tolerance_wh)
     print(f"{args.file}: {stored} register read(s) loaded, {len(rejected)} rejected")
@@ -172,7 +165,7 @@ def cmd_import_reads(config: config_module.Config, args: argparse.Namespace) -> 
 def cmd_files(config: config_module.Config, args: argparse.Namespace) -> int:
     from hangw.store.model import usage_files, usage_rejections
 
-    engine = _engine(config)
+    engine = open_engine(config)
     with engine.connect() as conn:
         if args.show is not None:
             row = conn.execute(

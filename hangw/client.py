@@ -21,6 +21,10 @@ class ApiError(Exception):
         super().__init__(f"{status} {problem.get('title', '')}: {problem.get('detail', '')}")
 
 
+class IdentityError(Exception):
+    """The client certificate, its key or the CA cannot be used; the message names the files."""
+
+
 @dataclass
 class Identity:
     cert: Path
@@ -28,15 +32,51 @@ class Identity:
     ca: Path
 
 
+def _reason(error: OSError) -> str:
+    if isinstance(error, ssl.SSLError):
+        return str(error.reason or error)
+    return str(error.strerror or error)
+
+
+def tls_context(identity: Identity) -> ssl.SSLContext:
+    """A client TLS context trusting ``identity.ca`` and presenting ``identity.cert``."""
+    try:
+        context = ssl.create_default_context(cafile=str(identity.ca))
+    except OSError as error:  # ssl.SSLError is one
+        raise IdentityError(
+            f"cannot use {identity.ca} as the CA to trust ({_reason(error)}): give --ca a PEM "
+            "file of CA certificates"
+        ) from None
+    try:
+        context.load_cert_chain(str(identity.cert), str(identity.key))
+    except OSError as error:
+        if isinstance(error, ssl.SSLError) and error.reason == "KEY_VALUES_MISMATCH":
+            problem = "the key does not belong to the certificate"
+        else:
+            problem = f"{_reason(error)}; both must be PEM files"
+        raise IdentityError(
+            f"cannot use the client certificate {identity.cert} with the key {identity.key}: "
+            f"{problem} (give --cert and --key of the same party)"
+        ) from None
+    return context
+
+
 class Client:
     def __init__(self, base_url: str, identity: Identity, timeout: float = 30.0) -> None:
+        """ValueError for a URL that is not https://host[:port], IdentityError for unusable
+        certificate files."""
         parts = urlsplit(base_url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise ValueError(f"the API URL must be https://host:port, got {base_url!r}")
-        context = ssl.create_default_context(cafile=str(identity.ca))
-        context.load_cert_chain(str(identity.cert), str(identity.key))
+        try:
+            port = 443 if parts.port is None else parts.port
+        except ValueError:  # not a number, or above 65535
+            port = 0
+        if parts.scheme != "https" or not parts.hostname or not 0 < port < 65536:
+            raise ValueError(
+                f"the API URL must be https://host:port with a port from 1 to 65535, "
+                f"got {base_url!r}"
+            )
         self._connection = http.client.HTTPSConnection(
-            parts.hostname, parts.port or 443, context=context, timeout=timeout
+            parts.hostname, port, context=tls_context(identity), timeout=timeout
         )
 
     def close(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import socket
 import ssl
 import time
 from pathlib import Path
@@ -147,3 +148,108 @@ def test_certs_init_writes_private_keys_0600_over_a_stale_temporary_file(tmp_pat
     for name in ("ca-key.pem", "server-key.pem", "demo-rep-a-key.pem"):
         assert (directory / name).stat().st_mode & 0o777 == 0o600, name
         assert not (directory / f"{name}.tmp").exists()
+
+
+def write_config(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "hangw.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_unusable_client_certificates_or_api_url_are_said_plainly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key of another party, a file that is not PEM, or an API URL that is not https://host:port
+    exit 1 with a sentence naming the problem, not a traceback; no key is shown."""
+    config = write_config(tmp_path, f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n')
+    cert_dir = tmp_path / "state" / "certs"
+    certs.init_dev_identity(cert_dir, now=time.time())
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    rep_a, rep_b_key = str(cert_dir / "demo-rep-a.pem"), str(cert_dir / "demo-rep-b-key.pem")
+    for options, said in (
+        (["--cert", rep_a, "--key", rep_b_key], "the key does not belong to the certificate"),
+        (["--cert", str(junk)], f"cannot use the client certificate {junk}"),
+        (["--ca", str(junk)], f"cannot use {junk} as the CA to trust"),
+        (["--api", "http://localhost:8443"], "--api: the API URL must be https://host:port"),
+        (["--api", "https://localhost:99999"], "with a port from 1 to 65535"),
+    ):
+        assert cli.main(["--config", config, "list", E_OWN, *options]) == 1, options
+        err = capsys.readouterr().err
+        assert err.startswith("hangw: ") and said in err, err
+        assert "Traceback" not in err and "PRIVATE KEY" not in err
+
+
+def test_store_commands_say_when_the_store_cannot_be_used(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """party list, party add and usage files on a store that cannot be opened exit 1 naming the
+    store's URL and the key to check, as meters import does."""
+    config = write_config(
+        tmp_path,
+        f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n[store]\nurl = "sqlite:///{tmp_path}"\n',
+    )
+    issued = certs.issue_client_cert(
+        certs.make_ca(time.time()), party_id=OTHER_TDSP, role="tdsp", name="t", now=time.time()
+    )
+    (tmp_path / "t.pem").write_bytes(issued.cert_pem)
+    for command in (
+        ["party", "list"],
+        ["party", "add", str(tmp_path / "t.pem")],
+        ["usage", "files"],
+    ):
+        assert cli.main(["--config", config, *command]) == 1, command
+        err = capsys.readouterr().err
+        assert f"hangw: cannot use the store at sqlite:///{tmp_path}" in err, err
+        assert "check store.url in" in err
+
+
+def test_a_store_on_a_postgresql_that_is_down_is_said_without_its_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A store URL to a PostgreSQL that does not answer: exit 1, the URL shown without password."""
+    pytest.importorskip("psycopg")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"postgresql+psycopg://hangw:s3cret@127.0.0.1:{port}/hangw"
+    config = write_config(tmp_path, f'[store]\nurl = "{url}"\n')
+    assert cli.main(["--config", config, "party", "list"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot use the store at postgresql+psycopg://hangw:***@127.0.0.1:{port}" in err
+    assert "OperationalError" in err and "s3cret" not in err and "Traceback" not in err
+
+
+def test_a_state_dir_that_is_a_file_is_said_plainly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """gateway.state_dir naming a regular file: certs init and party list exit 1 saying which
+    directory could not be made and which keys to check."""
+    state = tmp_path / "state"
+    state.write_text("a file, not a directory")
+    config = write_config(tmp_path, f'[gateway]\nstate_dir = "{state}"\n')
+    assert cli.main(["--config", config, "certs", "init"]) == 1
+    err = capsys.readouterr().err
+    assert f"hangw: cannot write the certificates in {state / 'certs'}" in err, err
+    assert "api.cert_dir and gateway.state_dir" in err
+    assert cli.main(["--config", config, "party", "list"]) == 1
+    err = capsys.readouterr().err
+    assert f"hangw: cannot make the directory {state} for the store" in err, err
+
+
+def test_certs_init_names_a_damaged_certificate_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A certificate in the cert dir that is not PEM stops certs init with its path and the cure."""
+    config = write_config(tmp_path, f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n')
+    assert cli.main(["--config", config, "certs", "init"]) == 0
+    capsys.readouterr()
+    for name in ("demo-hsp.pem", "ca-key.pem"):
+        damaged = tmp_path / "state" / "certs" / name
+        kept = damaged.read_bytes()
+        damaged.write_bytes(kept[: len(kept) // 2])
+        assert cli.main(["--config", config, "certs", "init"]) == 1
+        err = capsys.readouterr().err
+        assert f"hangw: {damaged} is not a readable PEM" in err, err
+        assert "run `hangw certs init` again" in err and "Traceback" not in err
+        damaged.write_bytes(kept)
