@@ -34,7 +34,7 @@ def _store(config: config_module.Config) -> Any:
 def cmd_certs_init(config: config_module.Config, args: argparse.Namespace) -> int:
     from hangw import certs
     from hangw.domain import Party, Role
-    from hangw.parties import register_party_thd
+    from hangw.parties import PartyConflict
 
     directory = config.cert_dir
     try:
@@ -47,20 +47,47 @@ def cmd_certs_init(config: config_module.Config, args: argparse.Namespace) -> in
             f"check api.cert_dir and gateway.state_dir in {config.source}"
         ) from None
     store = _store(config)
+    print(f"certificates in {directory}:")
+    refused = 0
     for demo in issued:
         party = Party(demo.party_id, Role(demo.role), demo.name, demo.fingerprint)
-        store.transaction(register_party_thd, party, time.time())
-    print(f"certificates in {directory}:")
-    for demo in issued:
         print(f"  {demo.role:<9} {demo.party_id:<14} {demo.name:<14} {demo.cert_path}")
+        try:
+            registration = store.transaction(_register_demo_thd, party, time.time())
+        except PartyConflict as conflict:
+            refused += 1
+            print(
+                f"hangw: {demo.name} is not registered: {conflict}; to register it in that "
+                f"party's place: hangw party add {demo.cert_path} --replace",
+                file=sys.stderr,
+            )
+            continue
+        if registration.replaced:
+            print(f"  ({demo.name}'s new certificate replaces its earlier one)")
+    if refused:
+        return 1
     print("all registered as parties; the CA to trust is", directory / "ca.pem")
     return 0
+
+
+def _register_demo_thd(conn: sa.Connection, party: Any, now: float) -> Any:
+    """Register a demo party; a new certificate replaces only the demo party's own earlier one
+    (same id, role and name), never a party registered with ``hangw party add``."""
+    from hangw.parties import PartyConflict, register_party_thd
+
+    try:
+        return register_party_thd(conn, party, now)
+    except PartyConflict as conflict:
+        mine = (party.party_id, party.role, party.name)
+        if any((e.party_id, e.role, e.name) != mine for e in conflict.existing):
+            raise
+        return register_party_thd(conn, party, now, replace=True)
 
 
 def cmd_party_add(config: config_module.Config, args: argparse.Namespace) -> int:
     from hangw import certs
     from hangw.domain import Party, Role
-    from hangw.parties import register_party_thd
+    from hangw.parties import PartyConflict, describe, party_id_problem, register_party_thd
 
     try:
         pem = Path(args.certificate).read_bytes()
@@ -79,18 +106,38 @@ def cmd_party_add(config: config_module.Config, args: argparse.Namespace) -> int
         party_id, role, name = found.party_id, found.role, found.name
     except ValueError:
         pass  # a certificate from elsewhere: the flags must name the party
-    party_id = args.party_id or party_id
+    named_by = "the certificate's UID" if args.party_id is None else "--party-id"
+    party_id = args.party_id if args.party_id is not None else party_id
     role = args.role or role
-    if not party_id or not role:
+    if party_id is None or not role:
         print(
             "hangw: the certificate does not name its party; give --party-id and --role",
             file=sys.stderr,
         )
         return 2
+    problem = party_id_problem(party_id, Role(role))
+    if problem is not None:
+        print(f"hangw: {named_by}: {problem}", file=sys.stderr)
+        return 2
     name = args.name or name or party_id
     party = Party(party_id, Role(role), name, fingerprint)
-    _store(config).transaction(register_party_thd, party, time.time())
-    print(f"registered {role} {party_id} ({name}), certificate sha256 {fingerprint}")
+    try:
+        registration = _store(config).transaction(
+            register_party_thd, party, time.time(), args.replace
+        )
+    except PartyConflict as conflict:
+        print(
+            f"hangw: not registered: {conflict}; give --replace to register this certificate "
+            "in its place",
+            file=sys.stderr,
+        )
+        return 1
+    if registration.already:
+        print(f"already registered: {describe(party)}, certificate sha256 {fingerprint}")
+        return 0
+    for replaced in registration.replaced:
+        print(f"replaced {describe(replaced)}, certificate sha256 {replaced.cert_fingerprint}")
+    print(f"registered {describe(party)}, certificate sha256 {fingerprint}")
     return 0
 
 
@@ -285,8 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
     add = party.add_parser("add", help="register a party from its client certificate")
     add.add_argument("certificate")
     add.add_argument("--role", choices=["tdsp", "rep", "hsp", "customer"])
-    add.add_argument("--party-id", help="DUNS number (or customer number)")
+    add.add_argument(
+        "--party-id", help="its 9- or 13-digit DUNS number (a customer: the customer id)"
+    )
     add.add_argument("--name")
+    add.add_argument(
+        "--replace",
+        action="store_true",
+        help="take the place of the party that has this id or this certificate now",
+    )
     party.add_parser("list", help="list registered parties")
 
     meters = sub.add_parser("meters", help="meter registry").add_subparsers(

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 from hangw.provisioning import DeviceStatus
+
+#: A DUNS number, as TDSPs, REPs and HSPs are known: 9 digits, or 13 (DUNS+4).
+DUNS = re.compile(r"[0-9]{9}([0-9]{4})?")
 
 
 class Role(enum.StrEnum):

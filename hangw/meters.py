@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from adapters.commands import MeterEvent, MeterEventKind
 from hangw import head_end_events
-from hangw.domain import Meter
+from hangw.domain import DUNS, Meter
 from hangw.store.model import meters
 
 REQUIRED = (
@@ -33,7 +33,6 @@ OPTIONAL = ("customer_id",)
 _TRUE = {"true", "yes", "y", "1"}
 _FALSE = {"false", "no", "n", "0"}
 _ESIID = re.compile(r"[0-9A-Za-z]{1,64}")
-_DUNS = re.compile(r"[0-9]{9}([0-9]{4})?")
 
 
 class MeterFileError(Exception):
@@ -77,7 +76,7 @@ def parse_meter_csv(lines: Iterable[str], path: str = "<csv>") -> list[Meter]:
         elif values["esiid"] in seen:
             errors.append(f"esiid {values['esiid']} is already on line {seen[values['esiid']]}")
         for name in ("tdsp_duns", "ror_duns"):
-            if not _DUNS.fullmatch(values[name]):
+            if not DUNS.fullmatch(values[name]):
                 errors.append(f"{name} {values[name]!r} is not a 9- or 13-digit DUNS number")
         for name in ("meter_serial", "hardware_version", "firmware_version"):
             if not values[name]:

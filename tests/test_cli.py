@@ -78,13 +78,9 @@ async def test_party_add_refuses_what_it_cannot_register(
     nameless.write_bytes(certs.issue_server_cert(certs.make_ca(time.time()), time.time()).cert_pem)
     assert await run_cli("--config", config, "party", "add", str(nameless)) == 2
     assert "--party-id and --role" in capsys.readouterr().err
-    assert (
-        await run_cli(
-            "--config", config, "party", "add", str(nameless), "--role", "hsp", "--party-id", "77"
-        )
-        == 0
-    )
-    assert "registered hsp 77" in capsys.readouterr().out
+    hsp = ["--role", "hsp", "--party-id", "077777777"]
+    assert await run_cli("--config", config, "party", "add", str(nameless), *hsp) == 0
+    assert "registered hsp 077777777" in capsys.readouterr().out
 
 
 @pytest_twisted.ensureDeferred
@@ -253,3 +249,128 @@ def test_certs_init_names_a_damaged_certificate_file(
         assert f"hangw: {damaged} is not a readable PEM" in err, err
         assert "run `hangw certs init` again" in err and "Traceback" not in err
         damaged.write_bytes(kept)
+
+
+def party_rows(config: str, capsys: pytest.CaptureFixture[str]) -> list[list[str]]:
+    """`hangw party list` as rows of (role, id, name, fingerprint)."""
+    capsys.readouterr()
+    assert cli.main(["--config", config, "party", "list"]) == 0
+    return [line.split() for line in capsys.readouterr().out.splitlines()]
+
+
+def test_party_add_refuses_the_id_or_certificate_of_another_party(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An id or a certificate registered to another party is refused naming that party, and
+    nothing changes; with --replace it is replaced and the replaced party is printed."""
+    config = write_config(tmp_path, f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n')
+    assert cli.main(["--config", config, "certs", "init"]) == 0
+    before = party_rows(config, capsys)
+    hsp, rep_a = tmp_path / "state/certs/demo-hsp.pem", tmp_path / "state/certs/demo-rep-a.pem"
+    tdsp_id, rep_a_id = "1039940674000", "0000000000001"
+
+    add_hsp_as_tdsp = ["--config", config, "party", "add", str(hsp), "--party-id", tdsp_id]
+    assert cli.main(add_hsp_as_tdsp) == 1
+    err = capsys.readouterr().err
+    assert f"party id {tdsp_id} is already registered as tdsp {tdsp_id} (demo-tdsp)" in err, err
+    assert "the certificate is already registered as hsp 0000000000003 (demo-hsp)" in err
+    assert "--replace" in err
+    other_id = ["--config", config, "party", "add", str(rep_a), "--party-id", "0000000000009"]
+    assert cli.main(other_id) == 1
+    err = capsys.readouterr().err
+    assert f"the certificate is already registered as rep {rep_a_id} (demo-rep-a)" in err, err
+    assert party_rows(config, capsys) == before
+
+    assert cli.main([*add_hsp_as_tdsp, "--replace"]) == 0
+    out = capsys.readouterr().out
+    assert f"replaced tdsp {tdsp_id} (demo-tdsp), certificate sha256 " in out, out
+    assert "replaced hsp 0000000000003 (demo-hsp)" in out
+    assert f"registered hsp {tdsp_id} (demo-hsp)" in out
+    after = {row[1]: row for row in party_rows(config, capsys)}
+    assert after[tdsp_id][0] == "hsp" and "0000000000003" not in after
+
+
+def test_party_add_of_the_same_registration_changes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Adding a certificate again with the id and role it is registered with is a no-op, exit 0."""
+    config = write_config(tmp_path, f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n')
+    assert cli.main(["--config", config, "certs", "init"]) == 0
+    before = party_rows(config, capsys)
+    rep_b = str(tmp_path / "state/certs/demo-rep-b.pem")
+    assert cli.main(["--config", config, "party", "add", rep_b]) == 0
+    assert "already registered: rep 0000000000002 (demo-rep-b)" in capsys.readouterr().out
+    assert party_rows(config, capsys) == before
+
+
+@pytest.mark.parametrize(
+    ("role", "party_id", "said"),
+    [
+        ("hsp", "77", "hsp party ids are 9- or 13-digit DUNS numbers, not '77'"),
+        ("rep", "12345678901", "9- or 13-digit DUNS number"),
+        ("tdsp", "", "the party id is blank"),
+        ("customer", "   ", "the party id is blank"),
+        ("customer", " CUST-0002", "without spaces around it"),
+        ("customer", "C" * 65, "at most 64 characters"),
+    ],
+)
+def test_party_add_refuses_an_id_the_role_cannot_have(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], role: str, party_id: str, said: str
+) -> None:
+    """A DUNS party id that is not 9 or 13 digits, a blank id, or a customer id that no meter
+    could carry is refused with exit 2 before the store is touched."""
+    config = write_config(tmp_path, f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n')
+    pem = tmp_path / "p.pem"
+    pem.write_bytes(certs.issue_server_cert(certs.make_ca(time.time()), time.time()).cert_pem)
+    argv = ["--config", config, "party", "add", str(pem), "--role", role, "--party-id", party_id]
+    assert cli.main(argv) == 2
+    assert said in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()
+
+
+def test_party_add_takes_a_customer_id_as_the_meter_registry_has_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A customer is registered under the customer id of the meter registry, not a DUNS number."""
+    config = write_config(tmp_path, f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n')
+    pem = tmp_path / "c.pem"
+    pem.write_bytes(certs.issue_server_cert(certs.make_ca(time.time()), time.time()).cert_pem)
+    argv = ["--config", config, "party", "add", str(pem), "--role", "customer"]
+    assert cli.main([*argv, "--party-id", "CUST-0002"]) == 0
+    assert "registered customer CUST-0002 (CUST-0002)" in capsys.readouterr().out
+
+
+def test_certs_init_again_renews_its_own_parties_but_never_replaces_another(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """certs init run again keeps its registrations, re-registers a demo party whose certificate
+    it made anew, and refuses (exit 1, naming it) to replace a party added with party add."""
+    config = write_config(tmp_path, f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n')
+    assert cli.main(["--config", config, "certs", "init"]) == 0
+    assert cli.main(["--config", config, "certs", "init"]) == 0
+    assert "all registered as parties" in capsys.readouterr().out
+    before = {row[2]: row for row in party_rows(config, capsys)}
+
+    (tmp_path / "state/certs/demo-hsp.pem").unlink()
+    assert cli.main(["--config", config, "certs", "init"]) == 0
+    assert "demo-hsp's new certificate replaces its earlier one" in capsys.readouterr().out
+    renewed = {row[2]: row for row in party_rows(config, capsys)}
+    assert renewed["demo-hsp"][3] != before["demo-hsp"][3]
+    assert renewed["demo-rep-a"] == before["demo-rep-a"]
+
+    head_end = certs.issue_client_cert(
+        certs.make_ca(time.time()),
+        party_id="1039940674000",
+        role="tdsp",
+        name="Example-head-end",
+        now=time.time(),
+    )
+    (tmp_path / "head-end.pem").write_bytes(head_end.cert_pem)
+    add = ["--config", config, "party", "add", str(tmp_path / "head-end.pem"), "--replace"]
+    assert cli.main(add) == 0
+    capsys.readouterr()
+    assert cli.main(["--config", config, "certs", "init"]) == 1
+    err = capsys.readouterr().err
+    assert "demo-tdsp is not registered: party id 1039940674000 is already registered as " in err
+    assert "tdsp 1039940674000 (Example-head-end)" in err
+    assert {row[2] for row in party_rows(config, capsys)} >= {"Example-head-end", "demo-rep-a"}
