@@ -12,9 +12,10 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote, urlencode
+
+from hangw.cli_common import output_file, read_esiids
 
 SEND_KINDS = {"lce": "LCE", "price": "PRM", "text": "STM"}
 #: Options of ``send`` that are passed as request fields, by kind (all integers unless listed).
@@ -84,18 +85,13 @@ def add_commands(sub: Any, api_command: Callable[[str, str], argparse.ArgumentPa
     p.add_argument("file", nargs="?", help="put: a file with one ESI ID per line")
 
 
-def _esiids_from(path: str) -> list[str]:
-    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8-sig")
-    return [line.strip() for line in text.splitlines() if line.strip() and line[0] != "#"]
-
-
 def send_body(args: argparse.Namespace) -> dict[str, Any]:
     kind = SEND_KINDS[args.kind]
     body: dict[str, Any] = {"category": kind}
     if args.group:
         body["group"] = args.group
     elif args.esiids_file:
-        body["esiids"] = _esiids_from(args.esiids_file)
+        body["esiids"] = read_esiids(args.esiids_file)
     else:
         body["esiids"] = args.esiid
     names = {"LCE": _LCE_FIELDS, "PRM": _PRICE_FIELDS, "STM": _TEXT_FIELDS}[kind]
@@ -204,11 +200,9 @@ def run(client: Any, args: argparse.Namespace) -> Any | None:
         }
         if args.csv:
             path = "/v1/message-log?" + urlencode({**query, "format": "csv"})
-            if args.csv == "-":
-                client.download(path, sys.stdout.buffer)
-            else:
-                with open(args.csv, "wb") as out:
-                    written = client.download(path, out)
+            with output_file(args.csv) as out:
+                written = client.download(path, out)
+            if args.csv != "-":
                 print(f"wrote {written} bytes of message log to {args.csv}", file=sys.stderr)
             return None
         page = client.get("/v1/message-log?" + urlencode({**query, "limit": args.limit}))
@@ -237,7 +231,7 @@ def run(client: Any, args: argparse.Namespace) -> Any | None:
         if args.action == "put":
             if not args.file:
                 raise SystemExit("hangw group put: give a file with one ESI ID per line")
-            group = client.request("PUT", path, {"esiids": _esiids_from(args.file)})[1]
+            group = client.request("PUT", path, {"esiids": read_esiids(args.file)})[1]
             if args.json:
                 return group
             print(f"group {group['name']}: {group['size']} ESI IDs")

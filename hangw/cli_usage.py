@@ -17,10 +17,10 @@ import datetime as dt
 import sys
 import time
 import uuid
-from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 from urllib.parse import quote, urlencode
 
+from hangw.cli_common import output_file, read_esiids
 from hangw.cli_messaging import progress_bar
 from hangw.client import add_api_options
 
@@ -77,11 +77,6 @@ def add_commands(sub: Any) -> Any:
     return actions
 
 
-def _esiids_from(path: str) -> list[str]:
-    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8-sig")
-    return [line.strip() for line in text.splitlines() if line.strip() and line[0] != "#"]
-
-
 def _kwh(wh: int | None) -> str:
     return "-" if wh is None else f"{wh / 1000:.3f}"
 
@@ -92,12 +87,10 @@ def _report_path(report: str, args: argparse.Namespace, **extra: str) -> str:
 
 
 def _download(client: Any, path: str, target: str, what: str) -> None:
-    if target == "-":
-        client.download(path, sys.stdout.buffer)
-        return
-    with open(target, "wb") as out:
+    with output_file(target) as out:
         written = client.download(path, out)
-    print(f"wrote {written} bytes of {what} to {target}", file=sys.stderr)
+    if target != "-":
+        print(f"wrote {written} bytes of {what} to {target}", file=sys.stderr)
 
 
 def print_report(report: str, data: dict[str, Any]) -> None:
@@ -161,7 +154,7 @@ def _run_job(client: Any, args: argparse.Namespace) -> Any | None:
     if args.job_action == "submit":
         body = {
             "report": args.report,
-            "esiids": _esiids_from(args.esiids_file),
+            "esiids": read_esiids(args.esiids_file),
             "from": args.first,
             "to": args.last,
             "channel": args.channel,
@@ -189,14 +182,21 @@ def _run_job(client: Any, args: argparse.Namespace) -> Any | None:
 
 def _plot(client: Any, args: argparse.Namespace) -> None:
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.dates import date2num
-        from matplotlib.figure import Figure
-        from matplotlib.patches import Patch
+        import matplotlib  # noqa: F401 - the plot extra, which _draw uses
     except ImportError:
         print("hangw: install hangw[plot] to draw charts", file=sys.stderr)
         raise SystemExit(2) from None
-    data = client.get(_report_path("daily", args))
+    with output_file(args.out) as out:  # before the API is asked: a bad path is said as such
+        _draw(client.get(_report_path("daily", args)), args, out)
+
+
+def _draw(data: dict[str, Any], args: argparse.Namespace, out: BinaryIO) -> None:
+    """The daily usage chart into ``out`` (PNG)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.dates import date2num
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
     days = data["days"]
     if not days:
         raise SystemExit(
@@ -235,7 +235,7 @@ def _plot(client: Any, args: argparse.Namespace) -> None:
     axes.set_ylim(min(0.0, *kwh), max(0.0, *kwh) * 1.18 or 1.0)  # room for the legend
     figure.autofmt_xdate()
     figure.tight_layout()
-    figure.savefig(args.out, format="png")
+    figure.savefig(out, format="png")
     total = sum(d["wh"] for d in days) / 1000
     print(f"wrote {args.out}: {len(days)} days, {total:.3f} kWh", file=sys.stderr)
 

@@ -33,6 +33,27 @@ def run_cli(*argv: str) -> object:
     return deferToThread(cli.main, list(argv))
 
 
+def write_config(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "hangw.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound for a moment, then let go)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def offline_cli(tmp_path: Path) -> tuple[str, list[str]]:
+    """A configuration with the demo certificates, and API options naming a port nothing listens
+    on: a command that got as far as the API would say it cannot reach it."""
+    config = write_config(tmp_path, f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n')
+    certs.init_dev_identity(tmp_path / "state" / "certs", now=time.time())
+    return config, ["--api", f"https://localhost:{closed_port()}", "--as", "demo-rep-a"]
+
+
 @pytest_twisted.ensureDeferred
 async def test_party_add_admits_a_certificate_from_another_ca(
     harness: Harness, tmp_path: Path
@@ -146,12 +167,6 @@ def test_certs_init_writes_private_keys_0600_over_a_stale_temporary_file(tmp_pat
         assert not (directory / f"{name}.tmp").exists()
 
 
-def write_config(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "hangw.toml"
-    path.write_text(text)
-    return str(path)
-
-
 def test_unusable_client_certificates_or_api_url_are_said_plainly(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -205,9 +220,7 @@ def test_a_store_on_a_postgresql_that_is_down_is_said_without_its_password(
 ) -> None:
     """A store URL to a PostgreSQL that does not answer: exit 1, the URL shown without password."""
     pytest.importorskip("psycopg")
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = closed_port()
     url = f"postgresql+psycopg://hangw:s3cret@127.0.0.1:{port}/hangw"
     config = write_config(tmp_path, f'[store]\nurl = "{url}"\n')
     assert cli.main(["--config", config, "party", "list"]) == 1

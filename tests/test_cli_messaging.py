@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
+from hangw import cli
 from hangw.cli_messaging import progress_bar
 from tests.gateway_harness import E_OWN, Harness
-from tests.test_cli import cli_config, run_cli
+from tests.test_cli import cli_config, offline_cli, run_cli
 
 
 def test_progress_bar_shows_share_and_counts() -> None:
@@ -64,3 +65,27 @@ async def test_group_send_wait_status_cancel_and_log(
     )
     assert code == 1
     assert "customers cannot send HAN messages" in capsys.readouterr().err
+
+
+def test_local_files_are_read_and_opened_before_the_api_is_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing or binary ESI ID file, or a CSV that cannot be written, is said as such (exit 1)
+    before anything is sent: not as an API that cannot be reached."""
+    config, api = offline_cli(tmp_path)
+    missing, binary = tmp_path / "nofile", tmp_path / "esiids.bin"
+    binary.write_bytes(b"\xff\xfe\x00\x9c\x80 not text")
+    cases = [
+        (["send", "lce", "--esiids-file", str(missing), "--duration-minutes", "30"],
+         f"hangw: cannot read {missing}: No such file or directory"),
+        (["send", "text", "--esiids-file", str(binary), "--message", "hi"],
+         f"hangw: {binary} is not a text file of ESI IDs (one per line, UTF-8)"),
+        (["group", "put", "g", str(missing)], f"hangw: cannot read {missing}"),
+        (["log", "--csv", "/nonexistent/x.csv"],
+         "hangw: cannot write /nonexistent/x.csv: No such file or directory"),
+    ]  # fmt: skip
+    for argv, said in cases:
+        assert cli.main(["--config", config, *argv, *api]) == 1, argv
+        err = capsys.readouterr().err
+        assert said in err, err
+        assert "cannot reach the API" not in err and "Traceback" not in err

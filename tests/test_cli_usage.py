@@ -17,7 +17,7 @@ from twisted.internet.threads import deferToThread
 
 from hangw import cli
 from tests.gateway_harness import E_OTHER_TDSP, E_OWN, Harness
-from tests.test_cli import cli_config, run_cli
+from tests.test_cli import cli_config, offline_cli, run_cli
 from tests.test_usage_reports import (
     DAILY_COLUMNS,
     GeneratedDay,
@@ -179,3 +179,43 @@ async def test_plot_without_matplotlib_exits_2(
     assert await deferToThread(main) == 2
     assert "install hangw[plot] to draw charts" in capsys.readouterr().err
     assert not chart.exists()
+
+
+def test_local_files_are_read_and_opened_before_the_api_is_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing ESI ID file, or a CSV or chart that cannot be written, is said as such (exit 1)
+    before the API is asked: not as an API that cannot be reached."""
+    config, api = offline_cli(tmp_path)
+    dates = ["--from", "2026-01-01", "--to", "2026-01-31"]
+    missing = tmp_path / "nofile"
+    cases = [
+        (["usage", "daily", E_OWN, *dates, "--csv", "/nonexistent/d.csv"],
+         "hangw: cannot write /nonexistent/d.csv: No such file or directory"),
+        (["usage", "job", "submit", "daily", "--esiids-file", str(missing), *dates],
+         f"hangw: cannot read {missing}: No such file or directory"),
+        (["usage", "job", "fetch", "J000000000000", "-o", str(tmp_path)],
+         f"hangw: cannot write {tmp_path}: Is a directory"),
+        (["usage", "plot", E_OWN, *dates, "-o", "/bad/dir/chart.png"],
+         "hangw: cannot write /bad/dir/chart.png: No such file or directory"),
+    ]  # fmt: skip
+    for argv, said in cases:
+        assert cli.main(["--config", config, *argv, *api]) == 1, argv
+        err = capsys.readouterr().err
+        assert said in err, err
+        assert "cannot reach the API" not in err and "Traceback" not in err
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_report_leaves_no_csv_file_behind(
+    harness: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CSV file opened before asking is removed when the API refuses: no empty report."""
+    config = str(cli_config(harness, tmp_path))
+    target = tmp_path / "daily.csv"
+    code = await run_cli(
+        "--config", config, "usage", "daily", E_OWN, "--from", "2026-01-01", "--to", "2026-01-31",
+        "--csv", str(target), *api_options(harness, "demo-rep-b"),
+    )  # fmt: skip
+    assert code == 1 and "403" in capsys.readouterr().err
+    assert not target.exists()
