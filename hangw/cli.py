@@ -261,6 +261,18 @@ def cmd_api(config: config_module.Config, args: argparse.Namespace) -> int:
         print("hangw ping: give an ESI ID, or --device DEVICE_ID", file=sys.stderr)
         return 2
     client = _client(config, args)
+    install_code = ""
+    if args.command == "provision":  # asked before the try below: nothing is sent without it
+        try:
+            install_code = read_install_code(args.install_code)
+        except (KeyboardInterrupt, EOFError) as stop:
+            client.close()
+            print("\nhangw: no install code given; nothing was sent", file=sys.stderr)
+            return 130 if isinstance(stop, KeyboardInterrupt) else 2
+        if not install_code:
+            client.close()
+            print("hangw: no install code given; nothing was sent", file=sys.stderr)
+            return 2
     try:
         q = {name: quote(str(value), safe="") for name, value in vars(args).items() if value}
         if args.command in cli_messaging.COMMANDS:
@@ -274,7 +286,7 @@ def cmd_api(config: config_module.Config, args: argparse.Namespace) -> int:
         elif args.command == "provision":
             body = {
                 "mac": args.mac,
-                "install_code": read_install_code(args.install_code),
+                "install_code": install_code,
                 "device_type": args.type,
                 "description": args.description,
             }

@@ -387,3 +387,33 @@ def test_certs_init_again_renews_its_own_parties_but_never_replaces_another(
     assert "demo-tdsp is not registered: party id 1039940674000 is already registered as " in err
     assert "tdsp 1039940674000 (Example-head-end)" in err
     assert {row[2] for row in party_rows(config, capsys)} >= {"Example-head-end", "demo-rep-a"}
+
+
+class Terminal(io.StringIO):
+    """Standard input as a terminal (so the install code is asked for at a prompt)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_ctrl_c_at_the_install_code_prompt_sends_nothing_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C at the prompt exits 130 saying nothing was sent (not that the request goes on),
+    and an empty install code piped in is refused before the API is asked."""
+    config, api = offline_cli(tmp_path)
+    provision = ["--config", config, "provision", E_OWN, "--mac", "000D6F000A1B2C3D", *api]
+
+    def interrupted(prompt: str = "") -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("sys.stdin", Terminal())
+    monkeypatch.setattr("getpass.getpass", interrupted)
+    assert cli.main(provision) == 130
+    err = capsys.readouterr().err
+    assert "nothing was sent" in err and "goes on in the gateway" not in err, err
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
+    assert cli.main([*provision, "--install-code", "-"]) == 2
+    err = capsys.readouterr().err
+    assert "no install code given; nothing was sent" in err and "cannot reach" not in err, err
