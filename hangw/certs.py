@@ -225,11 +225,42 @@ def _issue(
     return IssuedCert(certificate.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
 
-def issue_server_cert(ca: CertificateAuthority, now: float) -> IssuedCert:
-    """The API's certificate: valid for localhost and the loopback addresses."""
-    alt_names: list[x509.GeneralName] = [x509.DNSName(n) for n in SERVER_NAMES]
-    alt_names += [x509.IPAddress(ipaddress.ip_address(a)) for a in SERVER_ADDRESSES]
+def server_names(hosts: Iterable[str] = ()) -> list[x509.GeneralName]:
+    """What the server certificate is valid for: localhost, the loopback addresses, and each of
+    ``hosts`` (``api.host``) that names one host or address (a wildcard address names none)."""
+    names: list[x509.GeneralName] = [x509.DNSName(n) for n in SERVER_NAMES]
+    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in SERVER_ADDRESSES]
+    for host in hosts:
+        name: x509.GeneralName
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            name = x509.DNSName(host.lower())
+        else:
+            if address.is_unspecified:
+                continue
+            name = x509.IPAddress(address)
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def issue_server_cert(
+    ca: CertificateAuthority, now: float, hosts: Iterable[str] = ()
+) -> IssuedCert:
+    """The API's certificate: valid for localhost, the loopback addresses and ``hosts``."""
+    alt_names = server_names(hosts)
     return _issue(ca, _name("localhost"), ExtendedKeyUsageOID.SERVER_AUTH, now, alt_names)
+
+
+def _names_of(path: Path) -> list[x509.GeneralName]:
+    try:
+        extension = _read_certificate(path).extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        )
+    except x509.ExtensionNotFound:
+        return []
+    return list(extension.value)
 
 
 def issue_client_cert(
@@ -278,12 +309,14 @@ def _expired(path: Path, now: float) -> bool:
     return _read_certificate(path).not_valid_after_utc.timestamp() < now + 86400
 
 
-def init_dev_identity(directory: Path, now: float) -> list[IssuedParty]:
+def init_dev_identity(directory: Path, now: float, hosts: Iterable[str] = ()) -> list[IssuedParty]:
     """Make (or keep) the CA, the server certificate and the demo parties' certificates.
 
     A file that exists and is still valid for a day is kept; so is everything a new CA would not
-    invalidate. Returns the demo parties with their certificate paths and fingerprints.
-    A file that cannot be read as PEM raises DamagedFileError, which names it.
+    invalidate. The server certificate is made anew when it does not name each of ``hosts``
+    (the API's ``api.host``, so that clients reach it by that name). Returns the demo parties
+    with their certificate paths and fingerprints. A file that cannot be read as PEM raises
+    DamagedFileError, which names it.
     """
     directory.mkdir(parents=True, exist_ok=True)
     ca_path = directory / "ca.pem"
@@ -305,8 +338,9 @@ def init_dev_identity(directory: Path, now: float) -> list[IssuedParty]:
         )
 
     server, server_key = directory / "server.pem", directory / "server-key.pem"
-    if not fresh(server, server_key):
-        issued = issue_server_cert(ca, now)
+    needed = server_names(hosts)
+    if not fresh(server, server_key) or any(n not in _names_of(server) for n in needed):
+        issued = issue_server_cert(ca, now, hosts)
         _write(server_key, issued.key_pem, private=True)
         _write(server, issued.cert_pem + ca.certificate.public_bytes(serialization.Encoding.PEM))
 

@@ -38,7 +38,7 @@ def cmd_certs_init(config: config_module.Config, args: argparse.Namespace) -> in
 
     directory = config.cert_dir
     try:
-        issued = certs.init_dev_identity(directory, now=time.time())
+        issued = certs.init_dev_identity(directory, now=time.time(), hosts=[config.api.host])
     except certs.DamagedFileError as error:
         raise CommandError(str(error)) from None
     except OSError as error:
@@ -179,7 +179,7 @@ def cmd_meters_import(config: config_module.Config, args: argparse.Namespace) ->
 
 
 def _client(config: config_module.Config, args: argparse.Namespace) -> Any:
-    from hangw.client import Client, Identity, IdentityError
+    from hangw.client import Client, Identity, IdentityError, default_api_url
 
     cert_dir = config.cert_dir
     cert = Path(args.cert) if args.cert else cert_dir / f"{args.as_party}.pem"
@@ -190,7 +190,7 @@ def _client(config: config_module.Config, args: argparse.Namespace) -> Any:
             raise CommandError(
                 f"{path} does not exist (run `hangw certs init`, or give --cert/--key/--ca)"
             )
-    url = args.api or f"https://localhost:{config.api.port}"
+    url = args.api or default_api_url(config.api.host, config.api.port)
     try:
         return Client(url, Identity(cert, key, ca))
     except IdentityError as error:

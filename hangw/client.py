@@ -139,6 +139,19 @@ class Client:
         return self.request("DELETE", path)[1]
 
 
+def default_api_url(host: str, port: int) -> str:
+    """The API's URL from ``api.host`` and ``api.port``.
+
+    A wildcard address (0.0.0.0, ::: every address of the machine) is reached at localhost, which
+    the server certificate of ``hangw certs init`` names; an IPv6 address goes in brackets.
+    """
+    if host in ("0.0.0.0", "::"):
+        host = "localhost"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"https://{host}:{port}"
+
+
 def add_api_options(parser: argparse.ArgumentParser) -> None:
     """The options every ``hangw`` command that calls the API takes: who to be, and where."""
     parser.add_argument(
@@ -150,5 +163,5 @@ def add_api_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cert")
     parser.add_argument("--key")
     parser.add_argument("--ca")
-    parser.add_argument("--api", help="API base URL (default https://localhost:<api.port>)")
+    parser.add_argument("--api", help="API base URL (default https://<api.host>:<api.port>)")
     parser.add_argument("--json", action="store_true", help="print the API's JSON")

@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 
 from hangw import config as config_module
-from hangw.client import ApiError, Client, Identity
+from hangw.client import ApiError, Client, Identity, default_api_url
 
 TDSP = "1039940674000"
 REP_A = "0000000000001"
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         identity = Identity(
             cert_dir / "demo-rep-a.pem", cert_dir / "demo-rep-a-key.pem", cert_dir / "ca.pem"
         )
-        api = f"https://localhost:{config.api.port}"
+        api = default_api_url(config.api.host, config.api.port)
         say(
             f"hangwd is up: API {api} (mutual TLS), health and metrics on "
             f"http://{config.api.host}:{config.api.ops_port}"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import ipaddress
 import re
 import socket
 import ssl
@@ -11,11 +13,20 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from cryptography import x509
+from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 
 from hangw import certs, cli
 from hangw.client import Client, Identity
-from tests.gateway_harness import E_OTHER_TDSP, E_OWN, INSTALL_CODE, Harness
+from tests.gateway_harness import (
+    E_OTHER_TDSP,
+    E_OWN,
+    INSTALL_CODE,
+    Harness,
+    make_test_config,
+    prepare_state,
+)
 from tests.test_api_provisioning import wait_for_status
 
 OTHER_TDSP = "957877905"  # the TDSP of E_OTHER_TDSP in tests/data/meters.csv
@@ -417,3 +428,66 @@ def test_ctrl_c_at_the_install_code_prompt_sends_nothing_and_says_so(
     assert cli.main([*provision, "--install-code", "-"]) == 2
     err = capsys.readouterr().err
     assert "no install code given; nothing was sent" in err and "cannot reach" not in err, err
+
+
+def server_names(cert_dir: Path) -> list[x509.GeneralName]:
+    """The names the API's server certificate is valid for."""
+    certificate = x509.load_pem_x509_certificate((cert_dir / "server.pem").read_bytes())
+    return list(certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+
+
+def test_certs_init_names_api_host_in_the_server_certificate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server certificate made without api.host is made anew naming it (with localhost and the
+    loopback addresses); a wildcard api.host adds no name."""
+    cert_dir = tmp_path / "state" / "certs"
+    certs.init_dev_identity(cert_dir, now=time.time())
+    assert x509.DNSName("gw.example.test") not in server_names(cert_dir)
+    state = f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n'
+    config = write_config(tmp_path, state + '[api]\nhost = "gw.example.test"\n')
+    assert cli.main(["--config", config, "certs", "init"]) == 0
+    names = server_names(cert_dir)
+    assert x509.DNSName("gw.example.test") in names and x509.DNSName("localhost") in names
+    assert x509.IPAddress(ipaddress.ip_address("127.0.0.1")) in names
+    wildcard = write_config(tmp_path, state + '[api]\nhost = "0.0.0.0"\n')
+    assert cli.main(["--config", wildcard, "certs", "init"]) == 0
+    assert server_names(cert_dir) == names  # kept: it names everything needed
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_cli_reaches_the_api_at_api_host_by_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --api the CLI calls https://<api.host>:<api.port>, which the server certificate of
+    certs init names: a gateway listening on 127.0.0.2 only is reached."""
+    from hangw.gateway import Gateway
+
+    state = tmp_path / "state"
+    toml = f'[gateway]\nstate_dir = "{state}"\n[api]\nhost = "127.0.0.2"\n'
+    assert cli.main(["--config", write_config(tmp_path, toml), "certs", "init"]) == 0
+    config = make_test_config(state)
+    config = dataclasses.replace(config, api=dataclasses.replace(config.api, host="127.0.0.2"))
+    prepare_state(config)
+    gateway = Gateway(config, reactor)
+    gateway.startService()
+    try:
+        port = (await gateway.api_service._waitingForPort).getHost().port
+        await gateway.registry.refresh()
+        cli_toml = write_config(tmp_path, toml + f"port = {port}\n")
+        capsys.readouterr()
+        assert await run_cli("--config", cli_toml, "list", E_OWN, "--as", "demo-rep-a") == 0, (
+            capsys.readouterr().err
+        )
+    finally:
+        await gateway.stopService()
+
+
+def test_a_wildcard_api_host_is_called_at_localhost() -> None:
+    """0.0.0.0 and :: listen everywhere: the CLI calls localhost; an IPv6 host is bracketed."""
+    from hangw.client import default_api_url
+
+    assert default_api_url("0.0.0.0", 8443) == "https://localhost:8443"
+    assert default_api_url("::", 8443) == "https://localhost:8443"
+    assert default_api_url("::1", 8443) == "https://[::1]:8443"
+    assert default_api_url("gw.example.test", 9443) == "https://gw.example.test:9443"
