@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from hangw import cli_messaging, cli_usage, cli_usage_store
 from hangw import config as config_module
-from hangw.cli_common import CommandError, open_engine, store_problem
+from hangw.cli_common import CommandError, open_engine
 from hangw.client import add_api_options
 
 
@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hangw: {error}", file=sys.stderr)
         return 1
     except sa.exc.SQLAlchemyError as error:  # the store failed a command that had opened it
-        print(f"hangw: {store_problem(config, error)}", file=sys.stderr)
+        print(f"hangw: {config_module.store_problem(config, error)}", file=sys.stderr)
         return 1
 
 

@@ -23,17 +23,6 @@ class CommandError(Exception):
     """The command cannot go on: ``hangw.cli.main`` prints ``hangw: <message>`` and exits 1."""
 
 
-def store_problem(config: config_module.Config, error: sa.exc.SQLAlchemyError) -> str:
-    """Why the store cannot be used, with its URL (no password) and what to check."""
-    cause = getattr(error, "orig", None) or error
-    detail = (str(cause).strip().splitlines() or [""])[0][:200]
-    return (
-        f"cannot use the store at {config_module.safe_url(config.store_url)} "
-        f"({type(cause).__name__}: {detail}); check store.url in {config.source} and that the "
-        "database can be reached"
-    )
-
-
 def open_engine(config: config_module.Config) -> sa.Engine:
     """The store's engine with its schema brought up to date; CommandError when it cannot be."""
     from hangw.store import schema
@@ -49,7 +38,7 @@ def open_engine(config: config_module.Config) -> sa.Engine:
         schema.upgrade(engine)
     except sa.exc.SQLAlchemyError as error:
         engine.dispose()
-        raise CommandError(store_problem(config, error)) from None
+        raise CommandError(config_module.store_problem(config, error)) from None
     return engine
 
 

@@ -380,6 +380,26 @@ def safe_url(url: str) -> str:
         return "<unparsable URL>"
 
 
+def store_problem(config: Config, error: Exception) -> str:
+    """Why the store cannot be used (an SQLAlchemy error), with its URL and what to check; the
+    URL's password is shown nowhere, not even where the driver's message repeats it."""
+    import sqlalchemy as sa
+
+    cause = getattr(error, "orig", None) or error
+    detail = (str(cause).strip().splitlines() or [""])[0][:200]
+    try:
+        password = sa.make_url(config.store_url).password
+    except sa.exc.ArgumentError:
+        password = None
+    if password:
+        detail = detail.replace(str(password), "***")
+    return (
+        f"cannot use the store at {safe_url(config.store_url)} "
+        f"({type(cause).__name__}: {detail}); check store.url in {config.source} and that the "
+        "database can be reached"
+    )
+
+
 def load(path: Path | str | None = None) -> Config:
     """Read and validate a TOML file (config/hangw.toml when none is given)."""
     config_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH

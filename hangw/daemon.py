@@ -30,13 +30,22 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(config.logging.level, config.logging.format)
     logs.route_twisted_logs()
 
+    import sqlalchemy as sa
     import structlog
     from twisted.internet import reactor
 
     from hangw import affinity
+    from hangw.api.listener import ServerCertificateError
     from hangw.gateway import Gateway
+    from hangw.secrets import SecretKeyError
 
     log = structlog.get_logger("hangwd")
+
+    def why(error: Exception) -> str:
+        if isinstance(error, sa.exc.SQLAlchemyError):  # its text may hold SQL and parameters
+            return config_module.store_problem(config, error)
+        return str(error) or type(error).__name__
+
     try:  # before any thread starts, so that every thread inherits the CPU
         cpu = affinity.pin(config.gateway.cpu)
     except ValueError as error:
@@ -47,6 +56,25 @@ def main(argv: list[str] | None = None) -> int:
     except config_module.ConfigError as error:
         print(f"hangwd: {error}", file=sys.stderr)
         return 2
+    except SecretKeyError as error:
+        print(
+            f"hangwd: store.key_file: {error}; restore the key file from the backup taken with "
+            "the store (the install codes and link keys in the store are sealed with it, and a "
+            "new key could not open them)",
+            file=sys.stderr,
+        )
+        return 2
+    except ServerCertificateError as error:
+        print(
+            f"hangwd: api.cert_dir: {error}; put back the matching pair, or run `hangw certs "
+            f"init` to make them anew in {config.cert_dir}",
+            file=sys.stderr,
+        )
+        return 2
+    except Exception as error:  # said in one line; the log keeps the type
+        log.error("hangwd.start_failed", error=why(error), error_type=type(error).__name__)
+        print(f"hangwd: could not start: {why(error)}", file=sys.stderr)
+        return 1
 
     failed: list[str] = []
 
@@ -58,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             gateway.startService()
         except Exception as error:
-            failed.append(str(error))
-            log.error("hangwd.start_failed", error=str(error), error_type=type(error).__name__)
-            print(f"hangwd: could not start: {error}", file=sys.stderr)
+            failed.append(why(error))
+            log.error("hangwd.start_failed", error=why(error), error_type=type(error).__name__)
+            print(f"hangwd: could not start: {why(error)}", file=sys.stderr)
             reactor.stop()
             return
         log.info(

@@ -376,10 +376,11 @@ class Gateway(MultiService):
         """Stop the listeners, timers, router and adapters first, and the store once they have.
 
         The store's writers finish every job already queued; nothing may queue more after that.
+        Services that never started (start-up failed before them) are not stopped.
         """
         Service.stopService(self)
         store = self.getServiceNamed("store")
-        others = [service for service in reversed(list(self)) if service is not store]
+        others = [s for s in reversed(list(self)) if s is not store and s.running]
         stopping = DeferredList([maybeDeferred(service.stopService) for service in others])
 
         def stop_store(_: object) -> Deferred[Any]:

@@ -42,10 +42,9 @@ def load_or_create_key(path: Path) -> bytes:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as handle:
             handle.write(os.urandom(KEY_BYTES).hex() + "\n")
-    text = path.read_text().strip()
     try:
-        key = bytes.fromhex(text)
-    except ValueError:
+        key = bytes.fromhex(path.read_bytes().decode("ascii").strip())
+    except ValueError:  # UnicodeDecodeError too: bytes that are no text at all
         raise SecretKeyError(f"{path} does not hold a hex key") from None
     if len(key) != KEY_BYTES:
         raise SecretKeyError(f"{path} must hold {KEY_BYTES * 2} hex digits")

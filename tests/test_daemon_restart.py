@@ -151,6 +151,58 @@ def test_an_api_port_in_use_stops_hangwd_with_the_reason(tmp_path: Path) -> None
         finished = run_until_exit(config_path)
     assert finished.returncode == 1, finished.stderr
     assert "could not start" in finished.stderr and str(config.api.port) in finished.stderr
+    said = finished.stdout + finished.stderr  # the services that never started are not stopped
+    assert "Unhandled error" not in said and "Traceback" not in said, said
+
+
+def test_a_store_that_cannot_be_reached_at_start_is_one_line(tmp_path: Path) -> None:
+    """A PostgreSQL that does not answer when hangwd starts: exit 1 and one line naming the store
+    without its password; no traceback from stopping services that never started."""
+    pytest.importorskip("psycopg")
+    url = f"postgresql+psycopg://hangw:s3cret@127.0.0.1:{free_port()}/hangw"
+    config_path = write_config(tmp_path)
+    prepare_state(load(config_path))
+    config_path.write_text(config_path.read_text() + f'[store]\nurl = "{url}"\n')
+    config = load(config_path)
+    config.store_key_path.write_text("ab" * 32 + "\n")  # the key guard has nothing to ask
+    finished = run_until_exit(config_path)
+    said = finished.stdout + finished.stderr
+    assert finished.returncode == 1, said
+    assert "hangwd: could not start: cannot use the store at postgresql+psycopg://hangw:***@" in (
+        finished.stderr
+    )
+    assert "s3cret" not in said and "Unhandled error" not in said and "Traceback" not in said
+
+
+def test_unusable_start_up_files_stop_hangwd_in_one_line_naming_the_key(tmp_path: Path) -> None:
+    """A store key that is not hex (text or bytes), a server key that is not the certificate's,
+    and a store URL that is no URL each stop hangwd with exit 2 and a line naming the key."""
+    config_path = write_config(tmp_path)
+    config = load(config_path)
+    prepare_state(config)
+    key_file = config.store_key_path
+    for damage in (b"not a key\n", b"\xff\xd8\xff\xe0 a photo"):
+        key_file.write_bytes(damage)
+        finished = run_until_exit(config_path)
+        assert finished.returncode == 2, finished.stderr
+        assert f"hangwd: store.key_file: {key_file} does not hold a hex key" in finished.stderr
+        assert "restore the key file from the backup" in finished.stderr
+        assert "Traceback" not in finished.stderr
+    key_file.unlink()  # a store without devices: a new key is made
+
+    server_key = config.cert_dir / "server-key.pem"
+    server_key.write_bytes((config.cert_dir / "demo-hsp-key.pem").read_bytes())
+    finished = run_until_exit(config_path)
+    assert finished.returncode == 2, finished.stderr
+    assert f"hangwd: api.cert_dir: the server certificate {config.cert_dir}" in finished.stderr
+    assert "key values mismatch" in finished.stderr and "hangw certs init" in finished.stderr
+    assert "Traceback" not in finished.stderr
+
+    config_path.write_text(config_path.read_text() + '[store]\nurl = "nonsense"\n')
+    finished = run_until_exit(config_path)
+    assert finished.returncode == 2, finished.stderr
+    assert "store.url: not a database URL" in finished.stderr
+    assert "Traceback" not in finished.stderr
 
 
 def test_the_logged_store_url_hides_its_password() -> None:

@@ -20,6 +20,16 @@ X509_V_ERR_CERT_NOT_YET_VALID = 9
 X509_V_ERR_CERT_HAS_EXPIRED = 10
 
 
+class ServerCertificateError(ValueError):
+    """The server certificate or its key cannot be used; the message names both files."""
+
+
+def _reason(error: SSL.Error) -> str:
+    """OpenSSL's reasons (``key values mismatch``), without its library and function names."""
+    reasons = error.args[0] if error.args and isinstance(error.args[0], list) else []
+    return "; ".join(str(r[-1]) for r in reasons if r) or str(error) or "unusable"
+
+
 @implementer(IOpenSSLContextFactory)
 class PinnedClientContextFactory:
     """Server-side TLS context: our certificate, TLS 1.2 or later, registered client certs only."""
@@ -27,12 +37,19 @@ class PinnedClientContextFactory:
     def __init__(
         self, cert_path: Path, key_path: Path, is_registered: Callable[[str], bool]
     ) -> None:
+        """ServerCertificateError when the certificate or key cannot be read or do not match."""
         self._is_registered = is_registered
         context = SSL.Context(SSL.TLS_SERVER_METHOD)
         context.set_min_proto_version(SSL.TLS1_2_VERSION)
-        context.use_certificate_chain_file(str(cert_path))
-        context.use_privatekey_file(str(key_path))
-        context.check_privatekey()
+        try:
+            context.use_certificate_chain_file(str(cert_path))
+            context.use_privatekey_file(str(key_path))
+            context.check_privatekey()
+        except SSL.Error as error:
+            raise ServerCertificateError(
+                f"the server certificate {cert_path} and its key {key_path} cannot be used "
+                f"({_reason(error)})"
+            ) from None
         context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
         # session ids are per-context; tickets would let a client resume without being re-checked
         context.set_options(SSL.OP_NO_TICKET)
