@@ -264,9 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     once = args.once or not sys.stdout.isatty()
 
     config_path = args.config
-    if args.headend == "sim":
-        config_path = str(wire_config(args.config, config_module.load(args.config).state_dir))
-    config = config_module.load(config_path)
+    try:
+        if args.headend == "sim":
+            config_path = str(wire_config(args.config, config_module.load(args.config).state_dir))
+        config = config_module.load(config_path)
+    except config_module.ConfigError as error:
+        print(f"bin/demo: {error}", file=sys.stderr)
+        return 2
     state_dir = config.state_dir
     from hangw import cli
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from hangw import demo
 from tests.test_daemon_restart import free_port
 
 pytestmark = pytest.mark.slow
@@ -78,3 +79,13 @@ def test_demo_with_hangw_sim_runs_the_same_showing_over_the_adapter_protocol(
     assert "headend.welcomed" in sim_log and "simulator.accepted" in sim_log
     left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert left.stdout == "", f"processes left running: {left.stdout}"
+
+
+@pytest.mark.parametrize("headend", ["inprocess", "sim"])
+def test_a_missing_configuration_is_said_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], headend: str
+) -> None:
+    """bin/demo --config naming no file exits 2 with the message, not a ConfigError traceback."""
+    missing = tmp_path / "missing.toml"
+    assert demo.main(["--once", "--headend", headend, "--config", str(missing)]) == 2
+    assert capsys.readouterr().err == f"bin/demo: {missing}: no such configuration file\n"
