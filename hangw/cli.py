@@ -14,7 +14,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 import sqlalchemy as sa
@@ -23,6 +23,10 @@ from hangw import cli_messaging, cli_usage, cli_usage_store
 from hangw import config as config_module
 from hangw.cli_common import CommandError, open_engine
 from hangw.client import add_api_options
+
+if TYPE_CHECKING:
+    from hangw.domain import Party
+    from hangw.parties import Registration
 
 
 def _store(config: config_module.Config) -> Any:
@@ -70,7 +74,7 @@ def cmd_certs_init(config: config_module.Config, args: argparse.Namespace) -> in
     return 0
 
 
-def _register_demo_thd(conn: sa.Connection, party: Any, now: float) -> Any:
+def _register_demo_thd(conn: sa.Connection, party: Party, now: float) -> Registration:
     """Register a demo party; a new certificate replaces only the demo party's own earlier one
     (same id, role and name), never a party registered with ``hangw party add``."""
     from hangw.parties import PartyConflict, register_party_thd
