@@ -13,10 +13,11 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from twisted.python.failure import Failure
 
 from adapters.commands import DeprovisionDevice, HeadEndStatus, ProvisioningReport, ReportRefused
 from hangw.devices import REPORT_EVENTS, AddDeviceRequest, DeviceService, new_device_id
-from hangw.domain import Party, Role
+from hangw.domain import Device, Party, Role
 from hangw.problems import Forbidden, IllegalTransitionProblem, Problem
 from hangw.provisioning import (
     COMMAND_TIMEOUT_STATUSES,
@@ -478,3 +479,25 @@ def test_a_devices_commands_fit_the_outbox(tmp_path: Path) -> None:
     limit = outbox.c.command_id.type.length
     assert len(command_ids) == 2 and all(len(c) <= limit for c in command_ids), command_ids
     assert all(device.device_id in c for c in command_ids)
+
+
+def test_a_report_the_store_cannot_take_fails_alone(tmp_path: Path) -> None:
+    """A report the store refuses (an event id that is no UTF-8) fails by itself: the reports
+    that came in the same reactor turn are applied all the same."""
+    service, clock = make_service(tmp_path / "s.sqlite")
+    device_id = place_device(service, DeviceStatus.ADD_ACKNOWLEDGED, None)
+    command = latest_command(service, device_id)
+    good = ProvisioningReport(
+        command, E_OWN, device_id, HeadEndStatus.ADD_PENDING, tdsp_duns=TDSP, event_id="good-1"
+    )
+    poison = ProvisioningReport(
+        command, E_OWN, device_id, HeadEndStatus.METER_READY, tdsp_duns=TDSP, event_id="bad\ud800"
+    )
+    results: list[object] = []
+    service.apply_report(good).addBoth(results.append)
+    service.apply_report(poison).addBoth(results.append)
+    clock.advance(0)
+    applied, refused = results
+    assert isinstance(applied, Device) and applied.status is DeviceStatus.ADD_PENDING
+    assert isinstance(refused, Failure) and refused.check(UnicodeEncodeError)
+    assert snapshot(service, device_id)[0] == "Add Pending"

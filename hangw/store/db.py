@@ -274,7 +274,10 @@ class TurnBatch(Generic[Item, R]):
     """Items handed over in one reactor turn, done by one store job.
 
     ``thd(conn, items, now)`` returns one result per item (or None, for None each); each
-    ``add`` gets a Deferred of its own item's result, and all of them the job's failure.
+    ``add`` gets a Deferred of its own item's result. When the job fails, each item is done
+    again by a job of its own, so that one item the store cannot take (a value it cannot
+    encode, say) fails alone and not every item that came in the same turn; when the store
+    itself is unavailable or stopped, every item gets that failure at once.
     ``settled(items, results)``, when given, sees every result first (to log them, say).
     """
 
@@ -300,11 +303,18 @@ class TurnBatch(Generic[Item, R]):
 
     def _run(self) -> None:
         batch, self._waiting = self._waiting, []
+        self._do(batch, alone_on_failure=len(batch) > 1)
+
+    def _do(self, batch: list[tuple[Item, Deferred[R | None]]], alone_on_failure: bool) -> None:
         items = [item for item, _ in batch]
         job = self._store.run(self._thd, items, self._clock.seconds())
 
         def settle(result: list[R] | Failure | None) -> None:
             if isinstance(result, Failure):
+                if alone_on_failure and not result.check(StoreStopped, StoreUnavailable):
+                    for waiting in batch:
+                        self._do([waiting], alone_on_failure=False)
+                    return
                 for _, done in batch:
                     done.errback(result)
                 return
