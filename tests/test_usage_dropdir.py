@@ -27,7 +27,7 @@ async def settle(gateway: object, count: int, timeout: float = 30.0) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_files_dropped_are_imported_and_moved(tmp_path: Path) -> None:
-    """A good file is stored and moved to done/, a non-LSE one to rejected/; dot files stay."""
+    """A good file loads (not others' meters), moves to done/, a non-LSE one to rejected/."""
     drop = tmp_path / "drop"
     running = await start_gateway(
         tmp_path / "state", usage={"drop_dirs": {TDSP: str(drop)}, "poll_s": 0.05}
@@ -71,8 +71,11 @@ async def test_files_dropped_are_imported_and_moved(tmp_path: Path) -> None:
         with running.gateway.store.engine.connect() as conn:
             stored = conn.execute(sa.select(sa.func.count()).select_from(usage_days)).scalar()
             files = {row.name: row for row in conn.execute(sa.select(usage_files)).all()}
-        assert stored == 60
-        assert (files[good.name].loaded, files[good.name].source) == (60, f"drop:{TDSP}")
+        # generated meter 5 is E_OTHER_TDSP, another TDSP's meter in the registry: its 2 days
+        # are not this TDSP's to deliver
+        assert stored == 58
+        assert (files[good.name].loaded, files[good.name].source) == (58, f"drop:{TDSP}")
+        assert files[good.name].rejected == 2
         assert files["from-another-tdsp.lse"].rejected == 2
         assert files["notes.txt"].state == "rejected"
         assert "not an LSE file" in files["notes.txt"].reason

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from hangw.store import schema
-from hangw.store.model import register_reads, usage_days, usage_files, usage_rejections
+from hangw.store.model import meters, register_reads, usage_days, usage_files, usage_rejections
 from hangw.usage.ingest import Ingest
 from hangw.usage.reads import load_reads_thd, parse_reads
 from hangw.usage.vee import Flag
@@ -177,6 +177,65 @@ def test_zip_of_members_loads_each(engine: sa.Engine, ingest: Ingest) -> None:
         outcome.rejections[0].reason.startswith("two.zip!b.lse: ")
         or "b.lse" in outcome.rejections[0].reason
     )
+
+
+def _with_sender(lines: list[str], sender: str) -> list[str]:
+    return [line.replace("Sender=666666666", f"Sender={sender}") for line in lines]
+
+
+def _register(engine: sa.Engine, esiid: str, tdsp_duns: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            meters.insert().values(
+                esiid=esiid,
+                meter_serial="M1",
+                tdsp_duns=tdsp_duns,
+                ror_duns="0000000000001",
+                hardware_version="h",
+                firmware_version="f",
+                han_capable=True,
+                active=True,
+            )
+        )
+
+
+def test_tdsp_cannot_deliver_another_tdsps_meters(engine: sa.Engine, ingest: Ingest) -> None:
+    """A TDSP's delivery for another TDSP's meter is rejected with its line; its own loads."""
+    _register(engine, "E1", "111")
+    _register(engine, "E2", "222")
+    own = _with_sender(
+        record("E1", "20260510", ["1.000"] * 96, tran="T1", created="20260511010000"), "111"
+    )
+    ingest.import_bytes(engine, "own.lse", lse_text(own), source="drop:111", tdsp_duns="111")
+    theirs = [
+        _with_sender(
+            record(e, "20260510", ["9.000"] * 96, tran="X", created="20260512010000"), "222"
+        )
+        for e in ("E1", "E2")
+    ]
+    out = ingest.import_bytes(
+        engine, "other.lse", lse_text(*theirs), source="drop:222", tdsp_duns="222"
+    )
+    assert (out.loaded, out.replaced, out.rejected) == (1, 0, 1)
+    [rejection] = out.rejections
+    assert (rejection.line, rejection.esiid, rejection.day) == (1, "E1", 20260510)
+    assert "TDSP 111's" in rejection.reason
+    assert stored(engine)[("E1", 20260510, 4)][0] == 96 * 1000
+    assert stored(engine)[("E2", 20260510, 4)][0] == 96 * 9000
+
+
+def test_unregistered_esiid_keeps_its_first_tdsp(engine: sa.Engine, ingest: Ingest) -> None:
+    """An ESI ID not in the registry loads; another TDSP's later delivery of its day does not."""
+    first = _with_sender(record("U1", "20260510", ["1.000"] * 96, created="20260511010000"), "111")
+    loaded = ingest.import_bytes(
+        engine, "a.lse", lse_text(first), source="drop:111", tdsp_duns="111"
+    )
+    assert (loaded.loaded, loaded.rejected) == (1, 0)
+    later = _with_sender(record("U1", "20260510", ["9.000"] * 96, created="20260512010000"), "222")
+    out = ingest.import_bytes(engine, "b.lse", lse_text(later), source="drop:222", tdsp_duns="222")
+    assert (out.replaced, out.rejected) == (0, 1)
+    assert "not in the meter registry" in out.rejections[0].reason
+    assert stored(engine)[("U1", 20260510, 4)][0] == 96 * 1000
 
 
 def test_sum_check_against_register_reads_either_order(engine: sa.Engine, ingest: Ingest) -> None:

@@ -5,7 +5,9 @@ texts are cut at record boundaries and parsed on worker processes (``lse.parse``
 go through the DB-API ``executemany`` into a staging table while the workers parse on. One
 statement then merges the staging table into ``usage_days``: an ESI ID-day-channel the store
 does not have is inserted, one it has in an older version (creation timestamp, then transaction
-id) is replaced, one it has in the same or a newer version is left alone. The file's outcome
+id) is replaced, one it has in the same or a newer version is left alone. A delivery for a TDSP
+loads only that TDSP's meters (an ESI ID not in the meter registry: a day no other TDSP
+delivered); the others are rejected before the merge. The file's outcome
 (records loaded, replaced, unchanged, rejected, each rejection's line and reason) is written in
 the same transaction, so a crash leaves the store as it was before the delivery and importing it
 again gives what one clean import gives.
@@ -357,6 +359,8 @@ class Ingest:
                     )
                 for member, rejection in duplicates:
                     _reject(outcome, member if several else "", rejection)
+            if tdsp_duns:
+                self._other_tdsps(cursor, dialect, tdsp_duns, seen, outcome, several)
             # the store itself is written from here on: SQLite's write lock is held from this
             # point to the commit, not while the workers parse
             outcome.file_id = _record_file(conn, outcome, sha256, tdsp_duns, source, self._clock())
@@ -406,6 +410,53 @@ class Ingest:
         )
         outcome.seconds = time.perf_counter() - started
         return outcome
+
+    @staticmethod
+    def _other_tdsps(
+        cursor: Any,
+        dialect: sa.Dialect,
+        tdsp_duns: str,
+        seen: dict[tuple[str, int, int], tuple[str, int]],
+        outcome: FileOutcome,
+        several: bool,
+    ) -> None:
+        """Reject the staged days a TDSP may not deliver: those of another TDSP's meter, and,
+        for an ESI ID not in the meter registry, a day the store holds from another TDSP."""
+        mark = placeholder(dialect)
+        cursor.execute(
+            "SELECT s.esiid, s.day, s.channel, m.tdsp_duns FROM usage_staging s "
+            f"JOIN meters m ON m.esiid = s.esiid WHERE m.tdsp_duns <> {mark}",
+            (tdsp_duns,),
+        )
+        foreign = [
+            (esiid, day, channel, f"its meter is TDSP {owner}'s in the meter registry")
+            for esiid, day, channel, owner in cursor.fetchall()
+        ]
+        cursor.execute(
+            "SELECT s.esiid, s.day, s.channel, u.tdsp_duns FROM usage_staging s "
+            "JOIN usage_days u ON u.esiid = s.esiid AND u.day = s.day AND u.channel = s.channel "
+            f"WHERE u.tdsp_duns <> '' AND u.tdsp_duns <> {mark} "
+            "AND NOT EXISTS (SELECT 1 FROM meters m WHERE m.esiid = s.esiid)",
+            (tdsp_duns,),
+        )
+        foreign += [
+            (esiid, day, channel, f"it is not in the meter registry and TDSP {owner} delivered it")
+            for esiid, day, channel, owner in cursor.fetchall()
+        ]
+        for esiid, day, channel, why in sorted(foreign):
+            cursor.execute(_where("DELETE FROM usage_staging", dialect), (esiid, day, channel))
+            member, line = seen[(esiid, day, channel)]
+            _reject(
+                outcome,
+                member if several else "",
+                lse.Rejection(
+                    line,
+                    f"ESI ID {esiid} day {day} channel {channel} was delivered for TDSP "
+                    f"{tdsp_duns}, but {why}",
+                    esiid,
+                    day,
+                ),
+            )
 
     def _sum_check(self, cursor: Any, dialect: sa.Dialect) -> None:
         """Judge the staged days against the midnight register reads, when any are loaded."""
