@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import os
 import zipfile
@@ -236,6 +237,30 @@ def test_unregistered_esiid_keeps_its_first_tdsp(engine: sa.Engine, ingest: Inge
     assert (out.replaced, out.rejected) == (0, 1)
     assert "not in the meter registry" in out.rejections[0].reason
     assert stored(engine)[("U1", 20260510, 4)][0] == 96 * 1000
+
+
+def test_last_calendar_day_is_rejected_not_fatal(engine: sa.Engine, ingest: Ingest) -> None:
+    """A record dated 9999-12-31 is rejected with its line; the delivery's other records load."""
+    good = record("E1", "20260510", ["1.000"] * 96)
+    bad = record("E2", "99991231", ["1.000"] * 96)
+    outcome = ingest.import_bytes(engine, "x.lse", lse_text(good, bad), source="test")
+    assert (outcome.state, outcome.loaded, outcome.rejected) == ("loaded", 1, 1)
+    assert outcome.rejections[0].line == len(good) + 1
+    assert set(stored(engine)) == {("E1", 20260510, 4)}
+
+
+def test_future_creation_timestamp_cannot_freeze_a_day(engine: sa.Engine) -> None:
+    """A record created more than a day ahead of the clock is rejected; the next actuals load."""
+    now = dt.datetime(2026, 5, 12, 12, tzinfo=dt.UTC).timestamp()
+    ingest = Ingest(workers=1, clock=lambda: now)
+    typo = record("E1", "20260510", ["1.0"] * 96, ["E"] * 96, tran="T1", created="20990101000000")
+    ahead = ingest.import_bytes(engine, "e.lse", lse_text(typo), source="test")
+    assert (ahead.loaded, ahead.rejected) == (0, 1)
+    assert "in the future" in ahead.rejections[0].reason
+    fix = record("E1", "20260510", ["2.0"] * 96, tran="T2", created="20260513050000")
+    out = ingest.import_bytes(engine, "a.lse", lse_text(fix), source="test")
+    assert (out.loaded, out.rejected) == (1, 0)
+    assert stored(engine)[("E1", 20260510, 4)][0] == 96 * 2000
 
 
 def test_sum_check_against_register_reads_either_order(engine: sa.Engine, ingest: Ingest) -> None:

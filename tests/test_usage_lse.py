@@ -179,6 +179,16 @@ def test_crlf_line_ends_parse_like_lf() -> None:
             1,
             "not a real date",
         ),
+        (
+            lambda ls: ls.__setitem__(0, ls[0].replace("20260510", "99991231")),
+            1,
+            "start time '99991231000000' is not in the years 2000 to 2199",
+        ),
+        (
+            lambda ls: ls.__setitem__(3, ls[3].replace("20260101000000", "99990101000000")),
+            4,
+            "creation timestamp (row 00000004) '99990101000000' is not in the years",
+        ),
         (lambda ls: ls.__delitem__(2), 1, "transaction id"),
         (lambda ls: ls.__delitem__(3), 1, "creation timestamp"),
         (lambda ls: ls.insert(10, "garbage, not LSE"), 11, "not an LSE row"),
@@ -196,6 +206,16 @@ def test_malformed_record_is_rejected_with_line_and_reason(
     assert len(parsed.rejections) == 1, parsed.rejections
     assert parsed.rejections[0].line == line
     assert words in parsed.rejections[0].reason
+
+
+def test_record_created_in_the_future_is_rejected() -> None:
+    """A creation timestamp after ``latest_created`` is rejected at its line, the next loads."""
+    ahead = record("E1", "20260510", ["1.0"] * 96, created="20261124120001")
+    now = record("E2", "20260510", ["1.0"] * 96, created="20261124120000")
+    parsed = lse.parse("\n".join(ahead + now), latest_created="20261124120000")
+    assert [r[0] for r in parsed.rows] == ["E2"]
+    [rejection] = parsed.rejections
+    assert rejection.line == 4 and "20261124120001 is in the future" in rejection.reason
 
 
 def test_garbage_outside_records_is_reported_and_records_load() -> None:

@@ -26,8 +26,11 @@ DAY_LENGTHS = (92, 96, 100)
 
 @lru_cache(maxsize=8192)
 def day_bounds(day: int) -> tuple[int, int]:
-    """``(start_utc, intervals)`` of operating day ``day`` (YYYYMMDD); ValueError if no such day."""
+    """``(start_utc, intervals)`` of operating day ``day`` (YYYYMMDD); ValueError if no such day
+    (or it is the calendar's last)."""
     date = dt.date(day // 10000, day // 100 % 100, day % 100)
+    if date == dt.date.max:
+        raise ValueError(f"{day} is the last day of the calendar; it has no end")
     start = dt.datetime.combine(date, dt.time(), MARKET_TZ)
     end = dt.datetime.combine(date + dt.timedelta(days=1), dt.time(), MARKET_TZ)
     start_utc = int(start.timestamp())

@@ -30,13 +30,16 @@ import sqlalchemy as sa
 from hangw import affinity
 from hangw.store.model import usage_files, usage_rejections
 from hangw.usage import lse
-from hangw.usage.days import date_of, day_of
+from hangw.usage.days import MARKET_TZ, date_of, day_of
 from hangw.usage.vee import Flag
 
 #: Rejections kept in a file's outcome (the count is always exact).
 MAX_REJECTIONS_KEPT = 10_000
 #: Texts shorter than this are parsed on the calling thread: a worker costs more than it saves.
 _PARALLEL_FROM = 1 << 20
+
+#: How far ahead of now a record's creation timestamp may be.
+CREATED_AHEAD_S = 86400
 
 #: Called with (bytes of LSE text parsed so far, bytes in all) as a delivery is loaded.
 Progress = Callable[[int, int], None]
@@ -160,6 +163,7 @@ class Ingest:
     def start_parsing(self, texts: Sequence[tuple[str, bytes]], tdsp_duns: str | None) -> Parsing:
         """Hand big files to the workers now (their results are taken later, in order)."""
         total = sum(len(data) for _, data in texts)
+        latest = self.latest_created()
         pieces: list[tuple[str, int, Future[tuple[lse.Parsed, int]] | bytes]] = []
         if total < _PARALLEL_FROM or self.workers <= 1:
             pieces = [(name, len(data), data) for name, data in texts]
@@ -167,9 +171,15 @@ class Ingest:
             pool = self._workers()
             for name, data in texts:
                 for piece in lse.split_records(data, max(4, 2 * self.workers)):
-                    future = pool.submit(lse.parse_piece, piece, tdsp_duns, self.vee)
+                    future = pool.submit(lse.parse_piece, piece, tdsp_duns, self.vee, latest)
                     pieces.append((name, len(piece), future))
-        return Parsing(total, pieces, tdsp_duns, self.vee)
+        return Parsing(total, pieces, tdsp_duns, self.vee, latest)
+
+    def latest_created(self) -> str:
+        """The latest creation timestamp believed: a day after now, in local time (a TDSP's
+        clock may run a little ahead; one years ahead would outrank every later correction)."""
+        later = dt.datetime.fromtimestamp(self._clock() + CREATED_AHEAD_S, MARKET_TZ)
+        return later.strftime("%Y%m%d%H%M%S")
 
     def _workers(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -539,11 +549,13 @@ class Parsing:
         pieces: list[tuple[str, int, Future[tuple[lse.Parsed, int]] | bytes]],
         tdsp_duns: str | None,
         vee: lse.VeeSettings,
+        latest_created: str | None = None,
     ) -> None:
         self.total = total
         self.pieces = pieces
         self._tdsp_duns = tdsp_duns
         self._vee = vee
+        self._latest_created = latest_created
 
     def results(self, progress: Progress | None = None) -> Iterator[tuple[str, lse.Parsed, int]]:
         """``(member, parsed, offset)`` piece by piece: the piece's lines are numbered from 1,
@@ -556,7 +568,9 @@ class Parsing:
                 if name != member:
                     member, offset = name, 0
                 if isinstance(piece, bytes):
-                    parsed, lines = lse.parse_piece(piece, self._tdsp_duns, self._vee)
+                    parsed, lines = lse.parse_piece(
+                        piece, self._tdsp_duns, self._vee, self._latest_created
+                    )
                 else:
                     parsed, lines = piece.result()
                 yield name, parsed, offset

@@ -11,7 +11,8 @@ pairs: Sender is the TDSP's DUNS) and any other ``0000xxxx`` row (skipped), then
 A record is rejected whole (with the line that is wrong) when its interval count is not the
 local day's (92, 96 or 100 in America/Chicago), its detail sort codes are not contiguous, a value
 is not a finite number or does not fit, a status is not A or E, or a required header row is
-missing or malformed. Everything else about a record is kept and judged by VEE
+missing or malformed, a time is not in the years 2000 to 2199, or it was created after
+``latest_created`` (in the future). Everything else about a record is kept and judged by VEE
 (``hangw.usage.vee``), which flags and never changes a value.
 
 The per-record work is a handful of string splits; numbers are converted and judged with numpy
@@ -45,6 +46,8 @@ _ROWS_OF = {length: length // 4 for length in DAY_LENGTHS}
 _INT32 = 2**31 - 1
 _STATUSES = frozenset(("A", "E"))
 _KNOWN_HEADERS = frozenset(("00000002,", "00000003,", "00000004,", "00000030,"))
+#: The years an operating day or a creation timestamp may be in (Texas retail choice began 2002).
+FIRST_YEAR, LAST_YEAR = 2000, 2199
 #: Spike check: a day whose third-highest interval is below this many Wh is compared to it.
 SPIKE_FLOOR_WH = 50
 
@@ -112,9 +115,11 @@ def _is_sort_code(line: str) -> bool:
 
 @lru_cache(maxsize=1 << 16)
 def _stamp_problem(stamp: str) -> str:
-    """Why ``stamp`` is not a time YYYYMMDDHHMMSS ('' when it is one)."""
+    """Why ``stamp`` is not a time YYYYMMDDHHMMSS from FIRST_YEAR to LAST_YEAR ('' when it is)."""
     if not _TIMESTAMP.fullmatch(stamp):
         return "is not a time YYYYMMDDHHMMSS"
+    if not FIRST_YEAR <= int(stamp[:4]) <= LAST_YEAR:
+        return f"is not in the years {FIRST_YEAR} to {LAST_YEAR}"
     try:
         dt.datetime(
             int(stamp[:4]),
@@ -178,9 +183,11 @@ class _Record:
 class _Seen:
     """Header rows already judged in this piece (most files repeat them record after record)."""
 
-    def __init__(self) -> None:
+    def __init__(self, latest_created: str | None) -> None:
         self.second: set[str] = set()
         self.senders: dict[str, str] = {}
+        #: The latest creation timestamp believed (YYYYMMDDHHMMSS); None: no limit.
+        self.latest_created = latest_created
 
 
 def _header(
@@ -250,6 +257,13 @@ def _header(
         raise _Reject(line_no, "the record has no creation timestamp (row 00000004)")
     created = lines[at][9:].partition(",")[0].strip()
     _day_of(created, first + at, "creation timestamp (row 00000004)")
+    if seen.latest_created is not None and created > seen.latest_created:
+        # it would outrank every correction that follows it, as they all are older
+        raise _Reject(
+            first + at,
+            f"creation timestamp (row 00000004) {created} is in the future "
+            f"(later than {seen.latest_created})",
+        )
     record.version = f"{created}:{transaction}"
     at = rows.get("00000030")
     if at is not None:
@@ -358,8 +372,12 @@ def parse(
     first_line: int = 1,
     tdsp_duns: str | None = None,
     vee: VeeSettings = VeeSettings(),
+    latest_created: str | None = None,
 ) -> Parsed:
-    """Parse LSE text whose first line is line ``first_line`` of its file."""
+    """Parse LSE text whose first line is line ``first_line`` of its file.
+
+    A record created after ``latest_created`` (YYYYMMDDHHMMSS, local time) is rejected.
+    """
     if "\r" in text:
         text = text.replace("\r\n", "\n")
     lines = text.split("\n")
@@ -368,7 +386,7 @@ def parse(
         lines[0] = lines[0][1:]
     parsed = Parsed()
     records: list[_Record] = []
-    seen = _Seen()
+    seen = _Seen(latest_created)
     i = 0
     while i < end:
         line = lines[i]
@@ -585,11 +603,14 @@ def split_records(data: bytes, pieces: int) -> list[bytes]:
     return out
 
 
-def parse_piece(data: bytes, tdsp_duns: str | None, vee: VeeSettings) -> tuple[Parsed, int]:
+def parse_piece(
+    data: bytes, tdsp_duns: str | None, vee: VeeSettings, latest_created: str | None = None
+) -> tuple[Parsed, int]:
     """Parse one piece of an LSE file's bytes; also returns how many newlines it holds.
 
     Lines are numbered from 1 within the piece. Bytes that are not UTF-8 become U+FFFD, so the
     lines they are on are rejected, not the file.
     """
     text = data.decode("utf-8", errors="replace")
-    return parse(text, tdsp_duns=tdsp_duns, vee=vee), data.count(b"\n")
+    parsed = parse(text, tdsp_duns=tdsp_duns, vee=vee, latest_created=latest_created)
+    return parsed, data.count(b"\n")
