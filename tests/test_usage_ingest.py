@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import os
+import signal
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -261,6 +262,26 @@ def test_future_creation_timestamp_cannot_freeze_a_day(engine: sa.Engine) -> Non
     out = ingest.import_bytes(engine, "a.lse", lse_text(fix), source="test")
     assert (out.loaded, out.rejected) == (1, 0)
     assert stored(engine)[("E1", 20260510, 4)][0] == 96 * 2000
+
+
+def test_a_dead_parse_worker_is_replaced(tmp_path: Path) -> None:
+    """After a parse worker dies, the next big deliveries load on a new pool of workers."""
+    engine = schema.make_engine(f"sqlite:///{tmp_path / 'usage.sqlite'}")
+    schema.upgrade(engine)
+
+    def big(first: int) -> bytes:
+        data = lse_text(*[record(f"E{first + n}", "20260510", ["1.234"] * 96) for n in range(800)])
+        assert len(data) > 1 << 20  # parsed on the workers
+        return data
+
+    with Ingest(workers=2) as ingest:
+        assert ingest.import_bytes(engine, "a.lse", big(0), source="test").loaded == 800
+        assert ingest._pool is not None
+        os.kill(next(iter(ingest._pool._processes)), signal.SIGKILL)  # the OOM killer, say
+        for n, name in enumerate(("b.lse", "c.lse"), 1):
+            assert ingest.import_bytes(engine, name, big(1000 * n), source="test").loaded == 800
+    assert len(stored(engine)) == 3 * 800
+    engine.dispose()
 
 
 def test_sum_check_against_register_reads_either_order(engine: sa.Engine, ingest: Ingest) -> None:

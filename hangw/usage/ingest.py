@@ -22,6 +22,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,17 +164,48 @@ class Ingest:
     def start_parsing(self, texts: Sequence[tuple[str, bytes]], tdsp_duns: str | None) -> Parsing:
         """Hand big files to the workers now (their results are taken later, in order)."""
         total = sum(len(data) for _, data in texts)
-        latest = self.latest_created()
-        pieces: list[tuple[str, int, Future[tuple[lse.Parsed, int]] | bytes]] = []
+        parsing = Parsing(total, [], tdsp_duns, self.vee, self.latest_created())
         if total < _PARALLEL_FROM or self.workers <= 1:
-            pieces = [(name, len(data), data) for name, data in texts]
+            parsing.pieces = [[name, data, None] for name, data in texts]
         else:
+            parsing.pieces = [
+                [name, piece, None]
+                for name, data in texts
+                for piece in lse.split_records(data, max(4, 2 * self.workers))
+            ]
+            parsing.submit = self._submit
+            self._submit(parsing, 0)
+        return parsing
+
+    def _submit(self, parsing: Parsing, start: int) -> None:
+        """Hand the pieces of ``parsing`` from ``start`` on to the workers.
+
+        A pool with a dead worker (killed by the OOM killer, say) takes no more work: it is
+        replaced once, and the pieces go to the new one.
+        """
+        for attempt in (1, 2):
             pool = self._workers()
-            for name, data in texts:
-                for piece in lse.split_records(data, max(4, 2 * self.workers)):
-                    future = pool.submit(lse.parse_piece, piece, tdsp_duns, self.vee, latest)
-                    pieces.append((name, len(piece), future))
-        return Parsing(total, pieces, tdsp_duns, self.vee, latest)
+            try:
+                for piece in parsing.pieces[start:]:
+                    piece[2] = pool.submit(
+                        lse.parse_piece,
+                        piece[1],
+                        parsing.tdsp_duns,
+                        parsing.vee,
+                        parsing.latest_created,
+                    )
+            except BrokenProcessPool:
+                self._discard(pool)
+                if attempt == 2:
+                    raise
+            else:
+                return
+
+    def _discard(self, pool: ProcessPoolExecutor) -> None:
+        """Forget ``pool`` (broken) so that the next piece starts a new one."""
+        if self._pool is pool:
+            self._pool = None
+        pool.shutdown(wait=False, cancel_futures=True)
 
     def latest_created(self) -> str:
         """The latest creation timestamp believed: a day after now, in local time (a TDSP's
@@ -541,21 +573,36 @@ class Prepared:
 
 
 class Parsing:
-    """The pieces of a delivery's files: futures on the workers, or bytes parsed when taken."""
+    """The pieces of a delivery's files: ``[member, bytes, future on the workers or None]``
+    (None: parsed on the calling thread when taken)."""
 
     def __init__(
         self,
         total: int,
-        pieces: list[tuple[str, int, Future[tuple[lse.Parsed, int]] | bytes]],
+        pieces: list[list[Any]],
         tdsp_duns: str | None,
         vee: lse.VeeSettings,
         latest_created: str | None = None,
     ) -> None:
         self.total = total
         self.pieces = pieces
-        self._tdsp_duns = tdsp_duns
-        self._vee = vee
-        self._latest_created = latest_created
+        self.tdsp_duns = tdsp_duns
+        self.vee = vee
+        self.latest_created = latest_created
+        #: Hands the pieces from an index on to the workers again (once, if the pool broke).
+        self.submit: Callable[[Parsing, int], None] | None = None
+
+    def _result(self, index: int) -> tuple[lse.Parsed, int]:
+        future: Future[tuple[lse.Parsed, int]] = self.pieces[index][2]
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            # a worker died (this piece need not be why): a new pool parses the rest, once
+            if self.submit is None:
+                raise
+            submit, self.submit = self.submit, None
+            submit(self, index)
+            return self.pieces[index][2].result()
 
     def results(self, progress: Progress | None = None) -> Iterator[tuple[str, lse.Parsed, int]]:
         """``(member, parsed, offset)`` piece by piece: the piece's lines are numbered from 1,
@@ -564,24 +611,26 @@ class Parsing:
         offset = 0
         member = None
         try:
-            for name, size, piece in self.pieces:
+            for index, (name, data, future) in enumerate(self.pieces):
+                size = len(data)
                 if name != member:
                     member, offset = name, 0
-                if isinstance(piece, bytes):
+                if future is None:
                     parsed, lines = lse.parse_piece(
-                        piece, self._tdsp_duns, self._vee, self._latest_created
+                        data, self.tdsp_duns, self.vee, self.latest_created
                     )
                 else:
-                    parsed, lines = piece.result()
+                    parsed, lines = self._result(index)
+                self.pieces[index][1] = b""  # parsed: its bytes are no longer needed
                 yield name, parsed, offset
                 offset += lines
                 done += size
                 if progress:
                     progress(done, self.total)
         finally:
-            for _, _, piece in self.pieces:
-                if isinstance(piece, Future):
-                    piece.cancel()
+            for _, _, future in self.pieces:
+                if future is not None:
+                    future.cancel()
 
 
 def _where(statement: str, dialect: sa.Dialect) -> str:
