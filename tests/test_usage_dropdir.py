@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pytest_twisted
@@ -10,7 +11,10 @@ import sqlalchemy as sa
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+from hangw.store import schema
 from hangw.store.model import usage_days, usage_files
+from hangw.usage.dropdir import MAX_TRIES, DropDirectories
+from hangw.usage.ingest import FileOutcome, Ingest
 from simulators.fleet import generated_esiid
 from simulators.usage import profile_records, write_lse_files
 from tests.conftest import start_gateway
@@ -82,3 +86,54 @@ async def test_files_dropped_are_imported_and_moved(tmp_path: Path) -> None:
     finally:
         running.close()
         await running.gateway.stopService()
+
+
+class _Failing(Ingest):
+    """Fails every import with ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(workers=1)
+        self.error = error
+
+    def import_bytes(self, *args: object, **kwargs: object) -> FileOutcome:
+        raise self.error
+
+
+def _drop(tmp_path: Path, ingest: Ingest) -> tuple[DropDirectories, Path, sa.Engine]:
+    engine = schema.make_engine(f"sqlite:///{tmp_path / 'usage.sqlite'}")
+    schema.upgrade(engine)
+    drop = tmp_path / "drop"
+    for sub in ("", "done", "rejected"):
+        (drop / sub).mkdir(parents=True, exist_ok=True)
+    (drop / "day.lse").write_bytes(b"00000001,E1\n")
+    return DropDirectories({TDSP: drop}, engine, ingest, reactor, reactor, 1.0), drop, engine
+
+
+def _files(engine: sa.Engine) -> list[tuple[str, str, str]]:
+    with engine.connect() as conn:
+        columns = (usage_files.c.name, usage_files.c.state, usage_files.c.reason)
+        return [tuple(row) for row in conn.execute(sa.select(*columns))]
+
+
+def test_a_broken_worker_pool_leaves_the_file_to_try_again(tmp_path: Path) -> None:
+    """A failure of the gateway keeps the file in place, until MAX_TRIES looks fail in a row."""
+    drops, drop, engine = _drop(tmp_path, _Failing(BrokenProcessPool("a worker died")))
+    for _ in range(MAX_TRIES - 1):
+        drops._import_one(TDSP, drop / "day.lse")
+        assert (drop / "day.lse").exists() and drops.outcomes == [] and _files(engine) == []
+    drops._import_one(TDSP, drop / "day.lse")
+    assert [p.name for p in (drop / "rejected").iterdir()] == ["day.lse"]
+    [(name, state, reason)] = _files(engine)
+    assert (name, state) == ("day.lse", "rejected")
+    assert reason == f"not loaded after {MAX_TRIES} tries: BrokenProcessPool: a worker died"
+    engine.dispose()
+
+
+def test_a_file_set_aside_is_recorded_with_why(tmp_path: Path) -> None:
+    """A file that fails unexpectedly goes to rejected/ and the store says why."""
+    drops, drop, engine = _drop(tmp_path, _Failing(OverflowError("date value out of range")))
+    drops._import_one(TDSP, drop / "day.lse")
+    assert [p.name for p in (drop / "rejected").iterdir()] == ["day.lse"]
+    assert _files(engine) == [("day.lse", "rejected", "OverflowError: date value out of range")]
+    assert drops.outcomes[0].file_id is not None
+    engine.dispose()

@@ -5,9 +5,12 @@ and modification time have not changed since the previous look (so it is no long
 written) is imported on a worker thread, one file at a time, with the TDSP's DUNS checked
 against each record's Sender. Afterwards it is moved to ``done/`` beside it (even with some
 records rejected: the store holds the outcome, ``hangw usage files``) or to ``rejected/`` when
-the delivery could not be read at all. A file that fails because the store cannot be reached
-stays where it is and is tried again. Files whose names start with a dot are left alone (a
-sender may upload under a dot name and rename when complete).
+the delivery could not be read at all, its reason recorded in the store. A file that fails
+because the store cannot be reached or the gateway's key fails stays where it is and is tried
+again; one that fails because the gateway did (a parse worker died, memory or disk ran out) is
+tried again up to ``MAX_TRIES`` looks in a row, then set aside with the last error. Files whose
+names start with a dot are left alone (a sender may upload under a dot name and rename when
+complete).
 
 If hangwd stops in the middle of a file, the file's transaction never commits and the file is
 still in the directory: it is imported again, whole, on the next start. If it stops after the
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,10 @@ log = structlog.get_logger(__name__)
 
 DONE = "done"
 REJECTED = "rejected"
+#: Failures of the gateway rather than of a file (one the file caused would recur every time).
+NOT_THE_FILE: tuple[type[BaseException], ...] = (BrokenProcessPool, MemoryError, OSError)
+#: Looks in a row a file may fail with one of them before it is set aside.
+MAX_TRIES = 3
 
 
 class DropDirectories(TimerService):
@@ -60,6 +68,8 @@ class DropDirectories(TimerService):
         self._pool = ThreadPool(1, 1, name="hangw-usage-import")
         self._sizes: dict[Path, tuple[int, float]] = {}
         self._busy: Deferred[Any] | None = None
+        #: Looks in a row each file failed for a reason not its own.
+        self._tries: dict[Path, int] = {}
         #: Outcomes of the files imported since start, newest last (for tests and /metrics).
         self.outcomes: list[FileOutcome] = []
 
@@ -120,11 +130,22 @@ class DropDirectories(TimerService):
                 if self._sizes.get(path) == mark:
                     ready.append((duns, path))
         self._sizes = seen
+        self._tries = {path: n for path, n in self._tries.items() if path in seen}
         return ready
 
     def _import_all(self, ready: list[tuple[str, Path]]) -> None:
         for duns, path in ready:
             self._import_one(duns, path)
+
+    def _set_aside(self, duns: str, path: Path, data: bytes, reason: str) -> FileOutcome | None:
+        """Record ``path`` as rejected whole, with ``reason`` (None: not recorded, so it stays)."""
+        try:
+            return self._ingest.record_rejected(
+                self._engine, path.name, data, reason, source=f"drop:{duns}", tdsp_duns=duns
+            )
+        except Exception as error:
+            log.error("usage.drop_retry", file=path.name, error=_said(error)[:300])
+            return None
 
     def _import_one(self, duns: str, path: Path) -> None:
         try:
@@ -132,6 +153,7 @@ class DropDirectories(TimerService):
         except OSError as error:
             log.error("usage.drop_unreadable", file=str(path), error=str(error))
             return
+        outcome: FileOutcome | None
         try:
             outcome = self._ingest.import_bytes(
                 self._engine, path.name, data, source=f"drop:{duns}", tdsp_duns=duns
@@ -144,9 +166,23 @@ class DropDirectories(TimerService):
             # the store could not be reached or was busy too long: try again next time
             log.error("usage.drop_retry", file=path.name, error=str(error.orig)[:200])
             return
+        except NOT_THE_FILE as error:
+            # the gateway failed (a parse worker died, memory or a disk ran out), likely not
+            # because of the file: keep it and try again, a few times
+            tries = self._tries[path] = self._tries.get(path, 0) + 1
+            if tries < MAX_TRIES:
+                log.error("usage.drop_retry", file=path.name, tries=tries, error=_said(error)[:300])
+                return
+            log.exception("usage.drop_failed", file=path.name, tries=tries)
+            outcome = self._set_aside(
+                duns, path, data, f"not loaded after {tries} tries: {_said(error)}"
+            )
         except Exception as error:  # a file must never stop the directory: set it aside
             log.exception("usage.drop_failed", file=path.name)
-            outcome = FileOutcome(path.name, "rejected", f"{type(error).__name__}: {error}")
+            outcome = self._set_aside(duns, path, data, _said(error))
+        if outcome is None:
+            return
+        self._tries.pop(path, None)
         self.outcomes.append(outcome)
         target = path.parent / (REJECTED if outcome.state == "rejected" else DONE) / path.name
         try:
@@ -167,3 +203,7 @@ class DropDirectories(TimerService):
             reason=outcome.reason,
             seconds=round(outcome.seconds, 2),
         )
+
+
+def _said(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:1000]

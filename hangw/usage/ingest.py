@@ -330,6 +330,24 @@ class Ingest:
                 several=prepared.several,
             )
 
+    def record_rejected(
+        self,
+        engine: sa.Engine,
+        name: str,
+        data: bytes,
+        reason: str,
+        *,
+        source: str,
+        tdsp_duns: str | None = None,
+    ) -> FileOutcome:
+        """Record a delivery that could not be loaded at all, and why (``hangw usage files``)."""
+        outcome = FileOutcome(name, "rejected", reason)
+        with engine.begin() as conn:
+            outcome.file_id = _record_file(
+                conn, outcome, hashlib.sha256(data).hexdigest(), tdsp_duns, source, self._clock()
+            )
+        return outcome
+
     def load(
         self,
         conn: sa.Connection,
