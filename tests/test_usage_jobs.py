@@ -24,6 +24,7 @@ from twisted.internet.threads import deferToThread
 
 from hangw.domain import Meter
 from hangw.problems import Forbidden, InvalidField, NotFound
+from hangw.store import schema
 from hangw.store.model import usage_jobs
 from hangw.usage import reports
 from hangw.usage.jobs import (
@@ -32,6 +33,7 @@ from hangw.usage.jobs import (
     JobNotReady,
     JobRefused,
     JobService,
+    _claim_thd,
     write_report,
 )
 from hangw.usage.reports import ReportSpec
@@ -425,3 +427,43 @@ async def test_jobs_over_the_api(harness: Harness) -> None:
     )
     assert status == 403 and problem["esiids"] == [E_OTHER]
     assert await harness.gateway.store.run(jobs_thd) == before
+
+
+class _Racing:
+    """A connection on which another gateway claims every queued job right after each read."""
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self.conn = conn
+
+    def execute(self, statement: Any) -> Any:
+        result = self.conn.execute(statement)
+        if isinstance(statement, sa.Select):
+            rows = result.freeze()
+            self.conn.execute(
+                usage_jobs.update().where(usage_jobs.c.state == "queued").values(state="running")
+            )
+            return rows()
+        return result
+
+
+def test_a_job_another_gateway_claimed_meanwhile_is_not_run_twice(tmp_path: Path) -> None:
+    """A job read as queued but taken by another gateway before the update is not claimed."""
+    engine = schema.make_engine(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    schema.upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            usage_jobs.insert().values(
+                job_id="J000000000001",
+                party_id=REP_A,
+                report="daily",
+                params="{}",
+                state="queued",
+                esiids=1,
+                esiids_done=0,
+                rows=0,
+                created_at=1.0,
+            )
+        )
+        assert _claim_thd(_Racing(conn)) is None  # type: ignore[arg-type]
+        assert conn.execute(sa.select(usage_jobs.c.state)).scalar_one() == "running"
+    engine.dispose()

@@ -222,21 +222,27 @@ def _load_thd(conn: sa.Connection, job_id: str, with_params: bool) -> tuple[Any,
 
 
 def _claim_thd(conn: sa.Connection) -> tuple[Any, str] | None:
-    """The oldest queued job, now running (from the start), with its parameters."""
-    row = conn.execute(
-        sa.select(usage_jobs)
-        .where(usage_jobs.c.state == "queued")
-        .order_by(usage_jobs.c.created_at, usage_jobs.c.job_id)
-        .limit(1)
-    ).first()
-    if row is None:
-        return None
-    conn.execute(
-        usage_jobs.update()
-        .where(usage_jobs.c.job_id == row.job_id)
-        .values(state="running", esiids_done=0, rows=0)
-    )
-    return row, row.params
+    """The oldest queued job, now running (from the start), with its parameters.
+
+    The job is taken only if it is still queued when it is updated: another gateway on the same
+    database may have taken it since it was read, and then the next one is tried.
+    """
+    while True:
+        row = conn.execute(
+            sa.select(usage_jobs)
+            .where(usage_jobs.c.state == "queued")
+            .order_by(usage_jobs.c.created_at, usage_jobs.c.job_id)
+            .limit(1)
+        ).first()
+        if row is None:
+            return None
+        taken = conn.execute(
+            usage_jobs.update()
+            .where(usage_jobs.c.job_id == row.job_id, usage_jobs.c.state == "queued")
+            .values(state="running", esiids_done=0, rows=0)
+        )
+        if taken.rowcount == 1:
+            return row, row.params
 
 
 def _progress_thd(conn: sa.Connection, job_id: str, done: int, rows: int) -> None:
