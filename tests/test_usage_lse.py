@@ -141,6 +141,18 @@ def test_blank_value_is_missing_not_zero() -> None:
     assert row[12] & Flag.MISSING
 
 
+@pytest.mark.parametrize("position", [0, 1, 95])
+def test_blank_value_with_a_status_is_missing_wherever_it_is(position: int) -> None:
+    """A blank value is missing even with status A, in the first interval as in any other."""
+    values = ["1.000"] * 96
+    values[position] = ""
+    parsed = lse.parse("\n".join(record("E1", "20260510", values)))
+    assert parsed.rejections == []
+    [row] = parsed.rows
+    assert row[9] == 95 * 1000 and row[10] == 1
+    assert row[12] & Flag.MISSING
+
+
 def test_unknown_header_rows_are_skipped() -> None:
     """An unknown 0000xxxx row inside a record's headers is skipped, not rejected."""
     lines = record("E1", "20260510", ["1.0"] * 96)
@@ -170,6 +182,27 @@ def test_crlf_line_ends_parse_like_lf() -> None:
             "'abc' is not a number",
         ),
         (lambda ls: ls.__setitem__(6, ls[6].replace("1.0,A", "nan,A", 1)), 1, "not finite"),
+        (
+            lambda ls: ls.__setitem__(6, ls[6].replace("1.0,A", "1_000,A", 1)),
+            7,
+            "'1_000' is not a number",
+        ),
+        (
+            lambda ls: ls.__setitem__(6, ls[6].replace("1.0,A", " 1.0,A", 1)),
+            7,
+            "' 1.0' is not a number",
+        ),
+        (
+            lambda ls: ls.__setitem__(6, ls[6].replace("1.0,A", "\u0661.0,A", 1)),
+            7,
+            "'\u0661.0' is not a number",
+        ),
+        (lambda ls: ls.__setitem__(2, "00000003," + "T" * 82), 3, "longer than 81 characters"),
+        (
+            lambda ls: ls.__setitem__(4, ls[4].replace("Sender=666666666", "Sender=" + "6" * 17)),
+            5,
+            "longer than 16 characters",
+        ),
         (lambda ls: ls.__setitem__(6, ls[6].replace("1.0,A", "1.0,", 1)), 7, "no status"),
         (lambda ls: ls.__setitem__(1, ls[1].replace(",900,", ",300,")), 2, "seconds per interval"),
         (lambda ls: ls.__setitem__(1, ls[1].replace(",01,", ",02,")), 2, "unit of measure"),

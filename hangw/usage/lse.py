@@ -38,6 +38,16 @@ from hangw.usage.vee import Flag
 _ESIID = re.compile(r"[A-Za-z0-9]{1,64}")
 _TIMESTAMP = re.compile(r"\d{14}")
 _SORT_CODE = re.compile(r"\d{8}")
+#: A value as the numbers are written (what numpy reads): ASCII digits, a point, an exponent, or
+#: nan and inf (rejected later as not finite); no spaces, underscores or other scripts' digits.
+_NUMBER = re.compile(
+    r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:nan|inf|infinity)",
+    re.IGNORECASE,
+)
+#: The longest transaction id and Sender the store keeps (its version is VARCHAR(96), the
+#: creation timestamp and ':' take 15; its tdsp_duns is VARCHAR(16)).
+MAX_TRANSACTION = 81
+MAX_SENDER = 16
 #: Detail sort codes as they start a row, by position in the record.
 _DETAIL_CODES = tuple(f"{10000000 + k}," for k in range(32))
 _DETAIL_CODE_LISTS = [list(_DETAIL_CODES[:n]) for n in range(32)]
@@ -252,6 +262,11 @@ def _header(
     transaction = lines[at][9:].partition(",")[0].strip() if at is not None else ""
     if not transaction:
         raise _Reject(line_no, "the record has no transaction id (row 00000003)")
+    if len(transaction) > MAX_TRANSACTION:
+        raise _Reject(
+            first + (at or 0),
+            f"transaction id {_excerpt(transaction)} is longer than {MAX_TRANSACTION} characters",
+        )
     at = rows.get("00000004")
     if at is None:
         raise _Reject(line_no, "the record has no creation timestamp (row 00000004)")
@@ -277,6 +292,10 @@ def _header(
                     sender = value.strip()
             seen.senders[pairs] = sender
         if sender:
+            if len(sender) > MAX_SENDER:
+                raise _Reject(
+                    first + at, f"Sender {_excerpt(sender)} is longer than {MAX_SENDER} characters"
+                )
             if tdsp_duns and sender != tdsp_duns:
                 raise _Reject(
                     first + at,
@@ -311,8 +330,16 @@ def _details(lines: list[str], first: int, record: _Record, start: int, stop: in
     joined = "".join([row[9:] for row in block])
     actual = joined.count(",A,,")
     estimated = joined.count(",E,,")
-    if actual + estimated == expected and joined.endswith(",,") and ",,," not in joined:
-        # every triplet is value,A|E,(no time),: the values alone, comma-separated
+    if (
+        actual + estimated == expected
+        and joined.endswith(",,")
+        and ",,," not in joined
+        and joined[:1] != ","
+        and " " not in joined
+        and "\t" not in joined
+    ):
+        # every triplet is value,A|E,(no time),: the values alone, comma-separated (not a
+        # blank first value, which is missing, nor padded ones, no numbers: numpy takes both)
         record.text = joined.replace(",A,,", ",").replace(",E,,", ",")
         if estimated:
             statuses = joined.split(",")[1::3]
@@ -467,18 +494,16 @@ def _numbers(
     kept: list[_Record] = []
     missing_rows: list[int] = []
     for record in group:
-        mark = len(flat)
         values = record.values if record.values is not None else record.text.split(",")[:-1]  # type: ignore[union-attr]
         if record.missing:
             values = ["0" if v == "" else v for v in values]
             missing_rows.append(len(kept))
-        try:
+        bad = next((k for k, v in enumerate(values) if not _NUMBER.fullmatch(v)), None)
+        if bad is None:
             flat.extend(map(float, values))
-        except ValueError:
-            del flat[mark:]
+        else:
             if record.missing:
                 missing_rows.pop()
-            bad = next(k for k, v in enumerate(values) if not _is_float(v))
             parsed.rejections.append(
                 Rejection(
                     record.detail_line + bad // 4,
@@ -494,14 +519,6 @@ def _numbers(
     for row in missing_rows:
         missing[row] = [v == "" for v in kept[row].values]  # type: ignore[union-attr]
     return kept, kwh, missing
-
-
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _rows_of(group: list[_Record], length: int, parsed: Parsed, vee: VeeSettings) -> None:
