@@ -64,12 +64,12 @@ def generate(directory: Path, esiids: int, days: int) -> tuple[list[Path], int]:
             first + dt.timedelta(days=count - 1),
             tdsp_duns=TDSP,
             rep_duns=REP,
-            created=f"2026120{n + 1}010000",
+            created=f"2026111{n + 4}010000",
             estimated_rate=0.02,
             seed=n,
         )
         paths += write_lse_files(
-            directory / f"part{n}", records, tdsp_duns=TDSP, created=f"2026120{n + 1}010000"
+            directory / f"part{n}", records, tdsp_duns=TDSP, created=f"2026111{n + 4}010000"
         )
     return paths, esiids * days
 
