@@ -380,3 +380,32 @@ async def test_a_refused_message_returns_credit_only_if_it_used_some(wired: Harn
     assert [m["grant"] for m in link.of_type("credit")] == [1]
     link.transport.loseConnection()  # type: ignore[union-attr]
     await link.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lone_surrogate_is_refused_before_the_store(wired: Harness) -> None:
+    """An event whose id holds a lone surrogate gets an error naming the field, without a ref
+    UTF-8 could not carry; its credit comes back and the next event on the link is taken."""
+    before = store_rows(wired)
+    link = await dial(wired)
+    link.say(hello())
+    await eventually(lambda: link.of_type("welcome"), what="welcome")
+    event = {
+        "type": "provisioning_status",
+        "command_id": "c-1",
+        "esiid": E_OWN,
+        "device_id": "no-such-device",
+        "status": "device-joined",
+    }
+    link.say({**event, "id": "ev-\ud800"})  # json.dumps escapes it: "ev-\ud800"
+    await eventually(lambda: link.of_type("credit"), what="the credit")
+    [error] = link.of_type("error")
+    assert error == {"type": "error", "reason": error["reason"]}
+    assert error["reason"].startswith("provisioning_status.id must be text UTF-8 can carry")
+    assert [m["grant"] for m in link.of_type("credit")] == [1]
+    link.say({**event, "id": "ev-2"})
+    await eventually(lambda: link.of_type("ack"), what="the next event's ack")
+    assert link.of_type("ack") == [{"type": "ack", "ref": "ev-2"}]
+    assert store_rows(wired) == before
+    link.transport.loseConnection()  # type: ignore[union-attr]
+    await link.closed

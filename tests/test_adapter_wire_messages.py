@@ -289,3 +289,53 @@ def test_batch_item_problems_lists_every_bad_item() -> None:
     message = protocol.batch_message("inbound_frames", "b-1", [items[0], items[4]])
     assert refusal(message, protocol.HEADEND_TO_GATEWAY) == problems[4].replace("[4]", "[1]")
     assert json.loads(protocol.encode(message))["frames"][0] == items[0]
+
+
+def status_message(**fields: Any) -> dict[str, Any]:
+    return {
+        "type": "provisioning_status",
+        "id": "e-1",
+        "command_id": "c-1",
+        "esiid": "10443720000000001",
+        "device_id": "dev-1",
+        "status": "add-pending",
+        **fields,
+    }
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        (status_message(id="e\ud800"), "provisioning_status.id must be text UTF-8 can carry"),
+        (status_message(esiid="1\udfff"), "provisioning_status.esiid must be text UTF-8 can"),
+        (status_message(reason="\ud83d"), "provisioning_status.reason must be text UTF-8 can"),
+        (
+            protocol.delivery_statuses_message(
+                "b-1", [DeliveryStatus("dlv-\udc00", "1", DeliveryState.DELIVERED)]
+            ),
+            "delivery_statuses.statuses[0].delivery_id must be text UTF-8 can carry",
+        ),
+        (
+            {"type": "hello", "versions": [1], "credit": 1, "software": "sim\ud800"},
+            "hello.software must be text UTF-8 can carry",
+        ),
+    ],
+)
+def test_a_lone_surrogate_is_refused_naming_the_field(message: dict[str, Any], reason: str) -> None:
+    """A string holding a lone surrogate (valid JSON, no UTF-8) is refused with its field named,
+    and the refusal names only an id that UTF-8 can carry."""
+    body = json.dumps(message).encode()  # the surrogate goes as a "\ud800" escape
+    with pytest.raises(ProtocolError) as caught:
+        protocol.decode(body, protocol.HEADEND_TO_GATEWAY)
+    assert caught.value.reason.startswith(reason)
+    assert caught.value.had_id == ("id" in message)
+    assert caught.value.ref == (None if message.get("id") == "e\ud800" else message.get("id"))
+    answer = {"type": "error", "reason": caught.value.reason, "ref": caught.value.ref or "-"}
+    assert protocol.decode(protocol.encode(answer), protocol.GATEWAY_TO_HEADEND) == answer
+
+
+def test_a_surrogate_pair_is_taken() -> None:
+    """A character outside the BMP, escaped as a JSON surrogate pair, is ordinary text."""
+    body = json.dumps(status_message(reason="plug \U0001f50c out")).encode()
+    assert b"\\ud83d\\udd0c" in body
+    assert protocol.decode(body, protocol.HEADEND_TO_GATEWAY)["reason"] == "plug \U0001f50c out"

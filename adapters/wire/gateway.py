@@ -474,7 +474,7 @@ class HeadEndLink(Int32StringReceiver):
             self.send(answer)
             if error.fatal or self.adapter is None:
                 self.close(error.reason)
-            elif error.ref is not None:
+            elif error.had_id:
                 # a refused message with an id was taken for an event, which used a unit of the
                 # head-end's credit: it comes back (messages without an id use none)
                 self._grant_one()

@@ -97,13 +97,36 @@ Fields = Mapping[str, Check]
 
 
 class ProtocolError(ValueError):
-    """A message the peer should not have sent. ``fatal`` ones end the connection."""
+    """A message the peer should not have sent. ``fatal`` ones end the connection.
 
-    def __init__(self, reason: str, *, ref: str | None = None, fatal: bool = False) -> None:
+    ``ref`` is the message's ``id``, to answer with, when it had one that UTF-8 can carry;
+    ``had_id`` is true when it had a string ``id`` at all (it was taken for an event).
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        ref: str | None = None,
+        fatal: bool = False,
+        had_id: bool | None = None,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.ref = ref
         self.fatal = fatal
+        self.had_id = ref is not None if had_id is None else had_id
+
+
+#: Half of a surrogate pair: a JSON string can hold one alone (written ``"\ud800"``), UTF-8
+#: cannot, so neither the store nor the peer could be given it back.
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_NOT_UTF8 = "must be text UTF-8 can carry (no lone surrogate, \\ud800 to \\udfff)"
+
+
+def _is_utf8(value: str) -> bool:
+    """True when ``value`` encodes as UTF-8: it holds no lone surrogate."""
+    return value.isascii() or _LONE_SURROGATE.search(value) is None
 
 
 def _text(limit: int = 200) -> Callable[[Any], str | None]:
@@ -112,6 +135,8 @@ def _text(limit: int = 200) -> Callable[[Any], str | None]:
             return "must be a non-empty string"
         if len(value) > limit:
             return f"must be at most {limit} characters"
+        if not _is_utf8(value):
+            return _NOT_UTF8
         return None
 
     return check
@@ -120,6 +145,8 @@ def _text(limit: int = 200) -> Callable[[Any], str | None]:
 def _optional_text(value: Any) -> str | None:
     if not isinstance(value, str) or len(value) > 1000:
         return "must be a string of at most 1000 characters"
+    if not _is_utf8(value):
+        return _NOT_UTF8
     return None
 
 
@@ -465,11 +492,11 @@ def decode(body: bytes, table: Mapping[str, Fields]) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise ProtocolError("malformed frame: the JSON is not an object", fatal=True)
     kind = message.get("type")
-    ref = message.get("id") if isinstance(message.get("id"), str) else None
+    ref, had_id = _ref(message)
     if not isinstance(kind, str):
-        raise ProtocolError("message without a string 'type'", ref=ref)
+        raise ProtocolError("message without a string 'type'", ref=ref, had_id=had_id)
     if table.get(kind) is None:
-        raise ProtocolError(f"unknown message type {kind[:40]!r}", ref=ref)
+        raise ProtocolError(f"unknown message type {kind[:40]!r}", ref=ref, had_id=had_id)
     check_message(message, table)
     return message
 
@@ -477,17 +504,26 @@ def decode(body: bytes, table: Mapping[str, Fields]) -> dict[str, Any]:
 def check_message(message: Mapping[str, Any], table: Mapping[str, Fields]) -> None:
     """Check a message with a string ``type`` of ``table``'s fields; raises ProtocolError."""
     kind = message["type"]
-    ref = message.get("id") if isinstance(message.get("id"), str) else None
+    ref, had_id = _ref(message)
     for name, field_check in table[kind].items():
         if name not in message:
             if name in _OPTIONAL or name in _OPTIONAL_BY_TYPE.get(kind, ()):
                 continue
-            raise ProtocolError(f"{kind}: missing field {name!r}", ref=ref)
+            raise ProtocolError(f"{kind}: missing field {name!r}", ref=ref, had_id=had_id)
         problem = field_check(message[name])
         if problem is not None:
             # a list's check names the item first: "frames[2].zcl must be ..."
             space = "" if problem.startswith("[") else " "
-            raise ProtocolError(f"{kind}.{name}{space}{problem}", ref=ref)
+            raise ProtocolError(f"{kind}.{name}{space}{problem}", ref=ref, had_id=had_id)
+
+
+def _ref(message: Mapping[str, Any]) -> tuple[str | None, bool]:
+    """The ``id`` a refusal of ``message`` can name (None when it has none UTF-8 can carry), and
+    whether it had a string ``id`` at all."""
+    value = message.get("id")
+    if not isinstance(value, str):
+        return None, False
+    return (value if _is_utf8(value) else None), True
 
 
 def command_message(command: Command) -> dict[str, Any]:
