@@ -104,17 +104,29 @@ async def test_provisioning_flow_runs_unchanged_over_the_wire(wired: Harness) ->
         await client.stop()
 
 
+#: Bodies that are no standard JSON Python's json can read, and the fault the gateway names.
+MALFORMED = {
+    "not-json": (b"{not json", "not UTF-8 JSON"),
+    "nested-too-deep": (b"[" * 200_000 + b"]" * 200_000, "nested too deep"),
+    "long-integer": (b'{"type":"heartbeat","n":' + b"1" * 5000 + b"}", "over 4300 digits"),
+    "nan": (b'{"type":"heartbeat","n":NaN}', "NaN is not a JSON number"),
+}
+
+
+@pytest.mark.parametrize(("body", "fault"), MALFORMED.values(), ids=MALFORMED)
 @pytest_twisted.ensureDeferred
-async def test_malformed_frame_is_refused_and_the_connection_closed(wired: Harness) -> None:
+async def test_malformed_frame_is_refused_and_the_connection_closed(
+    wired: Harness, body: bytes, fault: str
+) -> None:
     """A frame that is not JSON gets an error and a goodbye naming the fault, then a close."""
     before = store_rows(wired)
     link = await dial(wired)
     link.say(hello())
     await eventually(lambda: link.of_type("welcome"), what="welcome")
-    link.sendString(b"{not json")
+    link.sendString(body)
     await link.closed
-    assert "malformed frame" in link.of_type("error")[0]["reason"]
-    assert "malformed frame" in link.of_type("goodbye")[0]["reason"]
+    assert "malformed frame: " in link.of_type("error")[0]["reason"]
+    assert fault in link.of_type("goodbye")[0]["reason"]
     assert store_rows(wired) == before
 
 

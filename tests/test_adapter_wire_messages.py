@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pytest
@@ -339,3 +340,30 @@ def test_a_surrogate_pair_is_taken() -> None:
     body = json.dumps(status_message(reason="plug \U0001f50c out")).encode()
     assert b"\\ud83d\\udd0c" in body
     assert protocol.decode(body, protocol.HEADEND_TO_GATEWAY)["reason"] == "plug \U0001f50c out"
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"[" * 200_000 + b"]" * 200_000, "malformed frame: arrays or objects nested too deep"),
+        (b'{"type":"heartbeat","n":' + b"9" * 4301 + b"}", "malformed frame: an integer of over"),
+        (b'{"type":"heartbeat","n":NaN}', "malformed frame: not UTF-8 JSON (NaN is not a JSON"),
+        (b'{"type":"heartbeat","n":-Infinity}', "malformed frame: not UTF-8 JSON (-Infinity"),
+        (b'{"type":"heartbeat","n":"\xff"}', "malformed frame: not UTF-8 JSON"),
+    ],
+    ids=["nested", "long-integer", "nan", "infinity", "not-utf8"],
+)
+@pytest.mark.parametrize("table", [protocol.HEADEND_TO_GATEWAY, protocol.GATEWAY_TO_HEADEND])
+def test_a_body_python_reads_but_json_has_not_is_malformed(
+    body: bytes, reason: str, table: dict[str, Any]
+) -> None:
+    """Deep nesting, a huge integer, NaN or Infinity make a fatal ProtocolError, nothing else."""
+    with pytest.raises(ProtocolError) as caught:
+        protocol.decode(body, table)
+    assert caught.value.fatal and caught.value.reason.startswith(reason)
+
+
+def test_encode_writes_no_nan() -> None:
+    """A float that is not finite is not written as NaN or Infinity, which JSON has not."""
+    with pytest.raises(ValueError):
+        protocol.encode({"type": "meter_read", "ref": "q-1", "zcl": "180101", "read_at": math.nan})

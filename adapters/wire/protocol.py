@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -479,16 +480,37 @@ QUERY_ANSWERS = {
 
 
 def encode(message: Mapping[str, Any]) -> bytes:
-    """The JSON body of one frame (the length prefix is the transport's)."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """The JSON body of one frame (the length prefix is the transport's).
+
+    Raises ValueError for a float that is not finite: standard JSON has no NaN or Infinity.
+    """
+    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return body.encode("utf-8")
+
+
+class _NotStandard(ValueError):
+    """NaN, Infinity or -Infinity in a body: Python's json reads them, RFC 8259 has none."""
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotStandard(f"{name} is not a JSON number")
 
 
 def decode(body: bytes, table: Mapping[str, Fields]) -> dict[str, Any]:
     """Parse and check one frame body against a direction's table; raises ProtocolError."""
     try:
-        message = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        message = json.loads(body, parse_constant=_no_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, _NotStandard) as error:
         raise ProtocolError(f"malformed frame: not UTF-8 JSON ({error})", fatal=True) from None
+    except RecursionError:
+        raise ProtocolError(
+            "malformed frame: arrays or objects nested too deep", fatal=True
+        ) from None
+    except ValueError:  # the only other: an integer longer than Python converts
+        raise ProtocolError(
+            f"malformed frame: an integer of over {sys.get_int_max_str_digits()} digits",
+            fatal=True,
+        ) from None
     if not isinstance(message, dict):
         raise ProtocolError("malformed frame: the JSON is not an object", fatal=True)
     kind = message.get("type")
