@@ -237,3 +237,41 @@ def test_remembered_batches_count_their_refusals_against_the_limit(tmp_path: Pat
     assert list(wire._seen) == ["e-1", "e-2"]  # 9 + 2 is over: the batch is forgotten
     wire.report_batch(batch("b-4", *["E"] * 8))
     assert len(events.batches) == 2
+
+
+def test_a_command_sent_again_after_timeouts_is_queued_once(tmp_path: Path) -> None:
+    """A command that times out waiting for credit leaves the queue: sent again 50 times, it is
+    queued once, and goes out once when credit comes."""
+    wire, _, clock = adapter(tmp_path)
+    link = Link()
+    wire.attach(link, credit=1)  # type: ignore[arg-type]
+    first = wire.send(DeprovisionDevice("c-0", "10443720000000001", "dev-0", "000D6F0000000000"))
+    first.addErrback(lambda _: None)
+    command = DeprovisionDevice("c-1", "10443720000000001", "dev-1", "000D6F0000000001")
+    failed: list[Any] = []
+    for _ in range(50):  # the router hands it again after each timeout
+        wire.send(command).addErrback(failed.append)
+        clock.advance(5.1)
+        assert len(wire._queue) == 0
+    assert len(failed) == 50
+    last = wire.send(command)
+    assert list(wire._queue) == ["c-1"]
+    wire.grant(100)
+    assert [m["id"] for m in link.sent] == ["c-0", "c-1"] and wire._credit == 99
+    wire.acknowledged("c-1")
+    assert last.called
+
+
+def test_an_ack_of_an_earlier_copy_takes_the_queued_copy_out(tmp_path: Path) -> None:
+    """A late ack for a command sent again and waiting for credit fires it and it is not sent."""
+    wire, _, clock = adapter(tmp_path)
+    link = Link()
+    wire.attach(link, credit=1)  # type: ignore[arg-type]
+    command = DeprovisionDevice("c-1", "10443720000000001", "dev-1", "000D6F0000000001")
+    wire.send(command).addErrback(lambda _: None)
+    clock.advance(5.1)  # no ack in time; its unit of credit stays spent
+    again = wire.send(command)
+    wire.acknowledged("c-1")  # the first copy's ack, late
+    assert again.called and not wire._queue
+    wire.grant(1)
+    assert [m["id"] for m in link.sent] == ["c-1"]

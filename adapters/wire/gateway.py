@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -97,9 +97,9 @@ class WireAdapter:
         self._events: IAdapterEvents | None = None
         self._link: HeadEndLink | None = None
         self._credit = 0
-        #: Commands (their ids and messages) in the order they are to go out, and what waits
-        #: for each one's answer.
-        self._queue: deque[tuple[str, dict[str, Any]]] = deque()
+        #: Commands waiting for credit, id -> message, in the order they are to go out (a
+        #: command leaves when it is sent or times out), and what waits for each one's answer.
+        self._queue: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._waiting: dict[str, tuple[list[Deferred[None]], IDelayedCall]] = {}
         #: Event ids recently answered and the answer (None: recorded; text: refused; for a
         #: batch, its refused (index, reason) pairs), so a resent event gets the same answer and
@@ -155,7 +155,7 @@ class WireAdapter:
             return done
         timeout = self._clock.callLater(self.ack_timeout_s, self._timed_out, command.command_id)
         self._waiting[command.command_id] = ([done], timeout)
-        self._queue.append((command.command_id, message))
+        self._queue[command.command_id] = message
         self._pump()
         return done
 
@@ -210,6 +210,8 @@ class WireAdapter:
         entry = self._waiting.pop(ref, None)
         if entry is None:
             return  # late (after its timeout) or duplicate: nothing waits for it
+        # the ack of an earlier copy, while this one waits for credit: it need not go out
+        self._queue.pop(ref, None)
         waiting, timeout = entry
         if timeout.active():
             timeout.cancel()
@@ -336,13 +338,12 @@ class WireAdapter:
     def _pump(self) -> None:
         link = self._link
         while link is not None and self._queue and self._credit > 0:
-            command_id, message = self._queue.popleft()
-            if command_id not in self._waiting:
-                continue  # timed out while it waited for credit
+            _, message = self._queue.popitem(last=False)
             self._credit -= 1
             link.send(message)
 
     def _timed_out(self, command_id: str) -> None:
+        self._queue.pop(command_id, None)  # it waited for credit all that time: not sent late
         entry = self._waiting.pop(command_id, None)
         if entry is not None:
             # The credit stays spent: the head-end grants it back when it answers.
