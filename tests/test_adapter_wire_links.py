@@ -4,9 +4,15 @@ refused or replaced a connection, and events the gateway refuses."""
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
+from typing import Any
 
-from tests.test_adapter_wire_batches import Wire
+from twisted.internet.testing import StringTransport
+
+from adapters.commands import DeprovisionDevice
+from tests.test_adapter_wire_batches import OWN, Wire
 
 
 def test_the_client_refuses_a_frame_nested_too_deep_and_closes(tmp_path: Path) -> None:
@@ -23,3 +29,47 @@ def test_the_client_refuses_a_frame_nested_too_deep_and_closes(tmp_path: Path) -
     wire.settle(seconds=2)
     assert wire.client.link is not None and wire.client.link is not first
     assert wire.adapter.connected
+
+
+def frame(message: dict[str, Any]) -> bytes:
+    body = json.dumps(message).encode()
+    return struct.pack(">I", len(body)) + body
+
+
+def hello(credit: int) -> dict[str, Any]:
+    return {"type": "hello", "versions": [1], "credit": credit}
+
+
+def test_a_hello_after_a_refusal_in_the_same_read_does_not_attach(tmp_path: Path) -> None:
+    """A connection refused for not starting with hello does not take the TDSP over when its
+    hello came in the same read: the working link stays and carries commands."""
+    wire = Wire(tmp_path)
+    working = wire.adapter._link
+    late = wire.gateway.buildProtocol(None)
+    late.makeConnection(StringTransport())
+    late.dataReceived(frame({"type": "heartbeat"}) + frame(hello(5)))
+    assert [m["type"] for m in wire.gateway.sent[-1:]] == ["goodbye"]
+    assert "first message must be hello" in wire.gateway.sent[-1]["reason"]
+    assert not wire.gateway.of_type(wire.gateway.sent, "welcome")[1:]
+    assert wire.adapter._link is working
+    command = DeprovisionDevice("c-1", OWN, "dev-1", "00124B0001ABCD01")
+    sent = wire.adapter.send(command)
+    wire.settle()
+    assert wire.application.commands == [command] and sent.called
+
+
+def test_credit_on_a_replaced_link_is_not_the_new_links(tmp_path: Path) -> None:
+    """Credit granted on a connection after a newer one replaced it adds nothing to the credit
+    the newer connection's hello gave."""
+    wire = Wire(tmp_path)
+    old = wire.adapter._link
+    assert old is not None
+    new = wire.gateway.buildProtocol(None)
+    new.makeConnection(StringTransport())
+    new.dataReceived(frame(hello(2)))
+    assert wire.adapter._link is new
+    old.dataReceived(frame({"type": "credit", "grant": 500}))
+    for n in range(3):
+        wire.adapter.send(DeprovisionDevice(f"c-{n}", OWN, f"dev-{n}", "00124B0001ABCD01"))
+    sent = wire.gateway.of_type(wire.gateway.sent, "deprovision")
+    assert [m["id"] for m in sent] == ["c-0", "c-1"]

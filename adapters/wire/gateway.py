@@ -194,6 +194,10 @@ class WireAdapter:
         if self.on_connected is not None:
             self.on_connected(self.tdsp_duns)
 
+    def serves(self, link: HeadEndLink) -> bool:
+        """True while ``link`` is the TDSP's current link (not replaced, not stopped)."""
+        return self._link is link
+
     def detach(self, link: HeadEndLink, why: str) -> None:
         if self._link is not link:
             return
@@ -464,6 +468,10 @@ class HeadEndLink(Int32StringReceiver):
         self.close(f"frame of {length} bytes is over the {self.MAX_LENGTH}-byte limit")
 
     def stringReceived(self, body: bytes) -> None:
+        if self._closing:
+            # refused or replaced: what comes after that, in the same read or later (a hello
+            # after a refusal, credit on a link since replaced), is not acted on
+            return
         self._last_heard = self._clock.seconds()
         try:
             message = protocol.decode(body, protocol.HEADEND_TO_GATEWAY)
@@ -487,6 +495,8 @@ class HeadEndLink(Int32StringReceiver):
                 return
             self._hello(message)
             return
+        if not self.adapter.serves(self):
+            return  # no longer the TDSP's link: its acks, credit and answers are not the new one's
         if kind == "ack":
             self.adapter.acknowledged(message["ref"])
         elif kind == "credit":
