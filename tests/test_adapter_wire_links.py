@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
-from adapters.commands import DeprovisionDevice
+from adapters.commands import DeliveryState, DeliveryStatus, DeprovisionDevice, ReportRefused
+from adapters.wire.headend import ReportRefusedByGateway
 from tests.test_adapter_wire_batches import OWN, Wire
 
 
@@ -73,3 +75,65 @@ def test_credit_on_a_replaced_link_is_not_the_new_links(tmp_path: Path) -> None:
         wire.adapter.send(DeprovisionDevice(f"c-{n}", OWN, f"dev-{n}", "00124B0001ABCD01"))
     sent = wire.gateway.of_type(wire.gateway.sent, "deprovision")
     assert [m["id"] for m in sent] == ["c-0", "c-1"]
+
+
+def test_a_single_event_out_of_the_rules_fails_at_once_unsent(tmp_path: Path) -> None:
+    """An event that breaks the protocol's rules (a reason of 1001 characters) fails at once
+    with ReportRefused naming the field, and is neither sent nor kept."""
+    wire = Wire(tmp_path)
+    bad = DeliveryStatus("dlv-1", OWN, DeliveryState.FAILED, reason="x" * 1001)
+    failures: list[Failure] = []
+    wire.client.report(bad).addErrback(failures.append)
+    [failure] = failures
+    assert failure.check(ReportRefused) and not failure.check(ReportRefusedByGateway)
+    assert failure.getErrorMessage().startswith(
+        "not sent: delivery_status.reason must be a string of at most 1000 characters"
+    )
+    wire.settle()
+    assert wire.client.unacknowledged == 0
+    assert not wire.gateway.of_type(wire.gateway.received, "delivery_status")
+
+
+def resend_wrong(wire: Wire, change: dict[str, Any]) -> None:
+    """Make the client put its events on the wire with ``change``: what a gateway with rules the
+    client does not know would refuse."""
+    sent = wire.client._transmit
+
+    def transmit(link: Any, message: dict[str, Any]) -> None:
+        sent(link, {**message, **change})
+
+    wire.client._transmit = transmit  # type: ignore[method-assign]
+
+
+def test_an_event_the_gateway_refuses_with_error_is_failed_not_resent(tmp_path: Path) -> None:
+    """An event the gateway answers with an error carrying its id fails with the error's reason
+    and leaves the outbox: it is not sent again, on this connection or the next."""
+    wire = Wire(tmp_path)
+    resend_wrong(wire, {"state": "lost"})
+    failures: list[Failure] = []
+    wire.client.report(DeliveryStatus("dlv-1", OWN, DeliveryState.DELIVERED)).addErrback(
+        failures.append
+    )
+    wire.settle()
+    [failure] = failures
+    assert failure.check(ReportRefusedByGateway)
+    assert failure.getErrorMessage().startswith("delivery_status.state must be one of")
+    assert wire.client.unacknowledged == 0
+    wire.client.drop_connection()
+    wire.settle(seconds=wire.client.resend_after_s * 2, step=1.0)
+    assert len(wire.gateway.of_type(wire.gateway.received, "delivery_status")) == 1
+
+
+def test_a_batch_the_gateway_refuses_with_error_refuses_every_item(tmp_path: Path) -> None:
+    """A batch the gateway answers with an error carrying its id gives every item the error's
+    reason, and is not sent again."""
+    wire = Wire(tmp_path)
+    resend_wrong(wire, {"statuses": [{"delivery_id": "d"}]})
+    answer = wire.client.delivery_statuses(
+        [DeliveryStatus(f"dlv-{n}", OWN, DeliveryState.DELIVERED) for n in range(2)]
+    )
+    wire.settle(seconds=wire.client.resend_after_s * 2, step=1.0)
+    reason = "delivery_statuses.statuses[0] is missing 'esiid'"
+    assert answer.called and answer.result == [reason, reason]
+    assert len(wire.gateway.of_type(wire.gateway.received, "delivery_statuses")) == 1
+    assert wire.client.unacknowledged == 0

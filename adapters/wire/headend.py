@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
@@ -142,7 +142,12 @@ class _Link(Int32StringReceiver):
         elif kind == "credit":
             self.client._grant(message["grant"])
         elif kind == "error":
-            log.warning("gateway.error", why=message.get("reason", ""), ref=message.get("ref"))
+            reason = message.get("reason") or "refused with an error"
+            log.warning("gateway.error", why=reason, ref=message.get("ref"))
+            if "ref" in message:
+                # an event or a batch that broke the protocol's rules: the same again would be
+                # refused again
+                self.client._settled(message["ref"], reason)
 
     def _command(self, message: dict[str, Any]) -> None:
         command = protocol.command_from_message(message)
@@ -236,7 +241,8 @@ class HeadEndClient:
 
     ``report`` (and the IAdapterEvents methods, so a head-end model written against
     IAdapterEvents can report through it) sends an event and returns a Deferred that fires when
-    the gateway has recorded it, or fails with ReportRefusedByGateway. ``delivery_statuses`` and
+    the gateway has recorded it, or fails with ReportRefusedByGateway (with ReportRefused, and
+    nothing sent, when it breaks the protocol's rules). ``delivery_statuses`` and
     ``inbound_frames`` send many at once, in batch messages, and fire with each one's answer.
     """
 
@@ -316,10 +322,19 @@ class HeadEndClient:
     def report(
         self, event: ProvisioningReport | DeliveryStatus | InboundFrame | MeterEvent
     ) -> Deferred[None]:
-        """Send an event; fires once the gateway recorded it (fails if the gateway refused it)."""
+        """Send an event; fires once the gateway recorded it (fails if the gateway refused it).
+
+        An event that breaks the protocol's rules is not sent: it fails at once with
+        ReportRefused (``not sent: `` and the reason the gateway's ``error`` would give).
+        """
         event_id = self._next_id()
+        message = protocol.event_message(event_id, event)
+        try:
+            protocol.check_message(message, protocol.HEADEND_TO_GATEWAY)
+        except ProtocolError as error:
+            return fail(ReportRefused(f"not sent: {error.reason}"))
         done: Deferred[None] = Deferred()
-        self._outbox[event_id] = _Sent(protocol.event_message(event_id, event), done, None)
+        self._outbox[event_id] = _Sent(message, done, None)
         self._pump()
         return done
 
@@ -420,7 +435,8 @@ class HeadEndClient:
             log.info("headend.disconnected", why=why)
 
     def _settled(self, ref: str, refusal: str | None, refused: Sequence[Any] = ()) -> None:
-        """The gateway's ``ack`` (``refusal`` None, a batch's ``refused`` pairs) or ``nack``."""
+        """The gateway's ``ack`` (``refusal`` None, a batch's ``refused`` pairs), or its ``nack``
+        or ``error`` (``refusal`` its reason)."""
         entry = self._outbox.pop(ref, None)
         self._in_flight.pop(ref, None)
         if entry is None:
