@@ -183,6 +183,32 @@ async def test_malformed_and_oversized_bodies(harness: Harness) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_number_too_long_to_read_is_a_bad_request(harness: Harness) -> None:
+    """A JSON number of more digits than Python reads is 400 problem+json on every POST path."""
+    rep = harness.caller("demo-rep-a")
+    before = await store_counts(harness)
+    connection = rep.client._connection
+    body = b'{"mac": ' + b"1" * 5000 + b"}"
+
+    def raw(path: str) -> tuple[int, str, dict[str, Any]]:
+        connection.request("POST", path, body=body, headers={"content-type": "application/json"})
+        response = connection.getresponse()
+        return response.status, response.getheader("content-type"), json.loads(response.read())
+
+    for path in (
+        f"/v1/esiids/{E_OWN}/han-devices",
+        f"/v1/esiids/{E_OWN}/grants",
+        "/v1/messages",
+        "/v1/usage/jobs",
+        "/v1/webhooks",
+    ):
+        status, media, problem = await deferToThread(raw, path)
+        assert (status, media) == (400, "application/problem+json"), (path, problem)
+        assert "more than 4300 digits" in problem["detail"], problem
+    assert await store_counts(harness) == before
+
+
+@pytest_twisted.ensureDeferred
 async def test_sixth_device_and_duplicate_mac_are_refused(harness: Harness) -> None:
     """Five slot holders fill an ESI ID; a sixth and a MAC already live are refused with 409."""
     rep = harness.caller("demo-rep-a")

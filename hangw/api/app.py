@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -174,6 +175,11 @@ class Api:
             raise BadRequest(f"the body is not valid JSON: {error}") from None
         except RecursionError:
             raise BadRequest("the body is not valid JSON: it is nested too deeply") from None
+        except ValueError:  # over Python's limit on the digits of an integer it reads
+            raise BadRequest(
+                f"the body holds a number of more than {sys.get_int_max_str_digits()} digits; "
+                "no field takes one that long"
+            ) from None
         if not isinstance(body, dict):
             raise BadRequest("the body must be a JSON object")
         return body
