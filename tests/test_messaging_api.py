@@ -561,3 +561,17 @@ async def test_log_pages_follow_their_next_links(harness: Harness) -> None:
         seen.extend(page["entries"])
         path = page["next"]
     assert seen == whole["entries"] and len(seen) == 9  # RQA, ACK, CON for each of three
+
+
+@pytest_twisted.ensureDeferred
+async def test_log_limit_and_cursor_take_only_ascii_digits_of_a_sane_length(
+    harness: Harness,
+) -> None:
+    """A log limit or cursor of non-ASCII digits or too many digits is a 422 naming it."""
+    rep = harness.caller("demo-rep-a")
+    for name in ("limit", "after"):
+        for value in ("%C2%B2", "%D9%A4", "9" * 5000, "9" * 19):
+            status, problem = await rep.call("GET", f"/v1/message-log?{name}={value}")
+            assert status == 422 and problem["field"] == name, (name, value, problem)
+    status, page = await rep.call("GET", "/v1/message-log?limit=2&after=" + "9" * 18)
+    assert status == 200 and page["entries"] == [], page

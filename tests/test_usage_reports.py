@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -32,7 +33,7 @@ from hangw.meters import parse_meter_csv, upsert_meters_thd
 from hangw.problems import Forbidden, InvalidField, NotFound
 from hangw.store import schema
 from hangw.store.db import Store
-from hangw.store.model import grants, metadata, register_reads, usage_days
+from hangw.store.model import grants, metadata, register_reads, usage_days, usage_jobs
 from hangw.usage.days import pack_mask, pack_wh
 from hangw.usage.jobs import UsageReports
 from tests.gateway_harness import (
@@ -590,6 +591,28 @@ async def test_reports_over_the_api_follow_roles_and_grants(harness: Harness) ->
     assert status == 422 and body["field"] == "channel"
     tdsp = harness.caller("demo-tdsp")  # the TDSP of another meter's ESI ID
     assert (await tdsp.call("GET", path_of("daily", E_OTHER_TDSP, first, today)))[0] == 403
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_channel_that_is_not_ascii_digits_is_refused_naming_it(harness: Harness) -> None:
+    """A channel of non-ASCII digits or too many digits, in a query or a job body, is a 422."""
+    today = texas_today()
+    rep = harness.caller("demo-rep-a")
+    before = await harness.gateway.store.run(
+        lambda conn: conn.execute(sa.select(sa.func.count()).select_from(usage_jobs)).scalar_one()
+    )
+    for channel in ("\u00b2", "\u0664", "4" * 5000):
+        status, body = await rep.call(
+            "GET", path_of("daily", E_OWN, today, today, channel=quote(channel))
+        )
+        assert status == 422 and body["field"] == "channel", body
+        job = {"report": "daily", "esiids": [E_OWN], "from": str(today), "to": str(today)}
+        status, body = await rep.call("POST", "/v1/usage/jobs", {**job, "channel": channel})
+        assert status == 422 and body["field"] == "channel", body
+    after = await harness.gateway.store.run(
+        lambda conn: conn.execute(sa.select(sa.func.count()).select_from(usage_jobs)).scalar_one()
+    )
+    assert after == before
 
 
 @pytest_twisted.ensureDeferred

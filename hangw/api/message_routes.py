@@ -7,6 +7,7 @@ to 200,000 ESI IDs is one request); the message log streams as CSV page by page.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
@@ -35,9 +36,15 @@ def _same(summary: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+#: A page size, and a page's cursor (a status row id; 18 digits stay below a BIGINT's 2**63), in
+#: ASCII digits: str.isdigit() also takes digits int() cannot read ('²'), and any number of them.
+_LIMIT = re.compile(r"[0-9]{1,5}")
+_CURSOR = re.compile(r"[0-9]{1,18}")
+
+
 def _page_size(args: dict[str, str]) -> int:
     raw = args.get("limit", str(message_log.DEFAULT_PAGE))
-    if not raw.isdigit() or not 1 <= int(raw) <= message_log.MAX_PAGE:
+    if not _LIMIT.fullmatch(raw) or not 1 <= int(raw) <= message_log.MAX_PAGE:
         raise InvalidField("limit", f"limit must be from 1 to {message_log.MAX_PAGE}")
     return int(raw)
 
@@ -138,7 +145,7 @@ def register(app: Klein) -> None:
         if not wants_csv(request, args):
             limit = _page_size(args)
             after_raw = args.get("after", "0")
-            if not after_raw.isdigit():
+            if not _CURSOR.fullmatch(after_raw):
                 raise InvalidField("after", "after must be the 'next' cursor of a page")
             rows, last = await store.run(message_log.page_thd, wanted, int(after_raw), limit)
             body: dict[str, Any] = {

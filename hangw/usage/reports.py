@@ -107,7 +107,9 @@ MAX_CHUNK_ESIIDS = 1000
 #: Days per piece when one ESI ID's interval report is streamed.
 INTERVAL_WINDOW_DAYS = 31
 
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+#: A channel given as text (a query parameter): ASCII digits, no more than a channel has.
+_CHANNEL = re.compile(r"[0-9]{1,2}")
 _ESIID = re.compile(r"[0-9A-Za-z]{1,64}")
 #: Bits enough for the mask of the longest day (100 intervals), in whole bytes.
 _MASK_BYTES = 13
@@ -152,7 +154,7 @@ def parse_date(value: object, name: str) -> dt.date:
 def parse_channel(value: object) -> int:
     if value is None or value == "":
         return DEFAULT_CHANNEL
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and _CHANNEL.fullmatch(value):
         value = int(value)
     if isinstance(value, bool) or value not in CHANNELS:
         raise InvalidField(
