@@ -575,3 +575,22 @@ async def test_log_limit_and_cursor_take_only_ascii_digits_of_a_sane_length(
             assert status == 422 and problem["field"] == name, (name, value, problem)
     status, page = await rep.call("GET", "/v1/message-log?limit=2&after=" + "9" * 18)
     assert status == 200 and page["entries"] == [], page
+
+
+@pytest_twisted.ensureDeferred
+async def test_extreme_durations_are_refused_for_every_category(harness: Harness) -> None:
+    """An LCE, price or text lasting -10**12 or 10**400 minutes is a 422, and nothing is stored."""
+    rep = harness.caller("demo-rep-a")
+    before = await counts(harness)
+    bodies = [
+        lce(7951),
+        {"category": "PRM", "esiids": [E_OWN], "provider_id": 1, "price": 100},
+        {"category": "STM", "esiids": [E_OWN], "message": "hello"},
+    ]
+    for body in bodies:
+        for duration in (-1_000_000_000_000, 10**400):
+            status, problem = await rep.call(
+                "POST", "/v1/messages", {**body, "duration_minutes": duration}
+            )
+            assert status == 422 and problem["field"] == "duration_minutes", (body, problem)
+    assert await counts(harness) == before

@@ -76,6 +76,28 @@ def test_an_event_that_is_already_over_is_refused() -> None:
         )
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"category": "LCE", "device_class": 1},
+        {"category": "PRM", "provider_id": 1, "price": 100},
+        {"category": "STM", "message": "hello"},
+    ],
+)
+@pytest.mark.parametrize(
+    "duration", [-1_000_000_000_000, 10**400, -1, 65536], ids=["-10**12", "10**400", "-1", "65536"]
+)
+def test_a_duration_outside_its_range_is_named_before_the_end_is_reckoned(
+    body: dict[str, object], duration: int
+) -> None:
+    """A duration far outside its SE 1.0 range is refused naming the range, before any end."""
+    with pytest.raises(InvalidField) as refused:
+        specs.message_spec({**body, "duration_minutes": duration}, NOW)
+    assert refused.value.extensions["field"] == "duration_minutes"
+    assert "duration_minutes must be from 0 to " in refused.value.detail
+    assert len(refused.value.detail) < 200, refused.value.detail  # not all 401 digits
+
+
 def test_text_message_control_and_long_text_warning() -> None:
     """Importance and confirmation become Message Control bits; text over one frame warns."""
     spec = specs.message_spec(

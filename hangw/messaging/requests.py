@@ -177,9 +177,13 @@ def _built(factory: Any, names: dict[str, str], **values: Any) -> Any:
 
 
 def _window(
-    body: dict[str, Any], now: float, *, until_changed_allowed: bool
+    body: dict[str, Any], now: float, message: type[sep1.Message], *, until_changed_allowed: bool
 ) -> tuple[int, float, float | None, int]:
-    """(wire start time, start, end, duration) of a body's start_time and duration_minutes."""
+    """(wire start time, start, end, duration) of a body's start_time and duration_minutes.
+
+    The duration is checked against ``message``'s field range before the end is reckoned from
+    it: an end far outside any calendar would fail to be made or shown.
+    """
     start = parse_time(body.get("start_time"), "start_time")
     if start is not None and start < now - 60:
         raise InvalidField(
@@ -187,10 +191,26 @@ def _window(
         )
     default = UNTIL_CHANGED if until_changed_allowed else None
     duration = _int(body, "duration_minutes", default, required=not until_changed_allowed)
+    (limits,) = [spec for spec in message.FIELDS if spec.name == "duration_in_minutes"]
+    if not limits.lo <= duration <= limits.hi:
+        until = (
+            f" ({UNTIL_CHANGED}, or leaving it out: until changed)" if until_changed_allowed else ""
+        )
+        raise InvalidField(
+            "duration_minutes",
+            f"duration_minutes must be from {limits.lo} to {limits.hi}{until}, "
+            f"got {_shown(duration)}",
+        )
     begins = start if start is not None else now
     end = None if duration == UNTIL_CHANGED else begins + 60 * duration
     wire_start = 0 if start is None else utctime.from_unix(start)
     return wire_start, begins, end, duration
+
+
+def _shown(number: int) -> str:
+    """``number`` as a refusal quotes it: its first digits and how many there are, if many."""
+    text = str(number)
+    return text if len(text) <= 20 else f"{text[:20]}... ({len(text.lstrip('-'))} digits)"
 
 
 def _issuer_id(body: dict[str, Any], name: str) -> int:
@@ -208,7 +228,9 @@ def _issuer_id(body: dict[str, Any], name: str) -> int:
 
 def load_control(body: dict[str, Any], now: float) -> MessageSpec:
     issuer_event_id = _issuer_id(body, "issuer_event_id")
-    wire_start, start, end, duration = _window(body, now, until_changed_allowed=False)
+    wire_start, start, end, duration = _window(
+        body, now, LoadControlEvent, until_changed_allowed=False
+    )
     assert end is not None
     if end <= now:
         raise InvalidField(
@@ -275,7 +297,7 @@ def load_control(body: dict[str, Any], now: float) -> MessageSpec:
 
 def price(body: dict[str, Any], now: float) -> MessageSpec:
     issuer_event_id = _issuer_id(body, "issuer_event_id")
-    wire_start, start, end, duration = _window(body, now, until_changed_allowed=True)
+    wire_start, start, end, duration = _window(body, now, PublishPrice, until_changed_allowed=True)
     if end is not None and end <= now:
         raise InvalidField(
             "duration_minutes", f"the price would end at {iso(end)}, which is already past"
@@ -331,7 +353,9 @@ def price(body: dict[str, Any], now: float) -> MessageSpec:
 
 def text(body: dict[str, Any], now: float) -> MessageSpec:
     message_id = _issuer_id(body, "message_id")
-    wire_start, start, end, duration = _window(body, now, until_changed_allowed=True)
+    wire_start, start, end, duration = _window(
+        body, now, DisplayMessage, until_changed_allowed=True
+    )
     if end is not None and end <= now:
         raise InvalidField(
             "duration_minutes", f"the text would stop showing at {iso(end)}, already past"
