@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import subprocess
 import sys
 import time
@@ -594,3 +595,44 @@ async def test_extreme_durations_are_refused_for_every_category(harness: Harness
             )
             assert status == 422 and problem["field"] == "duration_minutes", (body, problem)
     assert await counts(harness) == before
+
+
+def chunked_post(caller: Any, path: str, pieces: list[bytes]) -> tuple[int, Any]:
+    """POST ``pieces`` as a chunked body (no Content-Length) on the caller's connection."""
+    connection = caller.client._connection
+    connection.request(
+        "POST",
+        path,
+        body=iter(pieces),
+        headers={"content-type": "application/json", "transfer-encoding": "chunked"},
+        encode_chunked=True,
+    )
+    response = connection.getresponse()
+    return response.status, json.loads(response.read())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_chunked_cancel_body_is_read(harness: Harness) -> None:
+    """A cancel or cancel-all body sent chunked (no Content-Length) is read and checked."""
+    rep = harness.caller("demo-rep-a")
+    before = await counts(harness)
+    status, problem = await deferToThread(
+        chunked_post,
+        rep,
+        f"/v1/esiids/{E_OWN}/load-control/cancel-all",
+        [b'{"randomize_end":', b' "not-a-bool"}'],
+    )
+    assert status == 422 and problem["field"] == "randomize_end", problem
+    assert await counts(harness) == before
+    starts = time.time() + 3600
+    start_time = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(starts))
+    _, event = await rep.call("POST", "/v1/messages", lce(7961, start_time=start_time))
+    effective = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(starts + 600))
+    status, cancel = await deferToThread(
+        chunked_post,
+        rep,
+        f"/v1/messages/{event['request_id']}/cancel",
+        [b'{"effective_time": ', f'"{effective}"}}'.encode()],
+    )
+    assert status == 202, cancel
+    assert cancel["fields"]["effective_time"] == effective

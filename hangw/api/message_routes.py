@@ -7,6 +7,7 @@ to 200,000 ESI IDs is one request); the message log streams as CSV page by page.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -72,7 +73,7 @@ def register(app: Klein) -> None:
     @app.route("/v1/messages/<request_id>/cancel", methods=["POST"])
     async def cancel_message(self: Any, request: IRequest, request_id: str) -> bytes:
         party = self._party(request)
-        body = self._body(request) if _has_body(request) else {}
+        body = _optional_body(self, request)
 
         async def handle() -> bytes:
             summary = await self.messaging.cancel(
@@ -86,7 +87,7 @@ def register(app: Klein) -> None:
     @app.route("/v1/esiids/<esiid>/load-control/cancel-all", methods=["POST"])
     async def cancel_all_esiid(self: Any, request: IRequest, esiid: str) -> bytes:
         party = self._party(request)
-        body = self._body(request) if _has_body(request) else {}
+        body = _optional_body(self, request)
         targets = specs.Targets(esiids=specs.esiid_list([esiid], "esiid"))
 
         async def handle() -> bytes:
@@ -100,7 +101,7 @@ def register(app: Klein) -> None:
     @app.route("/v1/groups/<name>/load-control/cancel-all", methods=["POST"])
     async def cancel_all_group(self: Any, request: IRequest, name: str) -> bytes:
         party = self._party(request)
-        body = self._body(request) if _has_body(request) else {}
+        body = _optional_body(self, request)
         targets = specs.Targets(group=specs.group_name(name))
 
         async def handle() -> bytes:
@@ -174,6 +175,12 @@ def register(app: Klein) -> None:
         return await write_csv(request, "hangw-message-log.csv", pieces())
 
 
-def _has_body(request: IRequest) -> bool:
-    length = request.getHeader(b"content-length")
-    return length is not None and length.strip() not in (b"", b"0")
+def _optional_body(api: Any, request: IRequest) -> dict[str, Any]:
+    """The body of a POST whose body may be left out: {} when no byte of one came.
+
+    Decided from what arrived, not from Content-Length: a chunked body declares none.
+    """
+    request.content.seek(0, os.SEEK_END)
+    received = request.content.tell()
+    request.content.seek(0)
+    return api._body(request) if received else {}
