@@ -636,3 +636,27 @@ async def test_a_chunked_cancel_body_is_read(harness: Harness) -> None:
     )
     assert status == 202, cancel
     assert cancel["fields"]["effective_time"] == effective
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_misspelt_cancel_field_is_refused_not_ignored(harness: Harness) -> None:
+    """A cancel or cancel-all body with a field it does not take is 422 naming the field."""
+    rep = harness.caller("demo-rep-a")
+    _, event = await rep.call("POST", "/v1/messages", lce(7971))
+    before = await counts(harness)
+    cases = [
+        (f"/v1/esiids/{E_OWN}/load-control/cancel-all", {"randomise_end": True}, "randomise_end"),
+        (
+            f"/v1/esiids/{E_OWN}/load-control/cancel-all",
+            {"effective_time": "now"},
+            "effective_time",
+        ),
+        (f"/v1/messages/{event['request_id']}/cancel", {"effective_tme": "now"}, "effective_tme"),
+    ]
+    for path, body, field in cases:
+        status, problem = await rep.call("POST", path, body)
+        assert status == 422 and problem["field"] == field, (path, problem)
+        assert field in problem["detail"]
+    assert await counts(harness) == before
+    status, _ = await rep.call("POST", f"/v1/messages/{event['request_id']}/cancel", {})
+    assert status == 202

@@ -454,6 +454,22 @@ FIELDS = {
     },
 }
 
+#: The fields a cancellation (CLE, CSM) takes, and a cancel-all (CAL).
+CANCEL_FIELDS = frozenset({"effective_time", "randomize_end"})
+CANCEL_ALL_FIELDS = frozenset({"randomize_end"})
+
+
+def only_fields(body: dict[str, Any], fields: frozenset[str], what: str) -> None:
+    """Refuse a field of ``body`` that is not one of ``fields``: a misspelt one is not ignored."""
+    unknown = sorted(set(body) - fields)
+    if unknown:
+        raise InvalidField(
+            unknown[0],
+            f"{what} does not take the field(s) {', '.join(unknown)}; "
+            f"it takes {' and '.join(sorted(fields))}",
+        )
+
+
 SPEC_BUILDERS = {
     Category.LOAD_CONTROL: load_control,
     Category.PRICE: price,

@@ -528,6 +528,7 @@ class MessagingService:
     ) -> dict[str, Any]:
         """Cancel one load control event (CLE) or one text (CSM) on all its ESI IDs."""
         self._check_sender(party)
+        specs.only_fields(body, specs.CANCEL_FIELDS, "a cancellation")
         now = self._clock.seconds()
         effective = specs.parse_time(body.get("effective_time"), "effective_time")
         randomize_end = body.get("randomize_end", False)
@@ -668,6 +669,7 @@ class MessagingService:
     ) -> dict[str, Any]:
         """Cancel every load control event on ESI IDs (CAL): what the devices run, any sender's."""
         self._check_sender(party)
+        specs.only_fields(body, specs.CANCEL_ALL_FIELDS, "a cancel-all")
         now = self._clock.seconds()
         randomize_end = body.get("randomize_end", False)
         if not isinstance(randomize_end, bool):
