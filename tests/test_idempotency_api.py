@@ -4,12 +4,14 @@ every POST that makes something keeps its key's answer in the transaction that m
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 import pytest_twisted
 import sqlalchemy as sa
+from twisted.internet.threads import deferToThread
 
 from hangw.store.model import (
     grants,
@@ -132,3 +134,43 @@ async def test_an_accepted_keyed_post_keeps_its_answer_with_what_it_made(
     first.pop("secret", None)  # a webhook's secret is in the first answer only
     assert (status, again) == (wanted, first)
     assert await count(harness, table) == made
+
+
+def keyed_post(
+    caller: Caller, path: str, body: Any, key: str
+) -> tuple[int, str | None, str | None]:
+    """POST ``body`` with ``key``: the status, Location and Idempotent-Replayed of the answer."""
+    connection = caller.client._connection
+    connection.request(
+        "POST",
+        path,
+        body=json.dumps(body).encode(),
+        headers={"content-type": "application/json", "idempotency-key": key},
+    )
+    response = connection.getresponse()
+    response.read()
+    return (
+        response.status,
+        response.getheader("location"),
+        response.getheader("idempotent-replayed"),
+    )
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest_twisted.ensureDeferred
+async def test_a_replay_carries_the_location_the_first_answer_carried(
+    harness: Harness, case: str
+) -> None:
+    """A replayed keyed POST answers with the same Location header as its first answer, or none."""
+    caller_name, setup, body, wanted, _ = CASES[case]
+    path = await setup(harness)
+    caller = harness.caller(caller_name)
+    status, location, replayed = await deferToThread(keyed_post, caller, path, body, "located")
+    assert (status, replayed) == (wanted, None)
+    assert await deferToThread(keyed_post, caller, path, body, "located") == (
+        wanted,
+        location,
+        "true",
+    )
+    if case not in ("cancel all on an ESI ID", "cancel all on a group", "grant"):
+        assert location is not None and location.startswith("/v1/"), location

@@ -190,13 +190,19 @@ class Api:
         return json_bytes(body)
 
     async def _idempotent(
-        self, request: IRequest, party: Party, handler: Any, claims_in_job: bool = False
+        self,
+        request: IRequest,
+        party: Party,
+        handler: Any,
+        claims_in_job: bool = False,
+        located: bool = False,
     ) -> bytes:
         """Run ``handler()`` once per Idempotency-Key; a repeat gets the first answer again.
 
         ``claims_in_job``: the handler's store job claims the key itself (``kept.claiming``),
         so the claim, the request's writes and its answer are one job; otherwise the key is
-        claimed in a job of its own before the handler runs.
+        claimed in a job of its own before the handler runs. ``located``: an accepted request's
+        answer carries ``Location``, its body's ``links.self``, and so does a replay of it.
         """
         key_header = request.getHeader(b"idempotency-key")
         if key_header is None:
@@ -217,7 +223,7 @@ class Api:
             except store.integrity_errors:  # another gateway claimed the key at the same moment
                 raise self._key_in_progress(key) from None
             if previous is not None:
-                return self._earlier_answer(request, key, digest, previous)
+                return self._earlier_answer(request, key, digest, previous, located)
         kept = KeptAnswer(party.party_id, key, digest, now, claims_in_job, store.integrity_errors)
         request.hangw_kept_answer = kept  # type: ignore[attr-defined]
         try:
@@ -225,7 +231,7 @@ class Api:
         except KeyHeld as held:  # the handler's own job found the key held
             if held.previous is None:
                 raise self._key_in_progress(key) from None
-            return self._earlier_answer(request, key, digest, held.previous)
+            return self._earlier_answer(request, key, digest, held.previous, located)
         except Problem as problem:
             body = self._refuse(request, problem)  # a refusal is this key's answer too
         except BaseException:
@@ -245,7 +251,7 @@ class Api:
         except store.integrity_errors:
             raise self._key_in_progress(key) from None
         if previous is not None:  # the key was taken since: its request's answer, not ours
-            return self._earlier_answer(request, key, digest, previous)
+            return self._earlier_answer(request, key, digest, previous, located)
         return body
 
     @staticmethod
@@ -256,9 +262,15 @@ class Api:
         )
 
     def _earlier_answer(
-        self, request: IRequest, key: str, digest: str, previous: idempotency.Earlier
+        self,
+        request: IRequest,
+        key: str,
+        digest: str,
+        previous: idempotency.Earlier,
+        located: bool = False,
     ) -> bytes:
-        """The answer the key already holds, or why there is none to give."""
+        """The answer the key already holds, or why there is none to give; ``located``: an
+        accepted request's answer had its body's ``links.self`` as ``Location``, as this has."""
         if previous.request_hash != digest:
             raise IdempotencyKeyReused(
                 f"Idempotency-Key {key!r} was used for a different request; use a new key"
@@ -269,6 +281,9 @@ class Api:
         media = PROBLEM_JSON if previous.status_code >= 400 else b"application/json"
         request.setHeader(b"content-type", media)
         request.setHeader(b"idempotent-replayed", b"true")
+        if located and previous.status_code < 300:
+            location: str = json.loads(previous.body)["links"]["self"]
+            request.setHeader(b"location", location.encode())
         return previous.body
 
     # ---- errors --------------------------------------------------------------------------------
@@ -365,7 +380,7 @@ class Api:
             request.setHeader(b"location", f"/v1/han-devices/{device.device_id}".encode())
             return self._json(request, 202, device_json(device, party))
 
-        return await self._idempotent(request, party, handle, claims_in_job=True)
+        return await self._idempotent(request, party, handle, claims_in_job=True, located=True)
 
     @app.route("/v1/esiids/<esiid>/han-devices", methods=["GET"])
     async def list_devices(self, request: IRequest, esiid: str) -> bytes:

@@ -63,7 +63,7 @@ def register(app: Klein) -> None:
             request.setHeader(b"location", summary["links"]["self"].encode())
             return self._json(request, 202, summary)
 
-        return await self._idempotent(request, party, handle)
+        return await self._idempotent(request, party, handle, located=True)
 
     @app.route("/v1/messages/<request_id>", methods=["GET"])
     async def get_message(self: Any, request: IRequest, request_id: str) -> bytes:
@@ -82,7 +82,7 @@ def register(app: Klein) -> None:
             request.setHeader(b"location", summary["links"]["self"].encode())
             return self._json(request, 202, summary)
 
-        return await self._idempotent(request, party, handle)
+        return await self._idempotent(request, party, handle, located=True)
 
     @app.route("/v1/esiids/<esiid>/load-control/cancel-all", methods=["POST"])
     async def cancel_all_esiid(self: Any, request: IRequest, esiid: str) -> bytes:

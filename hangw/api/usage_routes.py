@@ -85,7 +85,7 @@ def register(app: Klein) -> None:
             request.setHeader(b"location", answer["links"]["self"].encode())
             return self._json(request, 202, answer)
 
-        return await self._idempotent(request, party, handle)
+        return await self._idempotent(request, party, handle, located=True)
 
     @app.route("/v1/usage/jobs/<job_id>", methods=["GET"], endpoint="usage_get_job")
     async def get_job(self: Api, request: IRequest, job_id: str) -> bytes:

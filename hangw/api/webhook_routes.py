@@ -78,7 +78,7 @@ def register(app: Klein) -> None:
             request.setHeader(b"location", f"/v1/webhooks/{subscription.subscription_id}".encode())
             return self._json(request, 201, subscription_json(subscription))
 
-        answer = await self._idempotent(request, party, handle)
+        answer = await self._idempotent(request, party, handle, located=True)
         if not secrets_made:
             return answer  # a replay, or a refusal
         created = json.loads(answer)
