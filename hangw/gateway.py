@@ -346,7 +346,7 @@ class Gateway(MultiService):
         self.api_service = StreamServerEndpointService(
             self.api_endpoint,
             # the API takes JSON only: no request needs Twisted to look for form fields
-            MeteredSite(self.api.app.resource(), parsePOSTFormSubmission=False),
+            MeteredSite(self.api.resource(), parsePOSTFormSubmission=False),
         )
         # a port that cannot be bound must stop start-up, not leave a daemon without its API
         self.api_service._raiseSynchronously = True

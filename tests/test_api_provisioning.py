@@ -397,3 +397,30 @@ async def test_deep_json_wrong_method_and_pasted_codes_are_clear_problems(harnes
     )
     assert status == 422 and problem["field"] == "mac"
     assert INSTALL_CODE[:12] not in json.dumps(problem)
+
+
+@pytest_twisted.ensureDeferred
+async def test_routing_refusals_are_problems_with_a_request_id(harness: Harness) -> None:
+    """Non-UTF-8 path, unknown path, wrong method: problems with X-Request-Id (405 with Allow)."""
+    connection = harness.caller("demo-rep-a").client._connection
+
+    def raw(method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+        connection.request(method, path)
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+
+    for method, path, wanted in [
+        ("GET", "/v1/han-devices/%FF", 400),
+        ("GET", "/v1/%C3%28/han-devices", 400),
+        ("GET", "/v1/no/such/path", 404),
+        ("PUT", f"/v1/esiids/{E_OWN}/han-devices", 405),
+    ]:
+        status, headers, body = await deferToThread(raw, method, path)
+        assert (status, headers["content-type"]) == (wanted, "application/problem+json"), body
+        problem = json.loads(body)
+        assert problem["status"] == wanted and problem["instance"] == path, problem
+        assert len(headers.get("x-request-id", "")) == 16, headers
+        if status == 400:
+            assert "not UTF-8" in problem["detail"], problem
+        if status == 405:
+            assert headers["allow"] == "GET, HEAD, POST", headers

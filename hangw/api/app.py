@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 from klein import Klein
+from klein.resource import KleinResource
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed
@@ -65,6 +66,11 @@ def request_id_of(request: IRequest) -> str:
         request_id = uuid.uuid4().hex[:16]
         request.hangw_request_id = request_id  # type: ignore[attr-defined]
     return request_id
+
+
+def path_of(request: IRequest) -> str:
+    """The request's path as sent (its %-escapes kept), for problems and logs."""
+    return request.path.decode("utf-8", "replace")
 
 
 def device_json(device: Device, viewer: Party) -> dict[str, Any]:
@@ -138,6 +144,10 @@ class Api:
         self.diagnostics = diagnostics or Diagnostics(devices, {})
         self.max_body_bytes = max_body_bytes
         self._openapi = openapi_document()
+
+    def resource(self) -> ApiResource:
+        """The resource to mount in the API's Site."""
+        return ApiResource(self)
 
     # ---- plumbing ------------------------------------------------------------------------------
 
@@ -289,10 +299,11 @@ class Api:
     # ---- errors --------------------------------------------------------------------------------
 
     def _answer(self, request: IRequest, problem: Problem) -> bytes:
-        """``problem`` as the problem+json answer to ``request``."""
+        """``problem`` as the problem+json answer to ``request``, with its X-Request-Id."""
         request.setResponseCode(problem.status)
         request.setHeader(b"content-type", PROBLEM_JSON)
-        return json.dumps(problem.to_json(instance=request.path.decode())).encode()
+        request.setHeader(b"x-request-id", request_id_of(request).encode())
+        return json.dumps(problem.to_json(instance=path_of(request))).encode()
 
     def _refuse(self, request: IRequest, problem: Problem) -> bytes:
         """Answer with ``problem`` and log the refusal."""
@@ -300,7 +311,7 @@ class Api:
             "api.refused",
             status=problem.status,
             problem=problem.slug,
-            path=request.path.decode(),
+            path=path_of(request),
             request_id=request_id_of(request),
         )
         return self._answer(request, problem)
@@ -315,13 +326,20 @@ class Api:
     def route_not_found(self, request: IRequest, failure: Failure) -> bytes:
         return self.problem(
             request,
-            Failure(NotFound(f"no such resource {request.path.decode()!r}; see /v1/openapi.json")),
+            Failure(NotFound(f"no such resource {path_of(request)!r}; see /v1/openapi.json")),
         )
 
     @app.handle_errors(MethodNotAllowed)
     def method_not_allowed(self, request: IRequest, failure: Failure) -> bytes:
-        method, path = request.method.decode(), request.path.decode()
-        return self._refuse(request, MethodNotAllowedProblem(f"{method} is not allowed on {path}"))
+        method, path = request.method.decode("ascii", "replace"), path_of(request)
+        refused = failure.value
+        assert isinstance(refused, MethodNotAllowed)
+        allowed = ", ".join(sorted(refused.valid_methods or ()))
+        request.setHeader(b"allow", allowed.encode())
+        return self._refuse(
+            request,
+            MethodNotAllowedProblem(f"{method} is not allowed on {path}; it takes {allowed}"),
+        )
 
     @app.handle_errors(Exception)
     def internal_error(self, request: IRequest, failure: Failure) -> bytes:
@@ -330,7 +348,7 @@ class Api:
             "api.internal_error",
             incident=incident,
             request_id=request_id_of(request),
-            path=request.path.decode(),
+            path=path_of(request),
             error=failure.getErrorMessage(),
             error_type=getattr(failure.type, "__name__", "?"),
         )
@@ -464,6 +482,40 @@ class Api:
         party = self._party(request)
         grant = await self.devices.revoke(party, esiid, hsp_party_id)
         return self._json(request, 200, grant_json(grant))
+
+
+def _not_utf8(request: IRequest) -> str | None:
+    """Why Klein could not route ``request``, if a part of its URL is not UTF-8."""
+    try:
+        b"/".join(request.prepath + request.postpath).decode("utf-8")
+    except UnicodeDecodeError:
+        return (
+            "the path is not UTF-8 once its %-escapes are decoded (as %FF is not); "
+            "write the path's characters in UTF-8"
+        )
+    try:
+        request.getRequestHostname().decode("utf-8")
+    except UnicodeDecodeError:
+        return "the Host header is not UTF-8; send the host name the gateway's certificate names"
+    return None
+
+
+class ApiResource(KleinResource):
+    """The Api's Klein resource, whose every error is a problem: a URL that is not UTF-8 too.
+
+    Klein refuses one itself, before any route or error handler, with a text/html answer and
+    a logged traceback; here it is a 400 problem like any other bad request.
+    """
+
+    def __init__(self, api: Api) -> None:
+        super().__init__(api.app)
+        self._api = api
+
+    def render(self, request: IRequest) -> Any:
+        refusal = _not_utf8(request)
+        if refusal is not None:
+            return self._api._refuse(request, BadRequest(refusal))
+        return super().render(request)
 
 
 register_message_routes(Api.app)
