@@ -77,7 +77,9 @@ def main() -> None:
     tls = PinnedClientContextFactory(
         cert_dir / "server.pem", cert_dir / "server-key.pem", registered.__contains__
     )
-    site = MeteredSite(Floor(store).app.resource(), parsePOSTFormSubmission=False)
+    site = MeteredSite(
+        Floor(store).app.resource(), max_body_bytes=65536, parsePOSTFormSubmission=False
+    )
     SSL4ServerEndpoint(reactor, port, tls, interface="127.0.0.1").listen(site)
     reactor.run()
 

@@ -33,6 +33,7 @@ from adapters.interfaces import IAdapterEvents, IHeadEndAdapter
 from adapters.wire.gateway import HeadEndLinkFactory, WireAdapter
 from hangw import metrics
 from hangw.api.app import Api, OpsApi
+from hangw.api.bodycap import BodyCappedRequest
 from hangw.api.listener import PinnedClientContextFactory
 from hangw.config import AdapterConfig, Config, ConfigError
 from hangw.devices import DeviceService
@@ -57,7 +58,14 @@ log = structlog.get_logger(__name__)
 
 
 class MeteredSite(Site):
-    """A Site that counts answered requests instead of writing an access log."""
+    """A Site that counts answered requests instead of writing an access log, and refuses a
+    request body over ``max_body_bytes`` as it arrives (hangw.api.bodycap)."""
+
+    requestFactory = BodyCappedRequest
+
+    def __init__(self, resource: Any, *, max_body_bytes: int, **kwargs: Any) -> None:
+        super().__init__(resource, **kwargs)
+        self.max_body_bytes = max_body_bytes
 
     def log(self, request: Any) -> None:
         metrics.api_requests.labels(request.method.decode(), str(request.code)).inc()
@@ -346,7 +354,11 @@ class Gateway(MultiService):
         self.api_service = StreamServerEndpointService(
             self.api_endpoint,
             # the API takes JSON only: no request needs Twisted to look for form fields
-            MeteredSite(self.api.resource(), parsePOSTFormSubmission=False),
+            MeteredSite(
+                self.api.resource(),
+                max_body_bytes=self.api.largest_body_bytes,
+                parsePOSTFormSubmission=False,
+            ),
         )
         # a port that cannot be bound must stop start-up, not leave a daemon without its API
         self.api_service._raiseSynchronously = True

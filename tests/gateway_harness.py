@@ -47,9 +47,11 @@ def make_test_config(state_dir: Path, **provisioning: Any) -> Config:
     simulator.update(provisioning.pop("simulator", {}))
     adapter = provisioning.pop("adapter", None) or simulator
     usage = provisioning.pop("usage", {})
+    messaging = provisioning.pop("messaging", {})
     return from_mapping(
         {
             "usage": usage,
+            "messaging": messaging,
             "gateway": {"state_dir": str(state_dir)},
             "api": {"host": "127.0.0.1", "port": 0, "ops_port": 0, "adapter_port": 0},
             "provisioning": {

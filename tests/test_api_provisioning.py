@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from twisted.internet.threads import deferToThread
 
 from hangw.client import ApiError, Client, Identity
 from hangw.store.model import device_history, grants, han_devices, idempotency_keys, outbox
+from tests.conftest import start_gateway
 from tests.gateway_harness import (
     E_OLD_FIRMWARE,
     E_OWN,
@@ -424,3 +428,100 @@ async def test_routing_refusals_are_problems_with_a_request_id(harness: Harness)
             assert "not UTF-8" in problem["detail"], problem
         if status == 405:
             assert headers["allow"] == "GET, HEAD, POST", headers
+
+
+def tls_socket(harness: Harness, name: str = "demo-rep-a") -> ssl.SSLSocket:
+    """A mutual-TLS socket to the API, as the party ``name``."""
+    demo = harness.issued[name]
+    context = ssl.create_default_context(cafile=str(harness.config.cert_dir / "ca.pem"))
+    context.load_cert_chain(demo.cert_path, demo.key_path)
+    raw = socket.create_connection(("127.0.0.1", harness.api_port), timeout=10)
+    return context.wrap_socket(raw, server_hostname="localhost")
+
+
+def read_answer(sock: ssl.SSLSocket) -> tuple[int, dict[str, str], bytes, bool]:
+    """Status, headers and body of the answer on ``sock``, and whether the connection ended."""
+    data = b""
+    try:
+        while piece := sock.recv(65536):
+            data += piece
+        ended = True
+    except (TimeoutError, ConnectionResetError):
+        ended = False
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body, ended
+
+
+@pytest_twisted.async_yield_fixture
+async def capped_harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    """A gateway whose largest body (messaging's) is 1 MiB."""
+    running = await start_gateway(
+        tmp_path / "state", messaging={"max_body_bytes": 1 << 20}, usage={"max_job_esiids": 100}
+    )
+    yield running
+    running.close()
+    await running.gateway.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_declared_body_over_the_cap_is_refused_before_it_is_sent(
+    capped_harness: Harness,
+) -> None:
+    """A Content-Length over every path's limit gets 413 problem+json and a closed connection."""
+    assert capped_harness.gateway.api.largest_body_bytes == 1 << 20
+
+    def declare(path: str, length: int, more: str = "") -> tuple[int, dict[str, str], bytes, bool]:
+        with tls_socket(capped_harness) as sock:
+            sock.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: localhost\r\ncontent-type: application/json\r\n"
+                f"content-length: {length}\r\n{more}\r\n".encode()
+            )
+            return read_answer(sock)  # no byte of the body was sent
+
+    for path, more in [
+        ("/v1/messages", ""),
+        (f"/v1/esiids/{E_OWN}/han-devices", "expect: 100-continue\r\n"),
+    ]:
+        status, headers, body, ended = await deferToThread(declare, path, 10**12, more)
+        assert (status, headers["content-type"]) == (413, "application/problem+json"), body
+        assert headers["connection"] == "close" and len(headers["x-request-id"]) == 16
+        assert "no path takes more than 1048576" in json.loads(body)["detail"]
+        assert ended
+    # a body under the cap reaches its path, which answers it (here: no JSON in it)
+    status, _, body, _ = await deferToThread(
+        declare, f"/v1/esiids/{E_OWN}/han-devices", 0, "connection: close\r\n"
+    )
+    assert status == 400 and b"not valid JSON" in body, body
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_chunked_body_over_the_cap_is_refused_as_it_passes_it(
+    capped_harness: Harness,
+) -> None:
+    """A chunked body is refused with 413 once its bytes pass the cap, and the connection ends."""
+    before = await store_counts(capped_harness)
+
+    def upload() -> tuple[int, dict[str, str], bytes, bool]:
+        piece = b"[" + b" " * (64 * 1024 - 2) + b"]"
+        sent = 0
+        with tls_socket(capped_harness) as sock:
+            sock.sendall(
+                b"POST /v1/messages HTTP/1.1\r\nHost: localhost\r\n"
+                b"content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+            )
+            try:
+                while sent < 4 << 20:  # four times the cap
+                    sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    sent += len(piece)
+            except OSError:
+                pass  # the gateway closed the connection: the rest is not wanted
+            return read_answer(sock)
+
+    status, headers, body, ended = await deferToThread(upload)
+    assert (status, headers["content-type"]) == (413, "application/problem+json"), body
+    assert headers["connection"] == "close"
+    assert "the body is over 1048576 bytes" in json.loads(body)["detail"]
+    assert ended
+    assert await store_counts(capped_harness) == before

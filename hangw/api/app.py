@@ -145,6 +145,14 @@ class Api:
         self.max_body_bytes = max_body_bytes
         self._openapi = openapi_document()
 
+    @property
+    def largest_body_bytes(self) -> int:
+        """The largest body any path takes; the Site refuses a larger one as it arrives."""
+        limits = [self.max_body_bytes, self.messaging_max_body]
+        if self.usage is not None:
+            limits.append(self.usage.jobs.max_body_bytes)
+        return max(limits)
+
     def resource(self) -> ApiResource:
         """The resource to mount in the API's Site."""
         return ApiResource(self)
