@@ -7,7 +7,9 @@ that died with its gateway, and the next request with the key takes it over. An 
 keeps its answer in its own store job (hangw.api.kept), so the answer is kept exactly when the
 request's writes are; a refusal, which writes nothing, keeps it in a job of its own just after.
 A device add claims its key in its own job too, and a refusal then claims the key with its
-answer at once (``claim_answered_thd``).
+answer at once (``claim_answered_thd``). An answer is kept only while the key still holds its
+request's claim: a request kept in its own job whose claim is gone (released, or taken over after
+the expiry) is undone with its job (``KeyHeld``), so no request is done with its answer lost.
 The statements run on the DB-API cursor (hangw.store.prepared).
 """
 
@@ -48,7 +50,11 @@ _TAKE_OVER = Prepared(
 )
 _ANSWER = Prepared(
     idempotency_keys.update()
-    .where(*_KEY)
+    .where(
+        *_KEY,
+        idempotency_keys.c.status_code == IN_PROGRESS,
+        idempotency_keys.c.request_hash == sa.bindparam("b_request_hash"),
+    )
     .values(status_code=sa.bindparam("b_status_code"), body=sa.bindparam("b_body"))
 )
 _RELEASE = Prepared(
@@ -95,12 +101,28 @@ def claim_thd(
     return Earlier(previous.request_hash, previous.status_code, bytes(previous.body))
 
 
-def answer_thd(conn: sa.Connection, party_id: str, key: str, status_code: int, body: bytes) -> None:
-    """Keep the answer to the key's request, for every repeat of it."""
-    _ANSWER.execute(
+def earlier_thd(conn: sa.Connection, party_id: str, key: str) -> Earlier | None:
+    """What ``key`` holds now, if anything."""
+    held = _SELECT.first(conn, {"b_party_id": party_id, "b_key": key})
+    return None if held is None else Earlier(held.request_hash, held.status_code, bytes(held.body))
+
+
+def answer_thd(
+    conn: sa.Connection, party_id: str, key: str, request_hash: str, status_code: int, body: bytes
+) -> bool:
+    """Keep the answer to the key's request, for every repeat of it; False, keeping nothing, when
+    the key no longer holds that request's claim (released, answered, or taken over by another)."""
+    kept = _ANSWER.execute(
         conn,
-        {"b_party_id": party_id, "b_key": key, "b_status_code": status_code, "b_body": body},
-    )
+        {
+            "b_party_id": party_id,
+            "b_key": key,
+            "b_request_hash": request_hash,
+            "b_status_code": status_code,
+            "b_body": body,
+        },
+    ).rowcount
+    return bool(kept == 1)
 
 
 def claim_answered_thd(
@@ -116,10 +138,14 @@ def claim_answered_thd(
     claimed it); None once kept, else what the key already holds, which is left as it was."""
     previous = claim_thd(conn, party_id, key, request_hash, now)
     if previous is None:
-        answer_thd(conn, party_id, key, status_code, body)
+        answer_thd(conn, party_id, key, request_hash, status_code, body)  # claimed just now
     return previous
 
 
 def release_thd(conn: sa.Connection, party_id: str, key: str) -> None:
-    """Give up an unanswered claim (its request failed unexpectedly: it may be sent again)."""
+    """Give up an unanswered claim (its request failed unexpectedly: it may be sent again).
+
+    Not for a request whose client went away: its store job may still commit, with its answer,
+    after the release on another writer, and the answer needs the claim.
+    """
     _RELEASE.execute(conn, {"b_party_id": party_id, "b_key": key})

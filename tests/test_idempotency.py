@@ -32,7 +32,7 @@ def test_a_claimed_key_holds_its_request_then_its_answer(engine: sa.Engine) -> N
     assert claim(engine, "k", "h1") is None
     assert claim(engine, "k", "h1") == idempotency.Earlier("h1", idempotency.IN_PROGRESS, b"")
     with engine.begin() as conn:
-        idempotency.answer_thd(conn, "rep-a", "k", 202, b'{"id":"dev_1"}')
+        assert idempotency.answer_thd(conn, "rep-a", "k", "h1", 202, b'{"id":"dev_1"}')
     assert claim(engine, "k", "h1") == idempotency.Earlier("h1", 202, b'{"id":"dev_1"}')
     assert claim(engine, "k", "h2") == idempotency.Earlier("h1", 202, b'{"id":"dev_1"}')
 
@@ -63,7 +63,7 @@ def test_release_frees_an_unanswered_claim_only(engine: sa.Engine) -> None:
     assert claim(engine, "open", "h1") is None
     assert claim(engine, "done", "h1") is None
     with engine.begin() as conn:
-        idempotency.answer_thd(conn, "rep-a", "done", 201, b"{}")
+        idempotency.answer_thd(conn, "rep-a", "done", "h1", 201, b"{}")
         idempotency.release_thd(conn, "rep-a", "open")
         idempotency.release_thd(conn, "rep-a", "done")
     assert claim(engine, "open", "h3") is None
@@ -129,3 +129,37 @@ def test_an_answer_kept_without_the_claim_it_needs_is_an_error(engine: sa.Engine
     kept = KeptAnswer("rep-a", "k", "h1", NOW, claim_in_job=True)
     with pytest.raises(RuntimeError), engine.begin() as conn:
         kept.keep_thd(conn, 202, b"{}")
+
+
+def test_an_answer_is_kept_only_under_its_requests_standing_claim(engine: sa.Engine) -> None:
+    """answer_thd keeps nothing (False) for a key released, answered or taken over by another."""
+    with engine.begin() as conn:
+        assert not idempotency.answer_thd(conn, "rep-a", "never", "h1", 202, b"{}")
+    assert claim(engine, "never", "h1") is None  # nothing was written under it
+    assert claim(engine, "k", "h1") is None
+    with engine.begin() as conn:
+        assert not idempotency.answer_thd(conn, "rep-a", "k", "h2", 202, b"{}")
+        assert idempotency.answer_thd(conn, "rep-a", "k", "h1", 202, b"first")
+        assert not idempotency.answer_thd(conn, "rep-a", "k", "h1", 409, b"second")
+    assert claim(engine, "k", "h1") == idempotency.Earlier("h1", 202, b"first")
+    assert claim(engine, "taken", "h1") is None
+    assert claim(engine, "taken", "h2", NOW + idempotency.CLAIM_EXPIRY_S + 1) is None
+    with engine.begin() as conn:
+        assert not idempotency.answer_thd(conn, "rep-a", "taken", "h1", 202, b"late")
+
+
+def test_a_request_whose_claim_is_gone_is_undone_with_its_job(engine: sa.Engine) -> None:
+    """KeptAnswer.keep_thd raises KeyHeld, so the job rolls back, when the claim has gone."""
+    assert claim(engine, "k", "h1") is None
+    with engine.begin() as conn:
+        idempotency.release_thd(conn, "rep-a", "k")
+    kept = KeptAnswer("rep-a", "k", "h1", NOW)
+    with pytest.raises(KeyHeld) as gone, engine.begin() as conn:
+        idempotency.claim_thd(conn, "rep-a", "written", "hx", NOW)  # the request's own write
+        kept.keep_thd(conn, 202, b"{}")
+    assert gone.value.previous is None and kept.kept is None
+    assert claim(engine, "written", "hy") is None  # the request's write went with its job
+    assert claim(engine, "k", "h2", NOW + idempotency.CLAIM_EXPIRY_S + 1) is None
+    with pytest.raises(KeyHeld) as taken, engine.begin() as conn:
+        kept.keep_thd(conn, 202, b"{}")
+    assert taken.value.previous == idempotency.Earlier("h2", idempotency.IN_PROGRESS, b"")

@@ -5,22 +5,29 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 import pytest_twisted
 import sqlalchemy as sa
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from hangw.store.model import (
     grants,
     han_devices,
+    idempotency_keys,
     message_requests,
     usage_jobs,
     webhook_subscriptions,
 )
 from tests.gateway_harness import E_OWN, HSP, INSTALL_CODE, Caller, Harness
+from tests.test_api_provisioning import tls_socket
 
 
 def lce(issuer_event_id: int) -> dict[str, Any]:
@@ -174,3 +181,115 @@ async def test_a_replay_carries_the_location_the_first_answer_carried(
     )
     if case not in ("cancel all on an ESI ID", "cancel all on a group", "grant"):
         assert location is not None and location.startswith("/v1/"), location
+
+
+async def until(done: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait on the reactor until ``done()``; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "waited too long"
+        await deferLater(reactor, 0.01, lambda: None)
+
+
+class HeldSends:
+    """Holds each message send's store job until ``release()``, as a busy writer would."""
+
+    def __init__(self, harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.run = run = harness.gateway.store.run
+        self.jobs: list[str] = []
+        self.waiting: list[Deferred[Any]] = []  # what each held job's caller awaits
+        self.committed: list[Deferred[Any]] = []
+        self._gate: Deferred[None] = Deferred()
+
+        def held_run(thd: Any, *args: Any) -> Any:
+            self.jobs.append(getattr(thd, "__name__", ""))
+            if not getattr(thd, "__qualname__", "").startswith("MessagingService.send."):
+                return run(thd, *args)
+            waiting: Deferred[Any] = Deferred()  # no canceller, as the store's own
+
+            def go(_: object) -> None:
+                job = run(thd, *args)
+                self.committed.append(job)
+                job.chainDeferred(waiting)
+
+            self.waiting.append(waiting)
+            self._gate.addCallback(go)
+            return waiting
+
+        monkeypatch.setattr(harness.gateway.store, "run", held_run)
+
+    async def held(self) -> None:
+        await until(lambda: bool(self.waiting))
+
+    async def release(self) -> None:
+        self._gate.callback(None)
+        await DeferredList(self.committed)
+
+
+async def sent_with(harness: Harness, issuer_event_id: int) -> list[str]:
+    def thd(conn: sa.Connection) -> list[str]:
+        return list(
+            conn.execute(
+                sa.select(message_requests.c.request_id).where(
+                    message_requests.c.issuer_event_id == issuer_event_id
+                )
+            ).scalars()
+        )
+
+    return await harness.gateway.store.run(thd)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_keyed_request_whose_client_went_away_keeps_its_answer(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A keyed message whose client left mid-request keeps its claim and answer; a retry replays."""
+    sends = HeldSends(harness, monkeypatch)
+    body = json.dumps(lce(8301)).encode()
+
+    def post() -> ssl.SSLSocket:
+        sock = tls_socket(harness)
+        sock.sendall(
+            b"POST /v1/messages HTTP/1.1\r\nHost: localhost\r\ncontent-type: application/json"
+            b"\r\nidempotency-key: left\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        return sock
+
+    sock = await deferToThread(post)
+    await sends.held()  # the request's job is queued: now its client goes away
+    await deferToThread(sock.close)
+    await until(lambda: sends.waiting[0].called)  # the gateway cancelled the handler
+    await deferLater(reactor, 0.2, lambda: None)  # a job queued on the cancellation has run
+    await sends.release()
+    [request_id] = await sent_with(harness, 8301)
+    status, again = await harness.caller("demo-rep-a").call(
+        "POST", "/v1/messages", lce(8301), {"idempotency-key": "left"}
+    )
+    assert status == 202 and again["request_id"] == request_id, again
+    assert await sent_with(harness, 8301) == [request_id]
+    assert "release_thd" not in sends.jobs
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_whose_claim_vanished_is_undone_not_left_unanswered(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A keyed message whose claim is gone when it commits makes nothing and answers 409."""
+    sends = HeldSends(harness, monkeypatch)
+    answer = harness.caller("demo-rep-a").call(
+        "POST", "/v1/messages", lce(8401), {"idempotency-key": "vanished"}
+    )
+    await sends.held()
+
+    def release_the_claim(conn: sa.Connection) -> None:  # as another writer's release would
+        conn.execute(sa.delete(idempotency_keys).where(idempotency_keys.c.key == "vanished"))
+
+    await sends.run(release_the_claim)
+    await sends.release()
+    status, problem = await answer
+    assert status == 409 and problem["type"].endswith("idempotency-key-in-progress"), problem
+    assert await sent_with(harness, 8401) == []
+    status, summary = await harness.caller("demo-rep-a").call(
+        "POST", "/v1/messages", lce(8401), {"idempotency-key": "vanished"}
+    )
+    assert status == 202 and await sent_with(harness, 8401) == [summary["request_id"]]

@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 from klein import Klein
 from klein.resource import KleinResource
+from twisted.internet.defer import CancelledError
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed
@@ -252,6 +253,10 @@ class Api:
             return self._earlier_answer(request, key, digest, held.previous, located)
         except Problem as problem:
             body = self._refuse(request, problem)  # a refusal is this key's answer too
+        except CancelledError:
+            # the client went away: the handler's store job, already queued, still commits
+            # and keeps its answer, which needs the claim; with nothing queued it lapses
+            raise
         except BaseException:
             if not claims_in_job:  # an unexpected failure: the client may try the key again
                 await store.run(idempotency.release_thd, party.party_id, key)
@@ -260,7 +265,10 @@ class Api:
         if kept.kept == (status, body):  # kept in the request's own transaction
             return body
         if not claims_in_job:
-            await store.run(idempotency.answer_thd, party.party_id, key, status, body)
+            if not await store.run(
+                idempotency.answer_thd, party.party_id, key, digest, status, body
+            ):  # a refusal made nothing: a retry of it is checked afresh
+                log.warning("api.answer_not_kept", status=status, request_id=request_id_of(request))
             return body
         try:
             previous = await store.run(

@@ -34,7 +34,8 @@ def json_bytes(body: Any) -> bytes:
 
 class KeyHeld(Exception):
     """Raised in a request's store job when its key already holds a request (``previous``), or
-    when another gateway claimed the key at the same moment (``previous`` None)."""
+    when another gateway claimed the key at the same moment, or the claim the request keeps its
+    answer under is gone (``previous`` None)."""
 
     def __init__(self, previous: idempotency.Earlier | None) -> None:
         super().__init__("the Idempotency-Key is held")
@@ -71,9 +72,14 @@ class KeptAnswer:
         self.claimed = True
 
     def keep_thd(self, conn: sa.Connection, status: int, body: bytes) -> None:
+        """Keep the answer last in the request's job; raises ``KeyHeld`` (undoing the job) when
+        the key no longer holds this request's claim, so that it is not done unanswered."""
         if self.claim_in_job and not self.claimed:  # the answer would update no row
             raise RuntimeError("a request that claims its key in its job kept it without claiming")
-        idempotency.answer_thd(conn, self.party_id, self.key, status, body)
+        if not idempotency.answer_thd(
+            conn, self.party_id, self.key, self.request_hash, status, body
+        ):
+            raise KeyHeld(idempotency.earlier_thd(conn, self.party_id, self.key))
         self.kept = (status, body)  # read on the reactor thread after the job's commit
 
 
