@@ -119,6 +119,29 @@ async def test_one_event_walks_every_statement(messaging: MessagingService) -> N
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_delivery_id_that_is_not_ascii_digits_is_refused_alone(
+    messaging: MessagingService,
+) -> None:
+    """A head-end status naming delivery '²' or a 30-digit one is refused; the rest applies."""
+    await messaging.send(
+        REP,
+        {"category": "LCE", "esiids": [E_OWN], "device_class": 1, "duration_minutes": 30},
+    )
+    commands, _ = await messaging.store.run(messaging.pending_after_thd, TDSP, 10, frozenset(), 0)
+    delivery_id = commands[0].targets[0].delivery_id
+    results = await messaging.delivery_statuses(
+        [
+            DeliveryStatus("\u00b2", E_OWN, DeliveryState.DELIVERED, tdsp_duns=TDSP),
+            DeliveryStatus("9" * 30, E_OWN, DeliveryState.DELIVERED, tdsp_duns=TDSP),
+            DeliveryStatus(delivery_id, E_OWN, DeliveryState.DELIVERED, tdsp_duns=TDSP),
+        ],
+        "batch-odd-ids",
+    )
+    assert ["is not one of hangw's" in (r or "") for r in results] == [True, True, False]
+    assert results[2] is None
+
+
+@pytest_twisted.ensureDeferred
 async def test_deadline_fails_what_never_settled(messaging: MessagingService) -> None:
     """A delivery with no answer by its deadline fails, saying what it last was."""
     clock: Clock = messaging._clock  # type: ignore[assignment]

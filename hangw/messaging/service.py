@@ -16,6 +16,7 @@ Every status a delivery takes is a row of ``delivery_statuses``: that is the mes
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -87,6 +88,9 @@ PRICE_TYPES = ("in_home_display", "thermostat", "smart_appliance")
 #: How many warnings a large request lists before it only counts.
 MAX_LISTED = 10
 
+#: A delivery id as a head-end reports it: ASCII digits (str.isdigit() takes '²', which int()
+#: refuses) few enough for the store's BIGINT.
+_DELIVERY_ID = re.compile(r"[0-9]{1,18}")
 _RANK_SQL = "CASE {0} WHEN 'RQA' THEN 0 WHEN 'ACK' THEN 1 WHEN 'PEN' THEN 2 ELSE 3 END"
 _SETTLED_SQL = "('STR', 'CON', 'OPT', 'FLR')"
 
@@ -1071,7 +1075,7 @@ class MessagingService:
         results: list[str | None] = [None] * len(statuses)
         ids: dict[int, int] = {}
         for index, status in enumerate(statuses):
-            if not status.delivery_id.isdigit():
+            if not _DELIVERY_ID.fullmatch(status.delivery_id):
                 results[index] = f"delivery id {status.delivery_id[:40]!r} is not one of hangw's"
             else:
                 ids[index] = int(status.delivery_id)
