@@ -643,6 +643,7 @@ async def test_a_misspelt_cancel_field_is_refused_not_ignored(harness: Harness) 
     """A cancel or cancel-all body with a field it does not take is 422 naming the field."""
     rep = harness.caller("demo-rep-a")
     _, event = await rep.call("POST", "/v1/messages", lce(7971))
+    await settled(harness, "demo-rep-a", event["request_id"])  # no status still to come
     before = await counts(harness)
     cases = [
         (f"/v1/esiids/{E_OWN}/load-control/cancel-all", {"randomise_end": True}, "randomise_end"),
