@@ -213,6 +213,43 @@ async def test_a_number_too_long_to_read_is_a_bad_request(harness: Harness) -> N
 
 
 @pytest_twisted.ensureDeferred
+async def test_text_no_store_can_hold_is_refused_naming_where(harness: Harness) -> None:
+    """A NUL or a lone surrogate in a body's text (which PostgreSQL, or UTF-8, cannot hold) is
+    422 naming the field, and a NUL in the URL is 400; nothing is stored."""
+    rep = harness.caller("demo-rep-a")
+    before = await store_counts(harness)
+    connection = rep.client._connection
+
+    def raw(method: str, path: str, body: bytes = b"") -> tuple[int, str, dict[str, Any]]:
+        headers = {"content-type": "application/json"} if body else {}
+        connection.request(method, path, body=body or None, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.getheader("content-type"), json.loads(response.read())
+
+    adds = {
+        "description": b'{"mac": "000D6F000A1B2C3D", "install_code": "%s", '
+        b'"device_type": "thermostat", "description": "a\\u0000b"}',
+        "a lone surrogate": b'{"mac": "000D6F000A1B2C3D", "install_code": "%s", '
+        b'"device_type": "thermostat", "description": "\\ud800"}',
+    }
+    for wanted, body in adds.items():
+        status, media, problem = await deferToThread(
+            raw, "POST", f"/v1/esiids/{E_OWN}/han-devices", body % INSTALL_CODE.encode()
+        )
+        assert (status, media) == (422, "application/problem+json"), problem
+        assert "description" in problem["detail"] and wanted.split()[-1] in problem["detail"]
+    for method, path in (
+        ("GET", "/v1/han-devices/dev_a%00b"),
+        ("DELETE", "/v1/han-devices/dev_a?reason=x%00"),
+        ("GET", f"/v1/esiids/{E_OWN}/han-devices?x=%00"),
+    ):
+        status, media, problem = await deferToThread(raw, method, path)
+        assert (status, media) == (400, "application/problem+json"), (path, problem)
+        assert "NUL" in problem["detail"], problem
+    assert await store_counts(harness) == before
+
+
+@pytest_twisted.ensureDeferred
 async def test_sixth_device_and_duplicate_mac_are_refused(harness: Harness) -> None:
     """Five slot holders fill an ESI ID; a sixth and a MAC already live are refused with 409."""
     rep = harness.caller("demo-rep-a")

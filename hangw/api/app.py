@@ -60,6 +60,34 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _refuse_unstorable_text(value: Any, where: str) -> None:
+    """Refuse a string in the body that no field can hold, naming where it is: a NUL (which
+    PostgreSQL cannot store, and devices end a string at) or a lone surrogate (no UTF-8)."""
+    if isinstance(value, str):
+        field = where or "body"
+        if "\x00" in value:
+            raise InvalidField(
+                field,
+                f"{field} holds a NUL character at position {value.index(chr(0))}; "
+                "no field takes one",
+            )
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise InvalidField(
+                field,
+                f"{field} holds a lone surrogate at position {error.start} "
+                "(\\ud800 to \\udfff), which is no character; send the text as UTF-8",
+            ) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_unstorable_text(key, f"a field name in {where or 'the body'}")
+            _refuse_unstorable_text(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for number, item in enumerate(value):
+            _refuse_unstorable_text(item, f"{where}[{number}]")
+
+
 def request_id_of(request: IRequest) -> str:
     """The id of this request, made on first use and kept on the request object."""
     request_id: str | None = getattr(request, "hangw_request_id", None)
@@ -164,6 +192,10 @@ class Api:
         """The calling party; also names the request (X-Request-Id) for the logs it causes."""
         request_id = request_id_of(request)
         request.setHeader(b"x-request-id", request_id.encode())
+        if b"%00" in request.uri:
+            raise BadRequest(
+                "the URL holds a NUL character (%00); no path or query parameter takes one"
+            )
         fingerprint = tls.peer_fingerprint(request)
         party = self.registry.lookup(fingerprint)
         if party is None:
@@ -201,6 +233,8 @@ class Api:
             ) from None
         if not isinstance(body, dict):
             raise BadRequest("the body must be a JSON object")
+        if b"\\u" in raw:  # only an escape can put a NUL or a lone surrogate into a string
+            _refuse_unstorable_text(body, "")
         return body
 
     def _json(self, request: IRequest, status: int, body: Any) -> bytes:
