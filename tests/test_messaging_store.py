@@ -18,13 +18,14 @@ from adapters.commands import DeliveryState, DeliveryStatus, InboundFrame
 from hangw.config import MessagingConfig
 from hangw.domain import Party, Role
 from hangw.messaging import log as message_log
+from hangw.messaging.requests import Targets
 from hangw.messaging.service import MessagingService
 from hangw.meters import parse_meter_csv, upsert_meters_thd
 from hangw.store import schema
 from hangw.store.db import Store
 from hangw.store.model import metadata
 from sep1 import EventStatus, ReportEventStatus, utctime
-from tests.gateway_harness import DATA, E_OWN, REP_A, TDSP
+from tests.gateway_harness import DATA, E_OTHER_TDSP, E_OWN, REP_A, TDSP
 
 POSTGRES_URL = os.environ.get("HANGW_TEST_POSTGRES_URL")
 REP = Party(REP_A, Role.REP, "demo-rep-a", "f" * 64)
@@ -195,3 +196,64 @@ async def test_late_answers_are_matched_after_the_targets_were_let_go(
     final = await messaging.get_request(REP, summary["request_id"])
     device = next(d for d in final["delivery_list"] if d["mac"] == MAC)
     assert (device["status"], device["status_desc"]) == ("CON", "event completed")
+
+
+def restarted(messaging: MessagingService) -> MessagingService:
+    """A new service on the same store, as hangwd is after a restart."""
+    return MessagingService(messaging.store, messaging._clock, messaging._config)
+
+
+def answer(issuer_event_id: int, status: int, at: float) -> InboundFrame:
+    return InboundFrame(E_OWN, MAC, sep1.DRLC, report(issuer_event_id, status, at), at, TDSP)
+
+
+LCE = {
+    "category": "LCE",
+    "esiids": [E_OWN],
+    "issuer_event_id": 91,
+    "device_class": 1,
+    "duration_minutes": 120,
+}
+
+
+@pytest_twisted.ensureDeferred
+async def test_event_answers_after_a_restart_reach_the_event_a_new_cancellation_shares(
+    messaging: MessagingService,
+) -> None:
+    """An LCE sent before a restart and cancelled after it still gets its devices' answers."""
+    clock: Clock = messaging._clock  # type: ignore[assignment]
+    sent = await messaging.send(REP, dict(LCE))
+    after = restarted(messaging)
+    clock.advance(10)
+    cancel = await after.cancel(REP, sent["request_id"], {})
+    results = await after.inbound_frames(
+        [
+            answer(91, EventStatus.EVENT_STARTED, START + 11),
+            answer(91, EventStatus.EVENT_CANCELLED, START + 12),
+        ]
+    )
+    assert results == [None, None]
+    event = await after.get_request(REP, sent["request_id"])
+    device = next(d for d in event["delivery_list"] if d["mac"] == MAC)
+    assert (device["status"], device["status_desc"]) == (
+        "CON",
+        f"event cancelled by request {cancel['request_id']}",
+    )
+    cancellation = await after.get_request(REP, cancel["request_id"])
+    device = next(d for d in cancellation["delivery_list"] if d["mac"] == MAC)
+    assert (device["status"], device["status_desc"]) == ("CON", "event cancelled")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancel_all_before_a_restart_is_matched_after_a_new_one(
+    messaging: MessagingService,
+) -> None:
+    """A CAL sent before a restart still gets its devices' answers once a newer CAL was sent."""
+    old = await messaging.cancel_all(REP, Targets(esiids=(E_OWN,)), {})
+    after = restarted(messaging)
+    await after.cancel_all(REP, Targets(esiids=(E_OTHER_TDSP,)), {})
+    results = await after.inbound_frames([answer(555, EventStatus.EVENT_CANCELLED, START + 1)])
+    assert results == [None]
+    final = await after.get_request(REP, old["request_id"])
+    device = next(d for d in final["delivery_list"] if d["mac"] == MAC)
+    assert (device["status"], device["status_desc"]) == ("CON", "event cancelled")

@@ -154,11 +154,16 @@ class MessagingService:
         self._config = config
         self._notifier = notifier
         self._on_outbox = on_outbox
-        #: (cluster, issuer event id) -> request ids, newest last (None: not looked up yet).
+        #: (cluster, issuer event id) -> request ids, newest last; a key is here once the store's
+        #: requests with it were read (a request made before that waits in ``_unloaded``).
         self._by_event: dict[tuple[int, int], list[str]] = {}
+        self._unloaded: dict[tuple[int, int], list[str]] = {}
         self._live: dict[str, _Live] = {}
-        #: Cancel-all requests still matched to answers, newest last.
+        #: Cancel-all requests still matched to answers, newest last; complete once the store's
+        #: were read (``_cancel_alls_loaded``; one made before that waits in ``_unloaded_cals``).
         self._cancel_alls: list[str] = []
+        self._cancel_alls_loaded = False
+        self._unloaded_cals: list[str] = []
         #: Decoded inbound frames by their bytes: a fan-out's answers repeat.
         self._decoded: dict[tuple[int, bytes], Any] = {}
 
@@ -1186,10 +1191,15 @@ class MessagingService:
             elif isinstance(message, MessageConfirmation):
                 wanted.add((sep1.MESSAGING, message.message_id))
         missing = [key for key in wanted if key not in self._by_event]
-        if missing or any(
-            request_id not in self._live or not self._live[request_id].targets
-            for key in wanted
-            for request_id in self._by_event.get(key, ())
+        reports = any(cluster == sep1.DRLC for cluster, _ in wanted)
+        if (
+            missing
+            or (reports and not self._cancel_alls_loaded)
+            or any(
+                request_id not in self._live or not self._live[request_id].targets
+                for key in wanted
+                for request_id in self._by_event.get(key, ())
+            )
         ):
             await self._load_live(missing, wanted)
         changes: list[Change] = []
@@ -1422,16 +1432,35 @@ class MessagingService:
     # ---- the live requests answers are matched to ---------------------------------------------
 
     def _remember(self, live: _Live, cluster: int) -> None:
+        """A request just made. It joins the lists answers are matched with only where those
+        already hold the store's requests: a list started with it alone would hide the older
+        requests of the same event (made before a restart) from ``_load_live``."""
         if live.issuer_event_id is not None:
-            self._by_event.setdefault((cluster, live.issuer_event_id), []).append(live.request_id)
+            key = (cluster, live.issuer_event_id)
+            known = self._by_event.get(key)
+            if known is not None:
+                known.append(live.request_id)
+            else:
+                self._unloaded.setdefault(key, []).append(live.request_id)
         if live.category is Category.CANCEL_ALL_LOAD_CONTROL:
-            self._cancel_alls.append(live.request_id)
+            if self._cancel_alls_loaded:
+                self._cancel_alls.append(live.request_id)
+            else:
+                self._unloaded_cals.append(live.request_id)
         # targets are read when the first answer needs them
         self._live[live.request_id] = live
+
+    def _newest_last(self, *lists: list[str]) -> list[str]:
+        """The request ids of ``lists``, once each, oldest first."""
+        merged = list(dict.fromkeys(r for ids in lists for r in ids if r in self._live))
+        merged.sort(key=lambda r: self._live[r].created_at)
+        return merged
 
     async def _load_live(
         self, missing: list[tuple[int, int]], wanted: set[tuple[int, int]]
     ) -> None:
+        cals_loaded = self._cancel_alls_loaded
+
         def thd(conn: sa.Connection) -> tuple[dict[tuple[int, int], list[str]], list[_Live]]:
             found: dict[tuple[int, int], list[str]] = {}
             lives: list[_Live] = []
@@ -1446,7 +1475,7 @@ class MessagingService:
                 ).all()
                 found[(cluster, issuer_event_id)] = [row.request_id for row in rows]
                 lives.extend(_live_of(row) for row in rows if row.request_id not in self._live)
-            if not self._cancel_alls:
+            if not cals_loaded:
                 rows = conn.execute(
                     sa.select(message_requests)
                     .where(message_requests.c.category == Category.CANCEL_ALL_LOAD_CONTROL.value)
@@ -1455,7 +1484,7 @@ class MessagingService:
                 lives.extend(_live_of(row) for row in rows if row.request_id not in self._live)
             needed = {r for key in wanted for r in found.get(key, self._by_event.get(key, []))}
             needed |= {live.request_id for live in lives}
-            needed |= set(self._cancel_alls)
+            needed |= {*self._cancel_alls, *self._unloaded_cals}
             for live in [*lives, *(self._live[r] for r in needed if r in self._live)]:
                 if not live.targets and live.request_id in needed:
                     live.targets = dict(
@@ -1471,16 +1500,20 @@ class MessagingService:
         found, lives = await self.store.run(thd)
         for live in lives:
             self._live.setdefault(live.request_id, live)
-            if (
-                live.category is Category.CANCEL_ALL_LOAD_CONTROL
-                and live.request_id not in self._cancel_alls
-            ):
-                self._cancel_alls.append(live.request_id)
+        # what the store held, what was read before, and what was made while it was read
+        if not cals_loaded:
+            cals = [
+                live.request_id
+                for live in lives
+                if live.category is Category.CANCEL_ALL_LOAD_CONTROL
+            ]
+            self._cancel_alls = self._newest_last(self._cancel_alls, cals, self._unloaded_cals)
+            self._unloaded_cals = []
+            self._cancel_alls_loaded = True
         for key, request_ids in found.items():
-            known = self._by_event.setdefault(key, [])
-            for request_id in request_ids:
-                if request_id not in known:
-                    known.append(request_id)
+            self._by_event[key] = self._newest_last(
+                self._by_event.get(key, []), request_ids, self._unloaded.pop(key, [])
+            )
 
     # ---- timers -------------------------------------------------------------------------------
 
