@@ -257,3 +257,24 @@ async def test_a_cancel_all_before_a_restart_is_matched_after_a_new_one(
     final = await after.get_request(REP, old["request_id"])
     device = next(d for d in final["delivery_list"] if d["mac"] == MAC)
     assert (device["status"], device["status_desc"]) == ("CON", "event cancelled")
+
+
+@pytest_twisted.ensureDeferred
+async def test_another_tdsps_head_end_cannot_answer_a_cancel_all(
+    messaging: MessagingService,
+) -> None:
+    """A cancel-all answer from a head-end that does not serve the meter is refused, not applied."""
+    sent = await messaging.cancel_all(REP, Targets(esiids=(E_OWN,)), {})
+    foreign = InboundFrame(
+        E_OWN,
+        MAC,
+        sep1.DRLC,
+        report(424242, EventStatus.EVENT_CANCELLED, START + 1),
+        START + 1,
+        tdsp_duns="9999999999999",
+    )
+    assert await messaging.inbound_frames([foreign], "x1") == [
+        f"ESI ID {E_OWN} is a meter of another TDSP"
+    ]
+    final = await messaging.get_request(REP, sent["request_id"])
+    assert [(d["mac"], d["status"]) for d in final["delivery_list"]] == [(None, "RQA")]

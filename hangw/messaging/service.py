@@ -1309,7 +1309,10 @@ class MessagingService:
             if cancellation is None or (
                 event is not None and cancellation.cancels_request_id != event.request_id
             ):
-                cancellation = self._cancel_all_for(frame, event)
+                cancel_all = self._cancel_all_for(frame, event)
+                if isinstance(cancel_all, str):
+                    return cancel_all
+                cancellation = cancel_all
             changes = []
             if cancellation is not None:
                 changes.append(self._change(cancellation, frame, code, description, at))
@@ -1325,10 +1328,14 @@ class MessagingService:
             return None
         return [self._change(event, frame, code, description, at)]
 
-    def _cancel_all_for(self, frame: InboundFrame, event: _Live | None) -> _Live | None:
+    def _cancel_all_for(self, frame: InboundFrame, event: _Live | None) -> _Live | str | None:
+        """The newest cancel-all on the frame's ESI ID (no older than ``event``), or why the
+        frame may not answer one (it came from another TDSP's head-end)."""
         for request_id in reversed(self._cancel_alls):
-            live = self._live.get(request_id)
-            if live is None or frame.esiid not in live.targets:
+            live = self._targeted(request_id, frame)
+            if isinstance(live, str):
+                return live
+            if live is None:
                 continue
             if event is None or live.created_at >= event.created_at:
                 return live
