@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -23,7 +24,7 @@ from hangw.messaging.service import MessagingService
 from hangw.meters import parse_meter_csv, upsert_meters_thd
 from hangw.store import schema
 from hangw.store.db import Store
-from hangw.store.model import metadata
+from hangw.store.model import han_devices, metadata
 from sep1 import EventStatus, ReportEventStatus, utctime
 from tests.gateway_harness import DATA, E_OTHER_TDSP, E_OWN, REP_A, TDSP
 
@@ -278,3 +279,117 @@ async def test_another_tdsps_head_end_cannot_answer_a_cancel_all(
     ]
     final = await messaging.get_request(REP, sent["request_id"])
     assert [(d["mac"], d["status"]) for d in final["delivery_list"]] == [(None, "RQA")]
+
+
+class Recorder:
+    """A notifier that keeps what it is given, for a party that always has a subscription."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def wants(self, party_id: str) -> bool:
+        return True
+
+    def enqueue_thd(self, conn: sa.Connection, party_id: str, events: list[dict[str, Any]]) -> None:
+        self.events.extend(events)
+
+    def taken(self) -> list[tuple[str | None, str, str]]:
+        """(mac, status code, description) of the events so far, and forget them."""
+        taken = [(e["mac"], e["status_code"], e["status_desc"]) for e in self.events]
+        self.events.clear()
+        return taken
+
+
+def with_webhooks(messaging: MessagingService) -> tuple[MessagingService, Recorder]:
+    recorder = Recorder()
+    service = MessagingService(
+        messaging.store, messaging._clock, messaging._config, notifier=recorder
+    )
+    return service, recorder
+
+
+def add_thermostat(conn: sa.Connection) -> None:
+    conn.execute(
+        han_devices.insert(),
+        {
+            "device_id": "dev_thermostat",
+            "esiid": E_OWN,
+            "mac": MAC,
+            "install_code_enc": b"x",
+            "link_key_enc": b"x",
+            "device_type": "thermostat",
+            "description": "",
+            "owner_party_id": REP_A,
+            "owner_role": "rep",
+            "status": "Device Added",
+            "status_at": START,
+            "created_at": START,
+        },
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_deadline_failures_are_posted(messaging: MessagingService) -> None:
+    """A delivery failed by its deadline is posted as FLR, saying what it last was."""
+    service, recorder = with_webhooks(messaging)
+    clock: Clock = messaging._clock  # type: ignore[assignment]
+    await service.send(REP, {"category": "STM", "esiids": [E_OWN], "message": "hi"})
+    assert [code for _, code, _ in recorder.taken()] == ["RQA"]
+    clock.advance(601)
+    assert await service.fire_timers() == 1
+    assert recorder.taken() == [(None, "FLR", "no confirmation in time (last status RQA)")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_devices_settled_with_their_meter_or_by_a_text_cancellation_are_posted(
+    messaging: MessagingService,
+) -> None:
+    """Device deliveries failed because the meter failed, and those a CSM settles, are posted."""
+    await messaging.store.run(add_thermostat)
+    service, recorder = with_webhooks(messaging)
+    event = await service.send(REP, dict(LCE))
+    meter = next(d for d in event["delivery_list"] if d["mac"] is None)
+    recorder.taken()
+    failed = DeliveryStatus(meter["message_status_id"], E_OWN, DeliveryState.FAILED, "gone", TDSP)
+    assert await service.delivery_statuses([failed], "f1") == [None]
+    assert recorder.taken() == [
+        (None, "FLR", "failed at the head-end: gone"),
+        (MAC, "FLR", "the meter did not take the frame (failed at the head-end: gone)"),
+    ]
+    text = await service.send(
+        REP,
+        {"category": "STM", "esiids": [E_OWN], "message": "hi", "confirmation_required": True},
+    )
+    recorder.events.clear()
+    cancel = await service.cancel(REP, text["request_id"], {})
+    settled = [e for e in recorder.events if e["request_id"] == text["request_id"]]
+    assert [(e["mac"], e["status_code"], e["status_desc"]) for e in settled] == [
+        (MAC, "CON", f"text cancelled (cancellation {cancel['cancellation_id']})")
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_change_is_posted_once_and_only_changes_are_posted(
+    messaging: MessagingService,
+) -> None:
+    """Two answers in one batch post two events; an answer or ACK not taken posts none."""
+    service, recorder = with_webhooks(messaging)
+    sent = await service.send(REP, dict(LCE))
+    recorder.taken()
+    both = [
+        answer(91, EventStatus.COMMAND_RECEIVED, START + 1),
+        answer(91, EventStatus.EVENT_STARTED, START + 2),
+    ]
+    assert await service.inbound_frames(both, "b1") == [None, None]
+    assert recorder.taken() == [
+        (MAC, "CON", "command received by the device"),
+        (MAC, "STR", "event started"),
+    ]
+    (meter,) = [d for d in sent["delivery_list"] if d["mac"] is None]
+    delivered = DeliveryStatus(meter["message_status_id"], E_OWN, DeliveryState.DELIVERED, "", TDSP)
+    pending = DeliveryStatus(meter["message_status_id"], E_OWN, DeliveryState.PENDING, "", TDSP)
+    assert await service.delivery_statuses([delivered, pending], "b2") == [None, None]
+    assert recorder.taken() == [(None, "CON", "delivered to the meter (ESI)")]
+    commands, _ = await service.store.run(service.pending_after_thd, TDSP, 10, frozenset(), 0)
+    await service.store.run(service.retire_many_thd, [commands[0].command_id], START + 3)
+    assert recorder.taken() == []

@@ -95,6 +95,22 @@ _RANK_SQL = "CASE {0} WHEN 'RQA' THEN 0 WHEN 'ACK' THEN 1 WHEN 'PEN' THEN 2 ELSE
 _SETTLED_SQL = "('STR', 'CON', 'OPT', 'FLR')"
 
 
+#: A delivery's new status (a delivery made for a device first heard from), unless it would go
+#: back; see ``_apply_thd``.
+_UPSERT = (
+    "INSERT INTO deliveries (request_id, esiid, mac, tdsp_duns, chunk, status, "
+    "status_desc, status_at, settled_at, deadline) "
+    "VALUES (:r, :e, :m, :t, -1, :s, :d, :at, :settled, NULL) "
+    "ON CONFLICT (request_id, esiid, mac) DO UPDATE SET "
+    "status = excluded.status, status_desc = excluded.status_desc, "
+    "status_at = excluded.status_at, "
+    "settled_at = COALESCE(deliveries.settled_at, excluded.settled_at), "
+    "deadline = CASE WHEN excluded.settled_at IS NULL THEN deliveries.deadline "
+    "ELSE NULL END "
+    f"WHERE {_RANK_SQL.format('excluded.status')} >= {_RANK_SQL.format('deliveries.status')}"
+)
+
+
 class RequestRefused(Problem):
     status, slug, title = 422, "message-refused", "Message request refused"
 
@@ -114,6 +130,18 @@ class _Live:
     created_at: float
     cancels_request_id: str | None
     targets: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Told:
+    """What a ``message.status`` event names of a delivery."""
+
+    delivery_id: int
+    request_id: str
+    esiid: str
+    mac: str
+    category: str
+    cancellation_id: str | None
 
 
 @dataclass(frozen=True)
@@ -652,7 +680,11 @@ class MessagingService:
             if kind is Category.CANCEL_TEXT:
                 # a cancelled text will not be confirmed: its device deliveries stop waiting
                 self._settle_waiting_thd(
-                    conn, request_id, f"text cancelled (cancellation {cancellation_id})", now
+                    conn,
+                    party.party_id,
+                    request_id,
+                    f"text cancelled (cancellation {cancellation_id})",
+                    now,
                 )
             self._accepted_thd(conn, party, cancel_id, original.targets, now)
             live = _Live(cancel_id, kind, party.party_id, original.issuer_event_id, now, request_id)
@@ -731,25 +763,12 @@ class MessagingService:
         return summary
 
     def _settle_waiting_thd(
-        self, conn: sa.Connection, request_id: str, description: str, now: float
+        self, conn: sa.Connection, party_id: str, request_id: str, description: str, now: float
     ) -> None:
         """Device deliveries of ``request_id`` still waiting for an answer settle as CON."""
-        params = {"r": request_id, "d": description, "now": now}
-        conn.execute(
-            sa.text(
-                "INSERT INTO delivery_statuses (request_id, esiid, mac, code, description, at) "
-                "SELECT request_id, esiid, mac, 'CON', :d, :now FROM deliveries "
-                "WHERE request_id = :r AND mac <> '' AND settled_at IS NULL"
-            ),
-            params,
-        )
-        conn.execute(
-            sa.text(
-                "UPDATE deliveries SET status = 'CON', status_desc = :d, status_at = :now, "
-                "settled_at = :now, deadline = NULL "
-                "WHERE request_id = :r AND mac <> '' AND settled_at IS NULL"
-            ),
-            params,
+        waiting = "request_id = :r AND mac <> '' AND settled_at IS NULL"
+        self._settle_thd(
+            conn, party_id, waiting, {"r": request_id}, StatusCode.CONFIRMED, description, now
         )
 
     # ---- reading requests ---------------------------------------------------------------------
@@ -1041,16 +1060,22 @@ class MessagingService:
                     ),
                     {**params, "d": description},
                 )
+            waiting = f"{chunk} AND status = 'RQA'"
+            told: Sequence[Any] = ()
+            if self._wants(row.party_id):
+                told = self._rows_to_tell_thd(conn, waiting, params)
             changed = conn.execute(
                 sa.text(
                     "UPDATE deliveries SET status = :s, status_desc = :d, status_at = :now "
-                    f"WHERE {chunk} AND status = 'RQA'"
+                    f"WHERE {waiting}"
                 ),
                 {**params, "s": status, "d": description},
             ).rowcount
             metrics.deliveries_changed.labels(status).inc(max(changed, 0))
-            if self._wants(row.party_id):
-                self._notify_chunk_thd(conn, row.party_id, row.request_id, row.chunk, row.tdsp_duns)
+            if told:
+                self._tell_thd(
+                    conn, row.party_id, [_event(d, status, description, now) for d in told]
+                )
 
     # ---- what comes back ------------------------------------------------------------------------
 
@@ -1146,20 +1171,44 @@ class MessagingService:
         description = f"the meter did not take the frame ({change.description})"[:500]
         params = {"r": change.request_id, "e": change.esiid, "d": description, "now": change.at}
         waiting = "request_id = :r AND esiid = :e AND mac <> '' AND settled_at IS NULL"
+        party_id = None
+        if self._notifier is not None:
+            party_id = self._party_of_thd(conn, change.request_id)
+        self._settle_thd(conn, party_id, waiting, params, StatusCode.FAILED, description, change.at)
+
+    def _settle_thd(
+        self,
+        conn: sa.Connection,
+        party_id: str | None,
+        waiting: str,
+        params: dict[str, Any],
+        code: StatusCode,
+        description: str,
+        now: float,
+    ) -> None:
+        """The deliveries ``waiting`` picks settle as ``code``: logged, changed, posted."""
+        told: Sequence[Any] = ()
+        if party_id is not None and self._wants(party_id):
+            told = self._rows_to_tell_thd(conn, waiting, params)
+        params = {**params, "code": code.value, "d": description, "now": now}
         conn.execute(
             sa.text(
                 "INSERT INTO delivery_statuses (request_id, esiid, mac, code, description, at) "
-                f"SELECT request_id, esiid, mac, 'FLR', :d, :now FROM deliveries WHERE {waiting}"
+                f"SELECT request_id, esiid, mac, :code, :d, :now FROM deliveries WHERE {waiting} "
+                "ORDER BY delivery_id"
             ),
             params,
         )
         conn.execute(
             sa.text(
-                "UPDATE deliveries SET status = 'FLR', status_desc = :d, status_at = :now, "
+                "UPDATE deliveries SET status = :code, status_desc = :d, status_at = :now, "
                 f"settled_at = :now, deadline = NULL WHERE {waiting}"
             ),
             params,
         )
+        if told:
+            assert party_id is not None
+            self._tell_thd(conn, party_id, [_event(d, code.value, description, now) for d in told])
 
     def inbound_frames(
         self, frames: Sequence[InboundFrame], batch_id: str = ""
@@ -1376,38 +1425,53 @@ class MessagingService:
         """Each change: the delivery's status (made for a device first heard from) and its log row.
 
         A status never goes back (a late ACK after a CON is logged but does not replace it);
-        a settled delivery has no deadline.
+        a settled delivery has no deadline. A change that moved a delivery is posted to the
+        sender's webhooks (one event per change; one that did not move it is only logged).
         """
         if not changes:
             return
-        rank = _RANK_SQL.format("excluded.status")
-        conn.execute(
-            sa.text(
-                "INSERT INTO deliveries (request_id, esiid, mac, tdsp_duns, chunk, status, "
-                "status_desc, status_at, settled_at, deadline) "
-                "VALUES (:r, :e, :m, :t, -1, :s, :d, :at, :settled, NULL) "
-                "ON CONFLICT (request_id, esiid, mac) DO UPDATE SET "
-                "status = excluded.status, status_desc = excluded.status_desc, "
-                "status_at = excluded.status_at, "
-                "settled_at = COALESCE(deliveries.settled_at, excluded.settled_at), "
-                "deadline = CASE WHEN excluded.settled_at IS NULL THEN deliveries.deadline "
-                "ELSE NULL END "
-                f"WHERE {rank} >= {_RANK_SQL.format('deliveries.status')}"
-            ),
-            [
-                {
-                    "r": c.request_id,
-                    "e": c.esiid,
-                    "m": c.mac,
-                    "t": c.tdsp_duns,
-                    "s": c.code.value,
-                    "d": c.description,
-                    "at": c.at,
-                    "settled": c.at if c.code in SETTLED else None,
-                }
-                for c in changes
-            ],
-        )
+        quiet: list[Change] = []
+        told: dict[str, list[Change]] = {}
+        parties: dict[str, str | None] = {}
+        for c in changes:
+            party_id = None
+            if self._notifier is not None:
+                if c.request_id not in parties:
+                    parties[c.request_id] = self._party_of_thd(conn, c.request_id)
+                party_id = parties[c.request_id]
+            if party_id is not None and self._wants(party_id):
+                told.setdefault(party_id, []).append(c)
+            else:
+                quiet.append(c)
+        if quiet:
+            conn.execute(sa.text(_UPSERT), [_upsert_params(c) for c in quiet])
+        for party_id, some in told.items():
+            requests: dict[str, Any] = {}
+            events = []
+            for c in some:
+                # one by one: RETURNING says whether this change moved the delivery
+                delivery_id = conn.execute(
+                    sa.text(_UPSERT + " RETURNING delivery_id"), _upsert_params(c)
+                ).scalar()
+                if delivery_id is None:
+                    continue
+                request = requests.get(c.request_id)
+                if request is None:
+                    request = requests[c.request_id] = conn.execute(
+                        sa.select(
+                            message_requests.c.category, message_requests.c.cancellation_id
+                        ).where(message_requests.c.request_id == c.request_id)
+                    ).one()
+                row = _Told(
+                    delivery_id,
+                    c.request_id,
+                    c.esiid,
+                    c.mac,
+                    request.category,
+                    request.cancellation_id,
+                )
+                events.append(_event(row, c.code.value, c.description, c.at))
+            self._tell_thd(conn, party_id, events)
         conn.execute(
             delivery_statuses.insert(),
             [
@@ -1427,14 +1491,6 @@ class MessagingService:
             by_code[c.code.value] = by_code.get(c.code.value, 0) + 1
         for code, n in by_code.items():
             metrics.deliveries_changed.labels(code).inc(n)
-        if self._notifier is not None:
-            by_request: dict[str, list[Change]] = {}
-            for c in changes:
-                by_request.setdefault(c.request_id, []).append(c)
-            for request_id, some in by_request.items():
-                party_id = self._party_of_thd(conn, request_id)
-                if party_id is not None and self._wants(party_id):
-                    self._notify_changes_thd(conn, party_id, some)
 
     # ---- the live requests answers are matched to ---------------------------------------------
 
@@ -1537,6 +1593,8 @@ class MessagingService:
             ),
             params,
         ).rowcount
+        if count and self._notifier is not None:
+            self._tell_timeouts_thd(conn, due, params)
         if count:
             conn.execute(
                 sa.text(
@@ -1548,6 +1606,28 @@ class MessagingService:
             )
             metrics.deliveries_changed.labels(StatusCode.FAILED.value).inc(count)
         return count
+
+    def _tell_timeouts_thd(self, conn: sa.Connection, due: str, params: dict[str, Any]) -> None:
+        """Post the deadline failures of the requests whose senders have webhooks (read before
+        the failures are written; a sender without costs nothing per delivery)."""
+        senders = conn.execute(
+            sa.text(
+                "SELECT request_id, party_id FROM message_requests WHERE request_id IN "
+                f"(SELECT request_id FROM deliveries WHERE {due})"
+            ),
+            params,
+        ).all()
+        for request_id, party_id in senders:
+            if not self._wants(party_id):
+                continue
+            rows = self._rows_to_tell_thd(
+                conn, f"request_id = :r AND {due}", {**params, "r": request_id}
+            )
+            events = [
+                _event(d, "FLR", f"no confirmation in time (last status {d.status})", params["now"])
+                for d in rows
+            ]
+            self._tell_thd(conn, party_id, events)
 
     async def fire_timers(self) -> int:
         now = self._clock.seconds()
@@ -1581,79 +1661,66 @@ class MessagingService:
         ).scalar()
 
     def _notify_all_thd(self, conn: sa.Connection, party_id: str, request_id: str) -> None:
-        if self._wants(party_id):
-            self._notify_rows_thd(conn, party_id, deliveries.c.request_id == request_id)
-
-    def _notify_chunk_thd(
-        self, conn: sa.Connection, party_id: str, request_id: str, chunk: int, tdsp_duns: str
-    ) -> None:
-        self._notify_rows_thd(
+        """Every delivery of a request just accepted, as it is (RQA)."""
+        if not self._wants(party_id):
+            return
+        rows = self._rows_to_tell_thd(conn, "request_id = :r", {"r": request_id})
+        self._tell_thd(
             conn,
             party_id,
-            sa.and_(
-                deliveries.c.request_id == request_id,
-                deliveries.c.chunk == chunk,
-                deliveries.c.tdsp_duns == tdsp_duns,
-            ),
+            [_event(row, row.status, row.status_desc, row.status_at) for row in rows],
         )
 
-    def _notify_changes_thd(
-        self, conn: sa.Connection, party_id: str, changes: list[Change]
-    ) -> None:
-        request_id = changes[0].request_id
-        macs = {(c.esiid, c.mac) for c in changes}
-        self._notify_rows_thd(
-            conn,
-            party_id,
-            sa.and_(
-                deliveries.c.request_id == request_id,
-                deliveries.c.esiid.in_(sorted({e for e, _ in macs})),
+    def _rows_to_tell_thd(
+        self, conn: sa.Connection, where: str, params: dict[str, Any]
+    ) -> Sequence[Any]:
+        """The deliveries ``where`` picks (plain ``deliveries`` columns), with what an event
+        names of their request; read before a bulk statement changes them."""
+        return conn.execute(
+            sa.text(
+                "SELECT d.delivery_id, d.request_id, d.esiid, d.mac, d.status, d.status_desc, "
+                "d.status_at, r.category, r.cancellation_id FROM (SELECT delivery_id, "
+                "request_id, esiid, mac, status, status_desc, status_at FROM deliveries "
+                f"WHERE {where}) d JOIN message_requests r ON r.request_id = d.request_id "
+                "ORDER BY d.delivery_id"
             ),
-            only=macs,
-        )
-
-    def _notify_rows_thd(
-        self,
-        conn: sa.Connection,
-        party_id: str,
-        where: Any,
-        only: set[tuple[str, str]] | None = None,
-    ) -> None:
-        assert self._notifier is not None
-        rows = conn.execute(
-            sa.select(
-                deliveries.c.delivery_id,
-                deliveries.c.request_id,
-                deliveries.c.esiid,
-                deliveries.c.mac,
-                deliveries.c.status,
-                deliveries.c.status_desc,
-                deliveries.c.status_at,
-                message_requests.c.category,
-                message_requests.c.cancellation_id,
-            )
-            .join(message_requests, message_requests.c.request_id == deliveries.c.request_id)
-            .where(where)
-            .order_by(deliveries.c.delivery_id)
+            params,
         ).all()
-        events = [
-            {
-                "type": "message.status",
-                "request_id": row.request_id,
-                "message_cancellation_id": row.cancellation_id,
-                "message_status_id": str(row.delivery_id),
-                "category": row.category,
-                "esiid": row.esiid,
-                "mac": row.mac or None,
-                "status_code": row.status,
-                "status_desc": row.status_desc,
-                "at": row.status_at,
-            }
-            for row in rows
-            if only is None or (row.esiid, row.mac) in only
-        ]
+
+    def _tell_thd(self, conn: sa.Connection, party_id: str, events: list[dict[str, Any]]) -> None:
         if events:
+            assert self._notifier is not None
             self._notifier.enqueue_thd(conn, party_id, events)
+
+
+def _event(row: Any, status: str, description: str, at: float) -> dict[str, Any]:
+    """The ``message.status`` event of a delivery ``row`` (delivery_id, request_id, esiid, mac,
+    category, cancellation_id) that took ``status``."""
+    return {
+        "type": "message.status",
+        "request_id": row.request_id,
+        "message_cancellation_id": row.cancellation_id,
+        "message_status_id": str(row.delivery_id),
+        "category": row.category,
+        "esiid": row.esiid,
+        "mac": row.mac or None,
+        "status_code": status,
+        "status_desc": description,
+        "at": at,
+    }
+
+
+def _upsert_params(c: Change) -> dict[str, Any]:
+    return {
+        "r": c.request_id,
+        "e": c.esiid,
+        "m": c.mac,
+        "t": c.tdsp_duns,
+        "s": c.code.value,
+        "d": c.description,
+        "at": c.at,
+        "settled": c.at if c.code in SETTLED else None,
+    }
 
 
 def _live_of(row: Any) -> _Live:
