@@ -393,3 +393,37 @@ async def test_each_change_is_posted_once_and_only_changes_are_posted(
     commands, _ = await service.store.run(service.pending_after_thd, TDSP, 10, frozenset(), 0)
     await service.store.run(service.retire_many_thd, [commands[0].command_id], START + 3)
     assert recorder.taken() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_alls_past_their_deadline_are_not_read_again(
+    messaging: MessagingService,
+) -> None:
+    """A late answer does not read the targets of every cancel-all ever sent, only of those
+    still within their settle timeout; the event it names still takes it."""
+    clock: Clock = messaging._clock  # type: ignore[assignment]
+    sent = await messaging.send(REP, dict(LCE, duration_minutes=1440))
+    old = [
+        (await messaging.cancel_all(REP, Targets(esiids=(E_OWN,)), {}))["request_id"]
+        for _ in range(3)
+    ]
+    clock.advance(10_000)
+    await messaging.fire_timers()
+    late = answer(91, EventStatus.EVENT_COMPLETED, START + 10_000)
+    assert await messaging.inbound_frames([late]) == [None]
+
+    def read_again() -> list[str]:
+        return [r for r in old if r in messaging._live and messaging._live[r].targets]
+
+    assert read_again() == []
+    final = await messaging.get_request(REP, sent["request_id"])
+    device = next(d for d in final["delivery_list"] if d["mac"] == MAC)
+    assert (device["status"], device["status_desc"]) == ("CON", "event completed")
+    # a cancel-all within its deadline is still matched
+    recent = await messaging.cancel_all(REP, Targets(esiids=(E_OWN,)), {})
+    cancelled = answer(91, EventStatus.EVENT_CANCELLED, START + 10_001)
+    assert await messaging.inbound_frames([cancelled]) == [None]
+    assert read_again() == []
+    final = await messaging.get_request(REP, recent["request_id"])
+    device = next(d for d in final["delivery_list"] if d["mac"] == MAC)
+    assert (device["status"], device["status_desc"]) == ("CON", "event cancelled")

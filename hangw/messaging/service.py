@@ -1241,16 +1241,20 @@ class MessagingService:
                 wanted.add((sep1.MESSAGING, message.message_id))
         missing = [key for key in wanted if key not in self._by_event]
         reports = any(cluster == sep1.DRLC for cluster, _ in wanted)
+        self._drop_old_cancel_alls(now)
+        cancel_alls = not self._cancel_alls_loaded or any(
+            not self._live[r].targets for r in [*self._cancel_alls, *self._unloaded_cals]
+        )
         if (
             missing
-            or (reports and not self._cancel_alls_loaded)
+            or (reports and cancel_alls)
             or any(
                 request_id not in self._live or not self._live[request_id].targets
                 for key in wanted
                 for request_id in self._by_event.get(key, ())
             )
         ):
-            await self._load_live(missing, wanted)
+            await self._load_live(missing, wanted, now - self._config.settle_timeout_s)
         changes: list[Change] = []
         unmatched = 0
         #: frames that answer nothing known: their ESI ID must still be the head-end's meter
@@ -1520,8 +1524,10 @@ class MessagingService:
         return merged
 
     async def _load_live(
-        self, missing: list[tuple[int, int]], wanted: set[tuple[int, int]]
+        self, missing: list[tuple[int, int]], wanted: set[tuple[int, int]], cutoff: float
     ) -> None:
+        """Read what answers to ``wanted`` need: the requests of the ``missing`` event keys, the
+        cancel-alls sent since ``cutoff`` (once), and the targets of all these not in memory."""
         cals_loaded = self._cancel_alls_loaded
 
         def thd(conn: sa.Connection) -> tuple[dict[tuple[int, int], list[str]], list[_Live]]:
@@ -1541,7 +1547,10 @@ class MessagingService:
             if not cals_loaded:
                 rows = conn.execute(
                     sa.select(message_requests)
-                    .where(message_requests.c.category == Category.CANCEL_ALL_LOAD_CONTROL.value)
+                    .where(
+                        message_requests.c.category == Category.CANCEL_ALL_LOAD_CONTROL.value,
+                        message_requests.c.created_at >= cutoff,
+                    )
                     .order_by(message_requests.c.created_at)
                 ).all()
                 lives.extend(_live_of(row) for row in rows if row.request_id not in self._live)
@@ -1635,6 +1644,7 @@ class MessagingService:
         if count:
             log.info("message.deliveries_timed_out", deliveries=count)
         self._forget_targets(now)
+        self._drop_old_cancel_alls(now)
         return count
 
     def _forget_targets(self, now: float) -> None:
@@ -1644,6 +1654,14 @@ class MessagingService:
         for live in self._live.values():
             if live.targets and live.created_at < cutoff:
                 live.targets = {}
+
+    def _drop_old_cancel_alls(self, now: float) -> None:
+        """Cancel-alls are matched to answers for the settle timeout after they were sent (their
+        deadline); older ones are let go, so a late answer does not read their targets again."""
+        cutoff = now - self._config.settle_timeout_s
+        for cals in (self._cancel_alls, self._unloaded_cals):
+            while cals and self._live[cals[0]].created_at < cutoff:
+                del self._live[cals.pop(0)]
 
     # ---- notifications ------------------------------------------------------------------------
 
