@@ -19,6 +19,7 @@ from adapters.commands import DeliveryState, DeliveryStatus, InboundFrame
 from hangw.config import MessagingConfig
 from hangw.domain import Party, Role
 from hangw.messaging import log as message_log
+from hangw.messaging import requests as specs
 from hangw.messaging.requests import Targets
 from hangw.messaging.service import MessagingService
 from hangw.meters import parse_meter_csv, upsert_meters_thd
@@ -427,3 +428,31 @@ async def test_cancel_alls_past_their_deadline_are_not_read_again(
     final = await messaging.get_request(REP, recent["request_id"])
     device = next(d for d in final["delivery_list"] if d["mac"] == MAC)
     assert (device["status"], device["status_desc"]) == ("CON", "event cancelled")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_settled_delivery_takes_only_a_newer_answer_and_never_leaves_flr(
+    messaging: MessagingService,
+) -> None:
+    """An older or weaker answer does not replace a settled status, and a FLR stays FLR."""
+    sent = await messaging.send(REP, dict(LCE))
+    reordered = [
+        answer(91, EventStatus.USER_OPTED_OUT, START + 5),
+        answer(91, EventStatus.COMMAND_RECEIVED, START + 1),
+        answer(91, EventStatus.COMMAND_RECEIVED, START + 6),
+    ]
+    assert await messaging.inbound_frames(reordered) == [None, None, None]
+    final = await messaging.get_request(REP, sent["request_id"])
+    device = next(d for d in final["delivery_list"] if d["mac"] == MAC)
+    assert (device["status"], device["status_desc"]) == ("OPT", "user opted out")
+    assert device["status_at"] == specs.iso(START + 5)
+    text = await messaging.send(REP, {"category": "STM", "esiids": [E_OWN], "message": "hi"})
+    (meter,) = text["delivery_list"]
+    gave_up = DeliveryStatus(meter["message_status_id"], E_OWN, DeliveryState.FAILED, "gone", TDSP)
+    late = DeliveryStatus(meter["message_status_id"], E_OWN, DeliveryState.DELIVERED, "", TDSP)
+    await messaging.delivery_statuses([gave_up], "b1")
+    await messaging.delivery_statuses([late], "b2")
+    final = await messaging.get_request(REP, text["request_id"])
+    assert [(d["status"], d["status_desc"]) for d in final["delivery_list"]] == [
+        ("FLR", "failed at the head-end: gone")
+    ]

@@ -107,7 +107,12 @@ _UPSERT = (
     "settled_at = COALESCE(deliveries.settled_at, excluded.settled_at), "
     "deadline = CASE WHEN excluded.settled_at IS NULL THEN deliveries.deadline "
     "ELSE NULL END "
-    f"WHERE {_RANK_SQL.format('excluded.status')} >= {_RANK_SQL.format('deliveries.status')}"
+    f"WHERE {_RANK_SQL.format('excluded.status')} >= {_RANK_SQL.format('deliveries.status')} "
+    # a settled delivery takes only a newer settled answer; FLR is final; "command received"
+    # says less than "started" or "opted out"
+    f"AND (deliveries.status NOT IN {_SETTLED_SQL} OR (deliveries.status <> 'FLR' "
+    "AND excluded.status_at >= deliveries.status_at "
+    "AND NOT (:received = 1 AND deliveries.status IN ('STR', 'OPT'))))"
 )
 
 
@@ -155,6 +160,8 @@ class Change:
     code: StatusCode
     description: str
     at: float
+    #: A device's "command received": it does not replace a STR or an OPT.
+    received: bool = False
 
 
 def new_request_id() -> str:
@@ -513,9 +520,11 @@ class MessagingService:
             ).rowcount
             if not inserted:
                 continue
+            # the status itself (and its time) stays: a device's own answer, dated by its clock,
+            # must still be able to follow
             conn.execute(
                 sa.text(
-                    "UPDATE deliveries SET status_desc = :d, status_at = :now "
+                    "UPDATE deliveries SET status_desc = :d "
                     f"WHERE request_id = :old AND {fresh} AND esiid IN ({shared})"
                 ),
                 params,
@@ -1379,7 +1388,8 @@ class MessagingService:
             return changes or None
         if event is None:
             return None
-        return [self._change(event, frame, code, description, at)]
+        received = report.event_status == EventStatus.COMMAND_RECEIVED
+        return [self._change(event, frame, code, description, at, received)]
 
     def _cancel_all_for(self, frame: InboundFrame, event: _Live | None) -> _Live | str | None:
         """The newest cancel-all on the frame's ESI ID (no older than ``event``), or why the
@@ -1418,19 +1428,33 @@ class MessagingService:
 
     @staticmethod
     def _change(
-        live: _Live, frame: InboundFrame, code: StatusCode, description: str, at: float
+        live: _Live,
+        frame: InboundFrame,
+        code: StatusCode,
+        description: str,
+        at: float,
+        received: bool = False,
     ) -> Change:
         mac = "" if frame.source == TO_ESI else frame.source
         return Change(
-            live.request_id, frame.esiid, mac, live.targets[frame.esiid], code, description, at
+            live.request_id,
+            frame.esiid,
+            mac,
+            live.targets[frame.esiid],
+            code,
+            description,
+            at,
+            received,
         )
 
     def _apply_thd(self, conn: sa.Connection, changes: list[Change]) -> None:
         """Each change: the delivery's status (made for a device first heard from) and its log row.
 
-        A status never goes back (a late ACK after a CON is logged but does not replace it);
-        a settled delivery has no deadline. A change that moved a delivery is posted to the
-        sender's webhooks (one event per change; one that did not move it is only logged).
+        A status never goes back (a late ACK after a CON is logged but does not replace it); a
+        settled one is replaced only by a settled answer no older than it, never a FLR, and a
+        "command received" never replaces a STR or an OPT. A settled delivery has no deadline.
+        A change that moved a delivery is posted to the sender's webhooks (one event per change;
+        one that did not move it is only logged).
         """
         if not changes:
             return
@@ -1738,6 +1762,7 @@ def _upsert_params(c: Change) -> dict[str, Any]:
         "d": c.description,
         "at": c.at,
         "settled": c.at if c.code in SETTLED else None,
+        "received": 1 if c.received else 0,
     }
 
 
