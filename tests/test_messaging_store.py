@@ -456,3 +456,40 @@ async def test_a_settled_delivery_takes_only_a_newer_answer_and_never_leaves_flr
     assert [(d["status"], d["status_desc"]) for d in final["delivery_list"]] == [
         ("FLR", "failed at the head-end: gone")
     ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_superseding_another_senders_event_shows_neither_sender_the_others_ids(
+    messaging: MessagingService,
+) -> None:
+    """An LCE superseded by another party's says so without that party's request or event id."""
+    tdsp = Party(TDSP, Role.TDSP, "demo-tdsp", "e" * 64)
+    older = await messaging.send(REP, dict(LCE))
+    newer = await messaging.send(tdsp, dict(LCE, issuer_event_id=4711))
+    assert not any(older["request_id"] in w for w in newer["warnings"])
+    assert newer["warnings"] == [
+        "supersedes an overlapping event of another sender on 1 deliveries"
+    ]
+    final = await messaging.get_request(REP, older["request_id"])
+    assert final["superseded_by"] is None
+    assert [d["status_desc"] for d in final["delivery_list"]] == [
+        "superseded by a newer overlapping event of another sender"
+    ]
+    rows, _ = await messaging.store.run(
+        message_log.page_thd, message_log.LogFilter(REP_A, request_id=older["request_id"]), 0, 100
+    )
+    assert not any(newer["request_id"] in str(row) or "4711" in str(row) for row in rows)
+
+
+@pytest_twisted.ensureDeferred
+async def test_superseding_keeps_a_failed_deliverys_reason(messaging: MessagingService) -> None:
+    """A delivery that failed keeps its failure reason when its event is superseded."""
+    older = await messaging.send(REP, dict(LCE))
+    (meter,) = older["delivery_list"]
+    gone = DeliveryStatus(meter["message_status_id"], E_OWN, DeliveryState.FAILED, "gone", TDSP)
+    await messaging.delivery_statuses([gone], "f1")
+    await messaging.send(REP, dict(LCE, issuer_event_id=92))
+    final = await messaging.get_request(REP, older["request_id"])
+    assert [(d["status"], d["status_desc"]) for d in final["delivery_list"]] == [
+        ("FLR", "failed at the head-end: gone")
+    ]

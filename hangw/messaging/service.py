@@ -279,7 +279,7 @@ class MessagingService:
             if spec.category is Category.PRICE:
                 warnings += self._price_warnings_thd(conn, request_id)
             if spec.category is Category.LOAD_CONTROL:
-                warnings += self._supersede_thd(conn, request_id, spec, now)
+                warnings += self._supersede_thd(conn, party, request_id, spec, now)
             self._accepted_thd(conn, party, request_id, count, now)
             summary = self._summary_thd(conn, request_id, warnings)
             if also is not None:
@@ -480,16 +480,23 @@ class MessagingService:
         return [f"{note}: {listed}"]
 
     def _supersede_thd(
-        self, conn: sa.Connection, request_id: str, spec: specs.MessageSpec, now: float
+        self,
+        conn: sa.Connection,
+        party: Party,
+        request_id: str,
+        spec: specs.MessageSpec,
+        now: float,
     ) -> list[str]:
         """Older overlapping events (same enrollment group, a common device class) on the same
-        ESI IDs are superseded: their deliveries say so, from now."""
+        ESI IDs are superseded: their deliveries say so, from now. Devices do so whoever sent
+        either event, but a party is shown the ids of its own requests only."""
         assert spec.device_class is not None and spec.end_at is not None
         older = conn.execute(
             sa.select(
                 message_requests.c.request_id,
                 message_requests.c.issuer_event_id,
                 message_requests.c.device_class,
+                message_requests.c.party_id,
             ).where(
                 message_requests.c.category == Category.LOAD_CONTROL.value,
                 message_requests.c.request_id != request_id,
@@ -503,13 +510,18 @@ class MessagingService:
         for row in older:
             if not row.device_class & spec.device_class:
                 continue
-            description = (
-                f"superseded by issuer event {spec.issuer_event_id} (request {request_id})"
-            )
+            own = row.party_id == party.party_id
+            if own:
+                description = (
+                    f"superseded by issuer event {spec.issuer_event_id} (request {request_id})"
+                )
+            else:
+                description = "superseded by a newer overlapping event of another sender"
             shared = "SELECT esiid FROM deliveries WHERE request_id = :new AND mac = ''"
             params = {"old": row.request_id, "new": request_id, "d": description, "now": now}
-            # a delivery already superseded (by an earlier request, or as its device said) stays so
-            fresh = "status_desc NOT LIKE '%superseded%'"
+            # a delivery already superseded (by an earlier request, or as its device said) stays
+            # so, and a failed one keeps its reason
+            fresh = "status_desc NOT LIKE '%superseded%' AND status <> 'FLR'"
             inserted = conn.execute(
                 sa.text(
                     "INSERT INTO delivery_statuses (request_id, esiid, mac, code, description, at) "
@@ -529,6 +541,11 @@ class MessagingService:
                 ),
                 params,
             )
+            if not own:
+                warnings.append(
+                    f"supersedes an overlapping event of another sender on {inserted} deliveries"
+                )
+                continue
             conn.execute(
                 message_requests.update()
                 .where(message_requests.c.request_id == row.request_id)
