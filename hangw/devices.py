@@ -936,7 +936,13 @@ class DeviceService:
         self._queue(conn, meter.tdsp_duns, device.device_id, "deprovision", now)
 
     def _may_have_gone_out(self, provisions: list[tuple[str, float]]) -> bool:
-        """Might the head-end hold one of these unretired provisions?"""
+        """Might the head-end hold one of these unretired provisions?
+
+        With several writers (PostgreSQL) the router's read of the outbox may run beside the
+        timer's transaction and hand the provision out after this question: then it may have.
+        """
+        if self.store.writers > 1:
+            return True
         return any(
             self.handed_out(command_id) or queued_at < self._started_at
             for command_id, queued_at in provisions
@@ -948,9 +954,9 @@ class DeviceService:
         # An unretired provision may have reached the head-end all the same: handed out and not
         # acknowledged yet, or its acknowledgement lost with the link (or with an earlier run of
         # the gateway). The head-end could add the device after the gateway freed its slot, so
-        # it is taken back too. Asked here, on the reactor, after the timer's transaction: the
-        # router has then handed out every command it read before that transaction, and any it
-        # reads later is already retired.
+        # it is taken back too. Asked here, on the reactor, after the timer's transaction: with
+        # one writer (SQLite) the router has then handed out every command it read before that
+        # transaction, and any it reads later is already retired.
         taken_back = [
             device for device, provisions in unsure if self._may_have_gone_out(provisions)
         ]

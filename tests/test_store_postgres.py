@@ -15,7 +15,12 @@ import sqlalchemy as sa
 from twisted.internet import reactor
 from twisted.internet.task import Clock
 
-from adapters.commands import HeadEndStatus, ProvisionDevice, ProvisioningReport
+from adapters.commands import (
+    DeprovisionDevice,
+    HeadEndStatus,
+    ProvisionDevice,
+    ProvisioningReport,
+)
 from hangw.config import ProvisioningConfig
 from hangw.devices import AddDeviceRequest, DeviceService
 from hangw.domain import Party, Role
@@ -117,3 +122,21 @@ async def test_slots_macs_and_timers_hold_on_postgresql(
     (moved,) = await devices.store.run(devices.fire_timers_thd, clock.seconds())
     assert moved.device_id == device.device_id and moved.status is DeviceStatus.ADD_FAILED
     assert await devices.store.run(devices.pending_after_thd, TDSP, 10, frozenset(), 0) == ([], 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_add_timed_out_on_several_writers_is_taken_back(
+    service: tuple[DeviceService, Clock],
+) -> None:
+    """With several writers the router may hand a provision out after the timer's question, so
+    an unanswered add's timeout always queues a de-provision."""
+    devices, clock = service
+    assert devices.store.writers > 1
+    device = await devices.add_device(
+        REP, E_OWN, AddDeviceRequest("000D6F0700000003", INSTALL_CODE, "thermostat")
+    )
+    clock.advance(31)
+    (moved,) = await devices.fire_timers()
+    assert moved.device_id == device.device_id and moved.status is DeviceStatus.ADD_FAILED
+    (undo,), _ = await devices.store.run(devices.pending_after_thd, TDSP, 10, frozenset(), 0)
+    assert isinstance(undo, DeprovisionDevice) and undo.device_id == device.device_id
