@@ -419,11 +419,13 @@ class Ingest:
                     )
                 for member, rejection in duplicates:
                     _reject(outcome, member if several else "", rejection)
+            # the store itself is written from here on: SQLite's write lock is held from this
+            # point to the commit, not while the workers parse. Its first statement writes: a
+            # read of the store before it would fix the transaction's snapshot, and a commit of
+            # the gateway's writer in between would then fail the write (SQLITE_BUSY_SNAPSHOT)
+            outcome.file_id = _record_file(conn, outcome, sha256, tdsp_duns, source, self._clock())
             if tdsp_duns:
                 self._other_tdsps(cursor, dialect, tdsp_duns, seen, outcome, several)
-            # the store itself is written from here on: SQLite's write lock is held from this
-            # point to the commit, not while the workers parse
-            outcome.file_id = _record_file(conn, outcome, sha256, tdsp_duns, source, self._clock())
             cursor.execute(_COUNT)
             staged, existing, newer = cursor.fetchone()
             outcome.loaded = staged - existing
