@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 import time
 import uuid
@@ -58,6 +59,11 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+#: \u0000, or a \u escape of a surrogate (a pair, an emoji say, also matches; the walk finds
+#: it whole): what the walk below looks for, so that other escaped text is not walked at all.
+_NUL_OR_SURROGATE_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
 
 
 def _refuse_unstorable_text(value: Any, where: str) -> None:
@@ -233,7 +239,7 @@ class Api:
             ) from None
         if not isinstance(body, dict):
             raise BadRequest("the body must be a JSON object")
-        if b"\\u" in raw:  # only an escape can put a NUL or a lone surrogate into a string
+        if _NUL_OR_SURROGATE_ESCAPE.search(raw):  # the only way either can be in JSON text
             _refuse_unstorable_text(body, "")
         return body
 
