@@ -39,9 +39,12 @@ _ESIID = re.compile(r"[A-Za-z0-9]{1,64}")
 _TIMESTAMP = re.compile(r"\d{14}")
 _SORT_CODE = re.compile(r"\d{8}")
 #: A value as the numbers are written (what numpy reads): ASCII digits, a point, an exponent, or
-#: nan and inf (rejected later as not finite); no spaces, underscores or other scripts' digits.
+#: nan and inf (rejected later as not finite), with ASCII spaces or tabs around it at most; no
+#: underscores or other scripts' digits.
 _NUMBER = re.compile(
-    r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:nan|inf|infinity)",
+    r"[ \t]*"
+    r"(?:[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:nan|inf|infinity))"
+    r"[ \t]*",
     re.IGNORECASE,
 )
 #: The longest transaction id and Sender the store keeps (its version is VARCHAR(96), the
