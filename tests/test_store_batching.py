@@ -15,7 +15,7 @@ from twisted.internet.threads import deferToThread
 
 from hangw import metrics
 from hangw.store import schema
-from hangw.store.db import Store, StoreStopped, StoreUnavailable
+from hangw.store.db import Store, StoreStopped, StoreUnavailable, TurnBatch
 from hangw.store.model import parties
 
 
@@ -215,3 +215,37 @@ async def test_a_batch_keeps_its_writes_when_another_connection_writes_meanwhile
     ]
     assert {"p0", "p1", "p2"} <= stored_ids(store.engine)
     assert other_done.is_set()  # and the other connection's write went in after the batch
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_turn_batch_is_retried_item_by_item_only_for_its_own_failure(
+    tmp_path: Path,
+) -> None:
+    """A batch job failing on its data is done again item by item; one failing on the store
+    (a locked database, a lost connection: its commit may have taken effect) is not."""
+    import sqlite3
+
+    store = make_store(tmp_path)
+    store.start()
+    for error in (ValueError("an item the store cannot take"), sqlite3.OperationalError("locked")):
+        calls: list[list[int]] = []
+
+        def thd(
+            conn: sa.Connection,
+            items: list[int],
+            now: float,
+            calls: list[list[int]] = calls,
+            error: Exception = error,
+        ) -> list[int]:
+            calls.append(items)
+            if len(items) > 1 or isinstance(error, sqlite3.OperationalError):
+                raise error
+            return items
+
+        batch: TurnBatch[int, int] = TurnBatch(store, reactor, thd)
+        results = await DeferredList([batch.add(1), batch.add(2)], consumeErrors=True)
+        if isinstance(error, ValueError):
+            assert calls == [[1, 2], [1], [2]] and results == [(True, 1), (True, 2)]
+        else:
+            assert calls == [[1, 2]] and [ok for ok, _ in results] == [False, False]
+    store.stop()

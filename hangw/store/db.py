@@ -92,6 +92,13 @@ class Store:
         dbapi = self.engine.dialect.loaded_dbapi
         return (sa.exc.IntegrityError, dbapi.IntegrityError)
 
+    @property
+    def unavailable_errors(self) -> tuple[type[Exception], ...]:
+        """What says the store, not a job's own data, failed: a lost connection, a locked
+        database, a commit whose outcome is unknown, or a stopped store."""
+        dbapi = self.engine.dialect.loaded_dbapi
+        return (StoreStopped, StoreUnavailable, sa.exc.OperationalError, dbapi.OperationalError)
+
     def start(self) -> None:
         self._stopped = False
         for n in range(self.writers):
@@ -277,7 +284,8 @@ class TurnBatch(Generic[Item, R]):
     ``add`` gets a Deferred of its own item's result. When the job fails, each item is done
     again by a job of its own, so that one item the store cannot take (a value it cannot
     encode, say) fails alone and not every item that came in the same turn; when the store
-    itself is unavailable or stopped, every item gets that failure at once.
+    itself failed (``Store.unavailable_errors``: its commit may even have taken effect), every
+    item gets that failure at once.
     ``settled(items, results)``, when given, sees every result first (to log them, say).
     """
 
@@ -311,7 +319,7 @@ class TurnBatch(Generic[Item, R]):
 
         def settle(result: list[R] | Failure | None) -> None:
             if isinstance(result, Failure):
-                if alone_on_failure and not result.check(StoreStopped, StoreUnavailable):
+                if alone_on_failure and not result.check(*self._store.unavailable_errors):
                     for waiting in batch:
                         self._do([waiting], alone_on_failure=False)
                     return
