@@ -65,6 +65,20 @@ def offline_cli(tmp_path: Path) -> tuple[str, list[str]]:
     return config, ["--api", f"https://localhost:{closed_port()}", "--as", "demo-rep-a"]
 
 
+def assert_refused_offline(
+    capsys: pytest.CaptureFixture[str],
+    config: str,
+    api: list[str],
+    cases: list[tuple[list[str], str]],
+) -> None:
+    """Each command of ``cases`` exits 1 saying what it is given, before the API is reached."""
+    for argv, said in cases:
+        assert cli.main(["--config", config, *argv, *api]) == 1, argv
+        err = capsys.readouterr().err
+        assert said in err, err
+        assert "cannot reach the API" not in err and "Traceback" not in err
+
+
 @pytest_twisted.ensureDeferred
 async def test_party_add_admits_a_certificate_from_another_ca(
     harness: Harness, tmp_path: Path

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
-from hangw import cli
 from hangw.cli_messaging import progress_bar
 from tests.gateway_harness import E_OWN, Harness
-from tests.test_cli import cli_config, offline_cli, run_cli
+from tests.test_cli import assert_refused_offline, cli_config, offline_cli, run_cli
 
 
 def test_progress_bar_shows_share_and_counts() -> None:
@@ -84,8 +83,4 @@ def test_local_files_are_read_and_opened_before_the_api_is_asked(
         (["log", "--csv", "/nonexistent/x.csv"],
          "hangw: cannot write /nonexistent/x.csv: No such file or directory"),
     ]  # fmt: skip
-    for argv, said in cases:
-        assert cli.main(["--config", config, *argv, *api]) == 1, argv
-        err = capsys.readouterr().err
-        assert said in err, err
-        assert "cannot reach the API" not in err and "Traceback" not in err
+    assert_refused_offline(capsys, config, api, cases)

@@ -17,7 +17,7 @@ from twisted.internet.threads import deferToThread
 
 from hangw import cli
 from tests.gateway_harness import E_OTHER_TDSP, E_OWN, Harness
-from tests.test_cli import cli_config, offline_cli, run_cli
+from tests.test_cli import assert_refused_offline, cli_config, offline_cli, run_cli
 from tests.test_usage_reports import (
     DAILY_COLUMNS,
     GeneratedDay,
@@ -199,11 +199,7 @@ def test_local_files_are_read_and_opened_before_the_api_is_asked(
         (["usage", "plot", E_OWN, *dates, "-o", "/bad/dir/chart.png"],
          "hangw: cannot write /bad/dir/chart.png: No such file or directory"),
     ]  # fmt: skip
-    for argv, said in cases:
-        assert cli.main(["--config", config, *argv, *api]) == 1, argv
-        err = capsys.readouterr().err
-        assert said in err, err
-        assert "cannot reach the API" not in err and "Traceback" not in err
+    assert_refused_offline(capsys, config, api, cases)
 
 
 @pytest_twisted.ensureDeferred
