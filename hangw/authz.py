@@ -40,4 +40,9 @@ def may_manage_grants(party: Party, meter: Meter) -> bool:
 
 def hides_identifiers(viewer: Party, device: Device) -> bool:
     """An HSP's devices show no MAC address to the customer (who must not re-provision them)."""
-    return viewer.role is Role.CUSTOMER and device.owner_role is Role.HSP
+    return hides_identifiers_of(viewer, device.owner_role)
+
+
+def hides_identifiers_of(viewer: Party, owner_role: Role) -> bool:
+    """Does ``viewer`` see no MAC (nor which device holds one) of a device ``owner_role`` added?"""
+    return viewer.role is Role.CUSTOMER and owner_role is Role.HSP

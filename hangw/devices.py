@@ -261,7 +261,7 @@ _SELECT_SLOT_HOLDERS = Prepared(
     )
 )
 _SELECT_LIVE_MAC = Prepared(
-    sa.select(han_devices.c.device_id, han_devices.c.esiid).where(
+    sa.select(han_devices.c.device_id, han_devices.c.esiid, han_devices.c.owner_role).where(
         han_devices.c.mac == sa.bindparam("b_mac"), LIVE_STATUS
     )
 )
@@ -519,9 +519,13 @@ class DeviceService:
                 )
             clash = _SELECT_LIVE_MAC.first(conn, {"b_mac": mac})
             if clash is not None:
-                where = (
-                    f"as device {clash.device_id}" if clash.esiid == esiid else "on another ESI ID"
-                )
+                if clash.esiid != esiid:
+                    where = "on another ESI ID"
+                elif authz.hides_identifiers_of(party, Role(clash.owner_role)):
+                    # the customer sees the HSP's devices without their MACs: no id either
+                    where = "on this ESI ID by a HAN service provider"
+                else:
+                    where = f"as device {clash.device_id}"
                 raise Conflict(f"MAC {mac} is already provisioned {where}; remove it there first")
             device = Device(
                 device_id=device_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import ssl
 import time
 from pathlib import Path
@@ -155,6 +156,27 @@ async def test_hsp_access_follows_the_customers_grant(harness: Harness) -> None:
     status, _ = await hsp.call("GET", f"/v1/han-devices/{device['id']}")
     assert status == 403
     assert await store_counts(harness) == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_customer_adding_an_hsp_devices_mac_learns_no_device_id(harness: Harness) -> None:
+    """A customer adding a MAC an HSP holds on the ESI ID is refused without naming that device."""
+    customer = harness.caller("demo-customer")
+    path = f"/v1/esiids/{E_OWN}/han-devices"
+    await customer.call("POST", f"/v1/esiids/{E_OWN}/grants", {"hsp_party_id": HSP})
+    status, device = await harness.caller("demo-hsp").call(
+        "POST", path, add_body(mac="000D6F0300000011")
+    )
+    assert status == 202
+    before = await store_counts(harness)
+    status, problem = await customer.call("POST", path, add_body(mac="000D6F0300000011"))
+    assert status == 409 and "HAN service provider" in problem["detail"], problem
+    assert device["id"] not in json.dumps(problem)
+    assert await store_counts(harness) == before
+    status, problem = await harness.caller("demo-rep-a").call(
+        "POST", path, add_body(mac="000D6F0300000011")
+    )
+    assert status == 409 and device["id"] in problem["detail"], "the ROR sees the MAC anyway"
     assert CUSTOMER  # the customer of E_OWN in tests/data/meters.csv
 
 
