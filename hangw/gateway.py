@@ -34,6 +34,7 @@ from adapters.wire.gateway import HeadEndLinkFactory, WireAdapter
 from hangw import metrics
 from hangw.api.app import Api, OpsApi
 from hangw.api.bodycap import BodyCappedRequest
+from hangw.api.channel import ProblemHTTPChannel
 from hangw.api.listener import PinnedClientContextFactory
 from hangw.config import AdapterConfig, Config, ConfigError
 from hangw.devices import DeviceService
@@ -58,10 +59,12 @@ log = structlog.get_logger(__name__)
 
 
 class MeteredSite(Site):
-    """A Site that counts answered requests instead of writing an access log, and refuses a
-    request body over ``max_body_bytes`` as it arrives (hangw.api.bodycap)."""
+    """A Site that counts answered requests instead of writing an access log, refuses a
+    request body over ``max_body_bytes`` as it arrives (hangw.api.bodycap), and answers a
+    request it cannot parse with a problem (hangw.api.channel)."""
 
     requestFactory = BodyCappedRequest
+    protocol = ProblemHTTPChannel  # type: ignore[assignment]  # HTTP/1.1 only: no h2 wrapper
 
     def __init__(self, resource: Any, *, max_body_bytes: int, **kwargs: Any) -> None:
         super().__init__(resource, **kwargs)

@@ -562,3 +562,36 @@ async def test_a_chunked_body_over_the_cap_is_refused_as_it_passes_it(
     assert "the body is over 1048576 bytes" in json.loads(body)["detail"]
     assert ended
     assert await store_counts(capped_harness) == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_twisted_cannot_parse_is_a_problem(harness: Harness) -> None:
+    """Malformed HTTP (header line, Content-Length, NUL, too many headers) is a 400 problem."""
+    before = await store_counts(harness)
+    path = f"/v1/esiids/{E_OWN}/han-devices"
+
+    def send(head: str) -> tuple[int, dict[str, str], bytes, bool]:
+        with tls_socket(harness) as sock:
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: localhost\r\n{head}\r\n".encode())
+            return read_answer(sock)
+
+    for head in [
+        "no colon in this line\r\n",
+        f"content-length: {'9' * 5000}\r\n",
+        "content-length: twelve\r\n",
+        "x-note: a\x00b\r\n",
+        "transfer-encoding: gzip\r\n",
+        "".join(f"x-h{n}: 1\r\n" for n in range(501)),
+    ]:
+        status, headers, body, ended = await deferToThread(send, head)
+        assert (status, headers.get("content-type")) == (400, "application/problem+json"), (
+            head[:40],
+            body,
+        )
+        problem = json.loads(body)
+        assert problem["status"] == 400 and "not well-formed HTTP/1.1" in problem["detail"]
+        assert headers["connection"] == "close" and ended
+    assert await store_counts(harness) == before
+    # the API still answers on a new connection
+    status, _ = await harness.caller("demo-rep-a").call("GET", path)
+    assert status == 200
