@@ -132,6 +132,22 @@ def test_text_with_a_nul_is_refused_where_it_is(body: dict[str, object], field: 
     assert f"NUL character at position {str(body[field]).index(chr(0))}" in str(refused.value)
 
 
+@pytest.mark.parametrize("importance", [["low"], {"level": "low"}, 2, "urgent"])
+def test_an_importance_that_is_not_one_of_the_four_names_is_named(importance: object) -> None:
+    """An importance that is none of the four names (a list, an object, a number) is a 422."""
+    with pytest.raises(InvalidField) as refused:
+        specs.message_spec({"category": "STM", "message": "hi", "importance": importance}, NOW)
+    assert refused.value.extensions == {"field": "importance"}
+    assert "low, medium, high, critical" in str(refused.value)
+
+
+def test_a_null_importance_is_the_default_low() -> None:
+    """An importance sent as null is left out: low (Message Control importance bits 0)."""
+    spec = specs.message_spec({"category": "STM", "message": "hi", "importance": None}, NOW)
+    assert isinstance(spec.message, sep1.DisplayMessage)
+    assert spec.message.message_control & 0x0C == 0
+
+
 def test_price_body_sets_current_time_from_the_clock() -> None:
     """Publish Price carries the gateway's time and the given tier, digits and price."""
     spec = specs.message_spec(

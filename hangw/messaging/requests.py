@@ -371,8 +371,10 @@ def text(body: dict[str, Any], now: float) -> MessageSpec:
             f"message is {size} bytes of UTF-8; a device takes at most "
             f"{DisplayMessage.MAX_TEXT_BYTES}",
         )
-    importance = body.get("importance", "low")
-    if importance not in IMPORTANCE:
+    importance = body.get("importance")
+    if importance is None:  # left out or null: the default
+        importance = "low"
+    if not isinstance(importance, str) or importance not in IMPORTANCE:
         raise InvalidField("importance", f"importance must be one of {', '.join(IMPORTANCE)}")
     confirm = _bool(body, "confirmation_required")
     control = MessageControl.make(0, IMPORTANCE[importance], confirm)
