@@ -595,7 +595,7 @@ async def test_reports_over_the_api_follow_roles_and_grants(harness: Harness) ->
 
 @pytest_twisted.ensureDeferred
 async def test_a_channel_that_is_not_ascii_digits_is_refused_naming_it(harness: Harness) -> None:
-    """A channel of non-ASCII digits or too many digits, in a query or a job body, is a 422."""
+    """A channel of non-ASCII digits, too many digits or no number at all (a list) is a 422."""
     today = texas_today()
     rep = harness.caller("demo-rep-a")
     before = await harness.gateway.store.run(
@@ -609,6 +609,10 @@ async def test_a_channel_that_is_not_ascii_digits_is_refused_naming_it(harness: 
         job = {"report": "daily", "esiids": [E_OWN], "from": str(today), "to": str(today)}
         status, body = await rep.call("POST", "/v1/usage/jobs", {**job, "channel": channel})
         assert status == 422 and body["field"] == "channel", body
+    for not_a_number in ([4], {"channel": 4}, 4.0, True):
+        job = {"report": "daily", "esiids": [E_OWN], "from": str(today), "to": str(today)}
+        status, body = await rep.call("POST", "/v1/usage/jobs", {**job, "channel": not_a_number})
+        assert status == 422 and body["field"] == "channel", (not_a_number, body)
     after = await harness.gateway.store.run(
         lambda conn: conn.execute(sa.select(sa.func.count()).select_from(usage_jobs)).scalar_one()
     )

@@ -156,7 +156,7 @@ def parse_channel(value: object) -> int:
         return DEFAULT_CHANNEL
     if isinstance(value, str) and _CHANNEL.fullmatch(value):
         value = int(value)
-    if isinstance(value, bool) or value not in CHANNELS:
+    if isinstance(value, bool) or not isinstance(value, int) or value not in CHANNELS:
         raise InvalidField(
             "channel", f"channel must be 4 (consumption) or 1 (generation), got {str(value)[:20]}"
         )
