@@ -47,7 +47,7 @@ from hangw.router import Router
 from hangw.secrets import SecretBox, load_or_create_key
 from hangw.store import schema
 from hangw.store.db import Store, without_password
-from hangw.store.model import han_devices
+from hangw.store.model import han_devices, webhook_subscriptions
 from hangw.usage.dropdir import DropDirectories
 from hangw.usage.ingest import Ingest
 from hangw.usage.jobs import UsageReports
@@ -94,23 +94,34 @@ def load_adapter(adapter_config: AdapterConfig, clock: Any, config: Config) -> I
     return adapter
 
 
-def _holds_sealed_secrets(engine: sa.Engine, key_path: Path) -> bool:
-    """Does the store already hold HAN devices (whose secrets are sealed with the store key)?
+#: The tables whose rows hold secrets sealed with the store key, and what to call them.
+SEALED_WITH_THE_STORE_KEY = (
+    (han_devices, "install codes and link keys of HAN devices"),
+    (webhook_subscriptions, "webhook signing secrets"),
+)
+
+
+def _holds_sealed_secrets(engine: sa.Engine, key_path: Path) -> str | None:
+    """What the store holds sealed with the store key (devices' codes, webhook secrets), if any.
 
     A store that cannot be reached cannot say, and a new key must not be made on a guess: that
     raises ConfigError.
     """
     try:
         with engine.connect() as conn:
-            if not sa.inspect(conn).has_table(han_devices.name):
-                return False  # a new store: nothing was ever sealed
-            return conn.execute(sa.select(han_devices.c.device_id).limit(1)).first() is not None
+            inspector = sa.inspect(conn)
+            for table, what in SEALED_WITH_THE_STORE_KEY:
+                if not inspector.has_table(table.name):
+                    continue  # a new store: nothing was ever sealed there
+                if conn.execute(sa.select(sa.literal(1)).select_from(table).limit(1)).first():
+                    return what
+            return None
     except sa.exc.DBAPIError as error:
         why = without_password(str(error.orig)).strip().splitlines()[0][:200]
         raise ConfigError(
             f"store.key_file: {key_path} is missing, and the store cannot be reached to tell "
-            f"whether it holds install codes sealed with it ({why}); start hangwd again when "
-            "the database is up (a new key is made only for a store without devices)"
+            f"whether it holds secrets sealed with it ({why}); start hangwd again when the "
+            "database is up (a new key is made only for a store without devices or webhooks)"
         ) from None
 
 
@@ -303,10 +314,11 @@ class Gateway(MultiService):
             )
         self.store = Store(schema.make_engine(config.store_url), reactor)
         key_path = config.store_key_path
-        if not key_path.exists() and _holds_sealed_secrets(self.store.engine, key_path):
+        sealed = None if key_path.exists() else _holds_sealed_secrets(self.store.engine, key_path)
+        if sealed is not None:
             raise ConfigError(
-                f"store.key_file: {config.store_key_path} is missing, but the store holds install "
-                "codes sealed with it; restore the key file (a new key could not open them)"
+                f"store.key_file: {config.store_key_path} is missing, but the store holds "
+                f"{sealed} sealed with it; restore the key file (a new key could not open them)"
             )
         box = SecretBox(load_or_create_key(config.store_key_path))
         self.registry = PartyRegistry(self.store)

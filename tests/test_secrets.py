@@ -130,6 +130,26 @@ async def test_a_lost_store_key_stops_start_up_instead_of_making_a_new_one(tmp_p
     assert not key_path.exists()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_lost_store_key_with_only_webhooks_stops_start_up(tmp_path: Path) -> None:
+    """With no devices but a webhook (its secret sealed with the key), start-up refuses too."""
+    from tests.conftest import start_gateway
+
+    running = await start_gateway(tmp_path / "state")
+    status, _ = await running.caller("demo-rep-a").call(
+        "POST", "/v1/webhooks", {"url": "https://127.0.0.1:9/hook"}
+    )
+    assert status == 201
+    running.close()
+    await running.gateway.stopService()
+    key_path = running.config.store_key_path
+    key_path.unlink()
+    with pytest.raises(ConfigError, match=r"store\.key_file") as refusal:
+        Gateway(running.config, reactor)
+    assert "webhook signing secrets" in str(refusal.value)
+    assert not key_path.exists()
+
+
 def test_a_secret_sealed_with_another_key_does_not_block_the_outbox(tmp_path: Path) -> None:
     """A provision whose install code cannot be opened is set aside; the next one still goes."""
     service, _ = make_service(tmp_path / "s.sqlite")
