@@ -286,9 +286,8 @@ def _drop_directories(
     if not config.usage.drop_dirs:
         return None
     key = UsageKey(config.gnupg_home)
-    decrypt = None
-    if key.exists():
-        decrypt = functools.partial(key.decrypt, max_bytes=config.usage.max_unpacked_bytes)
+    # the key may be made while hangwd runs (`hangw usage key init`): looked for per delivery
+    decrypt = functools.partial(key.decrypt_once_made, max_bytes=config.usage.max_unpacked_bytes)
     ingest = Ingest(
         VeeSettings(config.usage.spike_ratio, config.usage.zero_run),
         sum_tolerance_wh=config.usage.sum_tolerance_wh,

@@ -68,3 +68,12 @@ def tshark() -> str:
             pytest.fail("HANGW_REQUIRE_TSHARK is set but tshark is not installed")
         pytest.skip("tshark is not installed (bin/test installs it; HANGW_REQUIRE_TSHARK=1 fails)")
     return path
+
+
+@pytest.fixture(scope="session")
+def gnupg() -> None:
+    """GnuPG 2.2+ is installed; skips without it, or fails when HANGW_REQUIRE_GNUPG is set."""
+    if shutil.which("gpg") is None or shutil.which("gpgconf") is None:
+        if os.environ.get("HANGW_REQUIRE_GNUPG", "0") != "0":
+            pytest.fail("HANGW_REQUIRE_GNUPG is set but GnuPG is not installed")
+        pytest.skip("GnuPG is not installed (bin/test installs it; HANGW_REQUIRE_GNUPG=1 fails)")

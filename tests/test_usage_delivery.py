@@ -6,9 +6,7 @@ import argparse
 import base64
 import functools
 import io
-import os
 import re
-import shutil
 import subprocess
 import time
 import zipfile
@@ -47,15 +45,6 @@ def rejection(name: str, data: bytes, **kwargs: object) -> str:
 
 
 # -- GnuPG: keys in tmp_path, and no gpg-agent left behind -----------------------------------
-
-
-@pytest.fixture(scope="session")
-def gnupg() -> None:
-    """GnuPG 2.2+ is installed; skips without it, or fails when HANGW_REQUIRE_GNUPG is set."""
-    if shutil.which("gpg") is None or shutil.which("gpgconf") is None:
-        if os.environ.get("HANGW_REQUIRE_GNUPG", "0") != "0":
-            pytest.fail("HANGW_REQUIRE_GNUPG is set but GnuPG is not installed")
-        pytest.skip("GnuPG is not installed (bin/test installs it; HANGW_REQUIRE_GNUPG=1 fails)")
 
 
 def agents_for(paths: list[Path]) -> list[str]:

@@ -10,11 +10,13 @@ import pytest_twisted
 import sqlalchemy as sa
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 
 from hangw.store import schema
 from hangw.store.model import usage_days, usage_files
 from hangw.usage.dropdir import MAX_TRIES, DropDirectories
 from hangw.usage.ingest import FileOutcome, Ingest
+from hangw.usage.pgp import UsageKey, encrypt_for
 from simulators.fleet import generated_esiid
 from simulators.usage import profile_records, write_lse_files
 from tests.conftest import start_gateway
@@ -137,3 +139,50 @@ def test_a_file_set_aside_is_recorded_with_why(tmp_path: Path) -> None:
     assert _files(engine) == [("day.lse", "rejected", "OverflowError: date value out of range")]
     assert drops.outcomes[0].file_id is not None
     engine.dispose()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_usage_key_made_after_start_decrypts_what_is_dropped(
+    tmp_path: Path, gnupg: None
+) -> None:
+    """An encrypted file waits (kept, not rejected) until `usage key init`; then it loads."""
+    drop = tmp_path / "drop"
+    running = await start_gateway(
+        tmp_path / "state", usage={"drop_dirs": {TDSP: str(drop)}, "poll_s": 0.05}
+    )
+    key = UsageKey(running.config.gnupg_home)
+    try:
+        records = profile_records(
+            [generated_esiid(0)],
+            dt.date(2026, 3, 7),
+            dt.date(2026, 3, 7),
+            tdsp_duns=TDSP,
+            rep_duns="0000000000001",
+            created="20260309000000",
+        )
+        [plain] = write_lse_files(
+            tmp_path / "out", records, tdsp_duns=TDSP, created="20260309000000"
+        )
+        # a key the gateway does not hold: waits like a file sent before the key was made
+        stranger = UsageKey(tmp_path / "stranger" / "gnupg")
+        stranger.init("not the gateway")
+        early = encrypt_for(stranger.export_public(), plain.read_bytes())
+        stranger.close()
+        (drop / "early.lse.pgp").write_bytes(early)
+        await deferLater(reactor, 0.5, lambda: None)  # several polls
+        assert (drop / "early.lse.pgp").exists() and running.gateway.drop_dirs.outcomes == []
+        # `hangw usage key init` while hangwd runs, then the TDSP sends to that key
+        await deferToThread(key.init, "hangw usage key (test)")
+        data = await deferToThread(encrypt_for, key.export_public(), plain.read_bytes())
+        (drop / "day.lse.pgp").write_bytes(data)
+        await settle(running.gateway, 2)
+        outcomes = {o.name: o for o in running.gateway.drop_dirs.outcomes}
+        assert outcomes["day.lse.pgp"].state != "rejected", outcomes
+        assert (drop / "done" / "day.lse.pgp").exists()
+        # the early file was for another key: with the gateway's key made, that is its fault
+        assert outcomes["early.lse.pgp"].state == "rejected"
+        assert (drop / "rejected" / "early.lse.pgp").exists()
+    finally:
+        key.close()
+        running.close()
+        await running.gateway.stopService()

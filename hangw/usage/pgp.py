@@ -122,6 +122,7 @@ class UsageKey:
         #: The time limit of one gpg run, plus ``seconds_per_mib`` per MiB it is given.
         self.timeout_s = timeout_s
         self.seconds_per_mib = seconds_per_mib
+        self._found = False  # a key was seen here (decrypt_once_made)
 
     def __enter__(self) -> UsageKey:
         return self
@@ -191,6 +192,23 @@ class UsageKey:
         if run.returncode != 0 or not run.stdout:
             raise UsageKeyError(f"gpg could not export the public key: {run.message()}")
         return run.stdout.decode("ascii")
+
+    def decrypt_once_made(self, data: bytes, *, max_bytes: int | None = None) -> bytes:
+        """``decrypt``, for a gateway whose usage key may be made after it started.
+
+        While the home holds no key, UsageKeyError (the gateway's side, not the delivery's: a
+        drop directory keeps the file and tries it again); from the first time a key is found,
+        straight to ``decrypt``.
+        """
+        if not self._found:
+            if not self.exists():
+                raise UsageKeyError(
+                    "an encrypted delivery waits for the gateway's usage key: create it with "
+                    "`hangw usage key init` (no restart needed) and give the TDSP the public key "
+                    "`hangw usage key export` prints"
+                )
+            self._found = True
+        return self.decrypt(data, max_bytes=max_bytes)
 
     def decrypt(self, data: bytes, *, max_bytes: int | None = None) -> bytes:
         """The plaintext of OpenPGP message ``data`` (binary or armored), encrypted to this key.
