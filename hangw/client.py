@@ -61,6 +61,24 @@ def tls_context(identity: Identity) -> ssl.SSLContext:
     return context
 
 
+#: What a keep-alive connection the gateway closed while it was idle fails with: the request
+#: sent on it was not read. A timeout is not one of them: the request may be running.
+_GONE = (
+    http.client.RemoteDisconnected,
+    ConnectionResetError,
+    BrokenPipeError,
+    ConnectionAbortedError,
+    ssl.SSLEOFError,  # closed without TLS's close_notify
+)
+
+
+def _may_resend(method: str, headers: dict[str, str]) -> bool:
+    """Is sending the request twice harmless? Not for a POST without an Idempotency-Key: a
+    connection that failed as a closed idle one does may also have been the gateway dying while
+    it answered, after the POST took effect."""
+    return method != "POST" or any(name.lower() == "idempotency-key" for name in headers)
+
+
 class Client:
     def __init__(self, base_url: str, identity: Identity, timeout: float = 30.0) -> None:
         """ValueError for a URL that is not https://host[:port], IdentityError for unusable
@@ -78,6 +96,7 @@ class Client:
         self._connection = http.client.HTTPSConnection(
             parts.hostname, port, context=tls_context(identity), timeout=timeout
         )
+        self._answered = False  # the connection is open and answered a request before
 
     def close(self) -> None:
         self._connection.close()
@@ -89,15 +108,21 @@ class Client:
         sent = {"accept": "application/json", **(headers or {})}
         if payload is not None:
             sent["content-type"] = "application/json"
+        reused = self._answered  # was this connection kept alive after an earlier answer?
         try:
             self._connection.request(method, path, body=payload, headers=sent)
             response = self._connection.getresponse()
             raw = response.read()
-        except (OSError, http.client.HTTPException):
-            self._connection.close()  # reconnect once: the keep-alive connection may have gone
+        except (OSError, http.client.HTTPException) as error:
+            self._connection.close()
+            self._answered = False
+            if not (reused and isinstance(error, _GONE) and _may_resend(method, sent)):
+                raise
+            # the gateway closed the idle keep-alive connection: send it once more, anew
             self._connection.request(method, path, body=payload, headers=sent)
             response = self._connection.getresponse()
             raw = response.read()
+        self._answered = not response.will_close
         try:
             data = json.loads(raw) if raw else None
         except ValueError:  # not the gateway answering (a proxy's error page, say)
