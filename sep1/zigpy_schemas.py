@@ -30,6 +30,7 @@ __all__ = [
     "MessagingCluster",
     "PriceCluster",
     "SmartEnergyDevice",
+    "Utf8String",
     "command_def",
     "from_zigpy",
     "install_in_registry",
@@ -55,6 +56,35 @@ _INT_TYPES: dict[str, Any] = {
 }
 
 
+class Utf8String(str):
+    """A ZCL character string whose length byte counts UTF-8 bytes, as sep1 writes it.
+
+    zigpy 2.4's CharacterString writes the character count (wrong for non-ASCII text, which a
+    device then reads cut short), ends text at a NUL and replaces invalid UTF-8. This type
+    reads and writes text as ``sep1.encode`` and ``sep1.decode`` do.
+    """
+
+    def serialize(self) -> bytes:
+        """The length byte (UTF-8 bytes) and the UTF-8 text."""
+        data = self.encode("utf-8")
+        if len(data) > 254:
+            raise ValueError(f"a ZCL string holds at most 254 bytes, not {len(data)}")
+        return bytes((len(data),)) + data
+
+    @classmethod
+    def deserialize(cls, data: bytes) -> tuple[Utf8String, bytes]:
+        """The text at the start of ``data`` and the bytes after it; ValueError if malformed."""
+        if not data:
+            raise ValueError("data ends before the string's length byte")
+        length = data[0]
+        if length == 0xFF:
+            raise ValueError("length 0xFF marks an invalid string")
+        if len(data) - 1 < length:
+            raise ValueError(f"length byte says {length} bytes but {len(data) - 1} remain")
+        # UnicodeDecodeError is a ValueError, which zigpy treats as a malformed frame
+        return cls(bytes(data[1 : 1 + length]).decode("utf-8")), data[1 + length :]
+
+
 def _zigpy_type(spec: FieldSpec, nibble_pair: bool) -> Any:
     form = spec.wire.form
     if nibble_pair or form == "high_nibble":
@@ -64,7 +94,7 @@ def _zigpy_type(spec: FieldSpec, nibble_pair: bool) -> Any:
     if form == "octets":
         return t.LVBytes
     if form == "text":
-        return t.CharacterString
+        return Utf8String
     if form == "fixed_octets":
         fixed_list: Any = t.FixedList
         return fixed_list[t.uint8_t, spec.wire.size]

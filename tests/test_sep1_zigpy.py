@@ -11,6 +11,7 @@ import asyncio
 import warnings
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,14 +30,6 @@ with warnings.catch_warnings():
     from simulators.zigpy_radio import FakeRadioApplication
 
 CLUSTER_TYPES = [cls for cls in ALL_TYPES if not cls.GENERAL]
-
-
-def ascii_only(message: sep1.Message) -> bool:
-    """Text zigpy reads as sep1 does: ASCII (see the length test below) and without a NUL,
-    where zigpy ends a string (the API refuses text with one)."""
-    if not isinstance(message, sep1.DisplayMessage):
-        return True
-    return message.message.isascii() and "\x00" not in message.message
 
 
 def test_every_cluster_command_has_a_zigpy_definition() -> None:
@@ -64,7 +57,7 @@ def check_against_zigpy(cls: type[sep1.Message]) -> None:
     schema = zigpy_schemas.command_def(cls).schema
 
     @settings(max_examples=120, deadline=None)
-    @given(message=messages_of(cls).filter(ascii_only), tsn=st.integers(0, 255))
+    @given(message=messages_of(cls), tsn=st.integers(0, 255))
     def judge(message: sep1.Message, tsn: int) -> None:
         frame = sep1.encode(message, tsn)
         header, payload = foundation.ZCLHeader.deserialize(frame)
@@ -84,17 +77,30 @@ def check_against_zigpy(cls: type[sep1.Message]) -> None:
     judge()
 
 
-def test_zigpy_misstates_the_length_of_non_ascii_text() -> None:
-    """zigpy 2.4 writes a character count as string length; sep1 writes the UTF-8 byte count."""
-    message = sep1.DisplayMessage(message_id=9, message="Précio: 12¢")
-    payload = sep1.encode(message, 1)[3:]
+def test_zigpy_schema_writes_text_length_in_utf8_bytes() -> None:
+    """The zigpy schema writes a non-ASCII text's UTF-8 byte count as its length, like sep1."""
+    text = "Précio: 12¢"
+    encoded = text.encode()
+    assert (len(text), len(encoded)) == (11, 13)  # é and ¢ are two bytes each
+    message = sep1.DisplayMessage(message_id=9, message=text)
     schema = zigpy_schemas.command_def(sep1.DisplayMessage).schema
     zigpy_payload = schema(**zigpy_schemas.to_zigpy(message)).serialize()
-    text = "Précio: 12¢".encode()
-    assert payload.endswith(bytes([len(text)]) + text)
-    assert zigpy_payload.endswith(bytes([len("Précio: 12¢")]) + text)  # 11 characters, 13 bytes
-    parsed, rest = schema.deserialize(payload)
+    assert zigpy_payload.endswith(bytes([13]) + encoded)
+    assert zigpy_payload == sep1.encode(message, 1)[3:]
+    parsed, rest = schema.deserialize(zigpy_payload)
     assert rest == b"" and zigpy_schemas.from_zigpy(sep1.DisplayMessage, parsed) == message
+
+
+def test_zigpy_schema_reads_text_as_sep1_does() -> None:
+    """The zigpy schema keeps text after a NUL and refuses invalid UTF-8, as sep1.decode does."""
+    schema = zigpy_schemas.command_def(sep1.DisplayMessage).schema
+    head = bytes(11)  # message id, control, start time, duration
+    parsed, rest = schema.deserialize(head + b"\x05a\x00b\xc3\xa9")
+    assert rest == b"" and parsed.message == "a\x00bé"
+    with pytest.raises(ValueError):
+        schema.deserialize(head + b"\x02\xc3\x28")
+    with pytest.raises(ValueError):
+        schema.deserialize(head + b"\x05abc")
 
 
 @settings(max_examples=200, deadline=None)
@@ -258,6 +264,20 @@ def test_plain_zigpy_device_drops_profile_0109_frames() -> None:
     assert asyncio.run(scenario()) == []
 
 
+def send_through_zigpy(message: sep1.Message, tsn: int) -> t.ZigbeePacket:
+    """The packet zigpy sends for an ESI command, as the coordinator path sends it."""
+
+    async def scenario() -> t.ZigbeePacket:
+        app = FakeRadioApplication()
+        _, endpoint = make_device(app)
+        await endpoint.out_clusters[message.CLUSTER_ID].client_command(
+            message.COMMAND_ID, **zigpy_schemas.to_zigpy(message), tsn=tsn
+        )
+        return app.sent[-1]
+
+    return asyncio.run(scenario())
+
+
 def test_esi_commands_sent_through_zigpy_are_sep1_frames() -> None:
     """A Display Message sent through zigpy goes out as sep1's bytes on profile 0x0109."""
     message = sep1.DisplayMessage(
@@ -266,21 +286,25 @@ def test_esi_commands_sent_through_zigpy_are_sep1_frames() -> None:
         duration_in_minutes=30,
         message="Peak price 2-6 pm",
     )
-
-    async def scenario() -> t.ZigbeePacket:
-        app = FakeRadioApplication()
-        _, endpoint = make_device(app)
-        await endpoint.out_clusters[sep1.MESSAGING].client_command(
-            0x00, **zigpy_schemas.to_zigpy(message), tsn=7
-        )
-        return app.sent[-1]
-
-    packet = asyncio.run(scenario())
+    packet = send_through_zigpy(message, 7)
     assert packet.profile_id == sep1.PROFILE_ID and packet.cluster_id == sep1.MESSAGING
     sent = packet.data.serialize()
     ddr = bool(sent[0] & 0x10)
     assert sent == sep1.encode(message, 7, disable_default_response=ddr)
     assert sep1.decode(sep1.MESSAGING, sent) == message
+
+
+def test_non_ascii_text_sent_through_zigpy_keeps_every_byte() -> None:
+    """Non-ASCII text sent through zigpy carries its UTF-8 byte count, so no text is cut off."""
+    text = "Prix: 12 €/kWh"
+    encoded = text.encode()
+    assert (len(text), len(encoded)) == (14, 16)  # € is three bytes
+    message = sep1.DisplayMessage(message_id=42, message=text)
+    sent = send_through_zigpy(message, 7).data.serialize()
+    assert sent.endswith(bytes([16]) + encoded)
+    assert sent == sep1.encode(message, 7, disable_default_response=bool(sent[0] & 0x10))
+    decoded = sep1.decode_frame(sep1.MESSAGING, sent)
+    assert decoded.message == message and decoded.trailing == b""
 
 
 REPORT = sep1.ReportEventStatus(
