@@ -400,8 +400,10 @@ def payload_layout(cls: type[Message]) -> list[tuple[str, int | None]]:
 
 def encode(message: Message, tsn: int, *, disable_default_response: bool = False) -> bytes:
     """The ZCL frame (header and payload) of a message with sequence number ``tsn``."""
-    if type(tsn) is not int or not 0 <= tsn <= 0xFF:
+    # int subclasses (zigpy's uint8_t, an IntEnum) are ints; bool is not a sequence number
+    if isinstance(tsn, bool) or not isinstance(tsn, int) or not 0 <= tsn <= 0xFF:
         raise ValueError(f"tsn: {tsn!r} is not a uint8")
+    tsn = int(tsn)
     cls = type(message)
     codec = _CODECS.get(cls)
     if codec is None:
@@ -429,8 +431,11 @@ def encode_frame(frame: Frame) -> bytes:
 
 def decode_frame(cluster_id: int, frame: bytes) -> Frame:
     """Decode a ZCL frame received on ``cluster_id``; raises only DecodeError."""
-    if type(cluster_id) is not int or cluster_id not in _CLUSTERS:
-        raise DecodeError(f"cluster {cluster_id!r} is not a SE 1.0 cluster sep1 decodes")
+    if isinstance(cluster_id, bool) or not isinstance(cluster_id, int):
+        raise DecodeError(f"a cluster id is an int, not {type(cluster_id).__name__}")
+    cluster_id = int(cluster_id)  # zigpy's ClusterId, an IntEnum: a plain int from here on
+    if cluster_id not in _CLUSTERS:
+        raise DecodeError(f"cluster 0x{cluster_id:04X} is not a SE 1.0 cluster sep1 decodes")
     if not isinstance(frame, (bytes, bytearray, memoryview)):
         raise DecodeError(f"a frame is bytes, not {type(frame).__name__}", cluster_id=cluster_id)
     data = bytes(frame)

@@ -34,13 +34,18 @@ class ZCLHeader:
             raise ValueError(
                 f"ZCLHeader.frame_type: {self.frame_type!r} is not 0 (general) or 1 (cluster)"
             )
-        for name, hi in (("tsn", 0xFF), ("command_id", 0xFF)):
+        # int subclasses (zigpy's uint8_t, an IntEnum) are kept as plain ints; bool is refused
+        for name, hi, kind in (
+            ("tsn", 0xFF, "uint8"),
+            ("command_id", 0xFF, "uint8"),
+            ("manufacturer_code", 0xFFFF, "uint16"),
+        ):
             value = getattr(self, name)
-            if type(value) is not int or not 0 <= value <= hi:
-                raise ValueError(f"ZCLHeader.{name}: {value!r} is not a uint8")
-        code = self.manufacturer_code
-        if code is not None and (type(code) is not int or not 0 <= code <= 0xFFFF):
-            raise ValueError(f"ZCLHeader.manufacturer_code: {code!r} is not a uint16")
+            if value is None and name == "manufacturer_code":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= hi:
+                raise ValueError(f"ZCLHeader.{name}: {value!r} is not a {kind}")
+            object.__setattr__(self, name, int(value))
 
     @property
     def frame_control(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import struct
 import subprocess
 import sys
@@ -264,6 +265,39 @@ def test_encode_refuses_what_is_not_a_frame() -> None:
         sep1.encode(sep1.GetLastMessage(), 256)
     with pytest.raises(TypeError):
         sep1.encode(object(), 1)  # type: ignore[arg-type]
+
+
+class Uint8(int):
+    """An int subclass, as zigpy's uint8_t (a parsed header's tsn) is."""
+
+
+class Cluster(enum.IntEnum):
+    DRLC = 0x0701
+
+
+def test_integer_subclasses_work_as_the_integers_they_are() -> None:
+    """A tsn, command id or cluster id given as an int subclass or IntEnum works as a plain int."""
+    event = sep1.LoadControlEvent(issuer_event_id=1, device_class=1)
+    frame = sep1.encode(event, Uint8(9))
+    assert frame[:3] == bytes([0x09, 9, 0x00])
+    assert sep1.decode(Cluster.DRLC, frame) == event
+    decoded = sep1.decode_frame(Cluster.DRLC, frame)
+    assert type(decoded.cluster_id) is int and decoded.cluster_id == 0x0701
+    header = sep1.ZCLHeader(1, True, Uint8(9), Uint8(2), manufacturer_code=Uint8(0x1234))
+    assert [type(v) for v in (header.tsn, header.command_id, header.manufacturer_code)] == [int] * 3
+    assert header.encode() == bytes([0x0D, 0x34, 0x12, 9, 2])
+
+
+def test_bools_are_not_ids_and_unknown_clusters_are_named_in_hex() -> None:
+    """True is refused as a tsn or cluster id; a cluster sep1 does not decode is shown in hex."""
+    with pytest.raises(ValueError, match="tsn"):
+        sep1.encode(sep1.GetLastMessage(), True)
+    with pytest.raises(ValueError, match="tsn"):
+        sep1.ZCLHeader(1, True, True, 0)
+    with pytest.raises(sep1.DecodeError, match="bool"):
+        sep1.decode(True, bytes([0x09, 0x01, 0x00]))  # type: ignore[arg-type]
+    with pytest.raises(sep1.DecodeError, match=r"cluster 0x0006 is not a SE 1\.0 cluster"):
+        sep1.decode(0x0006, bytes([0x09, 0x01, 0x00]))
 
 
 def test_header_with_manufacturer_code_round_trips() -> None:

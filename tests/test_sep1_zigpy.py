@@ -307,6 +307,16 @@ def test_non_ascii_text_sent_through_zigpy_keeps_every_byte() -> None:
     assert decoded.message == message and decoded.trailing == b""
 
 
+def test_zigpys_tsn_and_cluster_id_are_taken_as_they_are() -> None:
+    """A reply built with a parsed zigpy header's tsn, decoded on zigpy's cluster id, works."""
+    header, _ = foundation.ZCLHeader.deserialize(sep1.encode(sep1.GetCurrentPrice(), 9))
+    price = sep1.PublishPrice(provider_id=1, rate_label=b"x", issuer_event_id=1, current_time=1)
+    reply = sep1.encode(price, header.tsn)
+    assert reply[:3] == bytes([0x09, 9, 0x00])
+    assert sep1.ZCLHeader(1, True, header.tsn, 0).tsn == 9
+    assert sep1.decode(smartenergy.Price.cluster_id, reply) == price
+
+
 REPORT = sep1.ReportEventStatus(
     issuer_event_id=0xCAFE0001,
     event_status=sep1.EventStatus.USER_OPTED_OUT,
