@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 from .errors import FieldValueError
+from .utctime import UTC_TIME_INVALID
 from .wire import (
     ATTRIBUTE_RECORDS,
     CHAR_STRING,
@@ -120,6 +121,7 @@ def _validator(spec: FieldSpec) -> Validator:
         sentinel_text = (
             f"0x{not_used:X}" if not_used is not None and not_used >= 0 else str(not_used)
         )
+        invalid_time = UTC_TIME_INVALID if spec.wire is UTC_TIME else None
 
         def check_int(value: Any) -> str | None:
             if value is None:
@@ -132,6 +134,8 @@ def _validator(spec: FieldSpec) -> Validator:
                 return f"expected an integer, got {type(value).__name__}"
             if value == not_used:
                 return f"{value} is the not-used sentinel {sentinel_text}; pass None for not used"
+            if value == invalid_time:
+                return "0xFFFFFFFF is ZCL's invalid UTCTime, not a time (the last is 0xFFFFFFFE)"
             if not lo <= value <= hi:
                 return f"{value} is outside {lo}..{hi}"
             return None

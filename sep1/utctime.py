@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 __all__ = [
     "EPOCH_2000",
     "UNIX_OFFSET",
+    "UTC_TIME_INVALID",
     "UTC_TIME_MAX",
     "from_datetime",
     "from_unix",
@@ -18,8 +19,11 @@ __all__ = [
 EPOCH_2000 = datetime(2000, 1, 1, tzinfo=UTC)
 #: Seconds from the Unix epoch to the ZigBee epoch.
 UNIX_OFFSET = 946_684_800
-#: The largest UTCTime; ZCL reserves 0xFFFFFFFF as "invalid".
-UTC_TIME_MAX = 0xFFFF_FFFE
+#: ZCL's "invalid" UTCTime. No SE 1.0 command gives it another meaning, so sep1 refuses it in
+#: every time field, on encode and on decode, rather than read it as a time in 2136.
+UTC_TIME_INVALID = 0xFFFF_FFFF
+#: The largest UTCTime (2136-02-07T06:28:14Z).
+UTC_TIME_MAX = UTC_TIME_INVALID - 1
 
 
 def from_datetime(moment: datetime) -> int:
@@ -33,8 +37,10 @@ def from_datetime(moment: datetime) -> int:
 
 
 def to_datetime(utc_time: int) -> datetime:
-    """The aware UTC datetime of a UTCTime."""
-    if not 0 <= utc_time <= 0xFFFF_FFFF:
+    """The aware UTC datetime of a UTCTime; refuses 0xFFFFFFFF, ZCL's invalid time."""
+    if utc_time == UTC_TIME_INVALID:
+        raise ValueError("0xFFFFFFFF is ZCL's invalid UTCTime, not a time")
+    if not 0 <= utc_time <= UTC_TIME_MAX:
         raise ValueError(f"{utc_time} is not a 32-bit UTCTime")
     return EPOCH_2000 + timedelta(seconds=utc_time)
 

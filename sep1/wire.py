@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from .utctime import UTC_TIME_MAX
+
 __all__ = [
     "ATTRIBUTE_RECORDS",
     "CHAR_STRING",
@@ -81,7 +83,8 @@ INT24 = _int("int24", 3, None, True, 0x2A)
 MAP8 = _int("map8", 1, "B", False, 0x18)
 MAP16 = _int("map16", 2, "H", False, 0x19)
 ENUM8 = _int("enum8", 1, "B", False, 0x30)
-UTC_TIME = _int("UTCTime", 4, "I", False, 0xE2)
+#: 0..0xFFFFFFFE: ZCL reserves 0xFFFFFFFF as invalid (see sep1.utctime).
+UTC_TIME = dataclasses.replace(_int("UTCTime", 4, "I", False, 0xE2), hi=UTC_TIME_MAX)
 #: The high four bits of a map8 shared with the next field (or with reserved zero bits).
 HIGH_NIBBLE = WireType("map8 high nibble", "high_nibble", 1, "B", 0, 15)
 #: The low four bits of a map8 shared with the previous field.

@@ -4,6 +4,7 @@ accept, fan-out outbox, acknowledgement, head-end statuses, device answers, dead
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,45 @@ async def test_a_delivery_id_that_is_not_ascii_digits_is_refused_alone(
     )
     assert ["is not one of hangw's" in (r or "") for r in results] == [True, True, False]
     assert results[2] is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_report_at_the_invalid_utc_time_is_refused_not_recorded(
+    messaging: MessagingService,
+) -> None:
+    """A Report Event Status timed 0xFFFFFFFF (ZCL's invalid time, year 2136 if taken as a time)
+    is refused naming the field, and no device status is recorded from it."""
+    summary = await messaging.send(
+        REP,
+        {
+            "category": "LCE",
+            "esiids": [E_OWN],
+            "issuer_event_id": 79,
+            "device_class": 1,
+            "duration_minutes": 30,
+        },
+    )
+    payload = struct.pack(
+        "<IBIBhhbBBB",
+        79,
+        EventStatus.EVENT_STARTED,
+        0xFFFFFFFF,
+        3,
+        -0x8000,
+        -0x8000,
+        -0x80,
+        0xFF,
+        0,
+        0,
+    ) + bytes(42)
+    frame = InboundFrame(
+        E_OWN, MAC, sep1.DRLC, bytes([0x01, 0x01, 0x00]) + payload, START, tdsp_duns=TDSP
+    )
+    (result,) = await messaging.inbound_frames([frame], "batch-invalid-time")
+    assert result is not None
+    assert "event_status_time" in result and "invalid" in result
+    final = await messaging.get_request(REP, summary["request_id"])
+    assert [d for d in final["delivery_list"] if d["mac"] == MAC] == []
 
 
 @pytest_twisted.ensureDeferred

@@ -250,6 +250,22 @@ def test_decode_errors_say_where_and_why(
         assert error.cluster_id == cluster and f"cluster 0x{cluster:04X}" in str(error)
 
 
+def test_decoding_refuses_the_invalid_utc_time() -> None:
+    """A device's Report Event Status or Message Confirmation at 0xFFFFFFFF is a DecodeError
+    naming the time field and its byte."""
+    report = struct.pack("<IBIBhhbBBB", 7, 0x02, 0xFFFFFFFF, 3, -0x8000, -0x8000, -0x80, 0xFF, 0, 0)
+    confirmation = struct.pack("<II", 42, 0xFFFFFFFF)
+    for cluster, command_id, payload, field, offset in (
+        (sep1.DRLC, 0x00, report + bytes(42), "event_status_time", 3 + 4 + 1),
+        (sep1.MESSAGING, 0x01, confirmation, "confirmation_time", 3 + 4),
+    ):
+        with pytest.raises(sep1.DecodeError) as caught:
+            sep1.decode(cluster, bytes([0x01, 0x05, command_id]) + payload)
+        error = caught.value
+        assert (error.field, error.offset) == (field, offset)
+        assert "0xFFFFFFFF" in error.reason and "invalid" in error.reason
+
+
 def test_decode_error_offset_points_at_the_field() -> None:
     """The offset of a range fault is the byte where the offending field starts."""
     frame = bytearray(sep1.encode(sep1.LoadControlEvent(1, 1), 0))

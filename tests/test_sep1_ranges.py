@@ -28,6 +28,7 @@ def lce(**fields: object) -> sep1.LoadControlEvent:
         ("cooling_temperature_set_point", -27316, -27315),
         ("utility_enrollment_group", 256, 255),
         ("start_time", -1, 0),
+        ("start_time", 0xFFFFFFFF, 0xFFFFFFFE),
     ],
 )
 def test_load_control_event_limits(field: str, bad: int, good: int) -> None:
@@ -155,6 +156,55 @@ def test_messages_are_frozen() -> None:
     message = lce()
     with pytest.raises(AttributeError):
         message.duration_in_minutes = 5  # type: ignore[misc]
+
+
+# Every UTCTime field of sep1-wire.md; none of them gives 0xFFFFFFFF a meaning of its own.
+UTC_TIME_FIELDS = [
+    (sep1.GetScheduledPrices, "start_time", {}),
+    (
+        sep1.PublishPrice,
+        "current_time",
+        {"provider_id": 1, "rate_label": b"", "issuer_event_id": 2},
+    ),
+    (
+        sep1.PublishPrice,
+        "start_time",
+        {"provider_id": 1, "rate_label": b"", "issuer_event_id": 2, "current_time": 3},
+    ),
+    (sep1.LoadControlEvent, "start_time", {"issuer_event_id": 1, "device_class": 1}),
+    (sep1.CancelLoadControlEvent, "effective_time", {"issuer_event_id": 1, "device_class": 1}),
+    (
+        sep1.ReportEventStatus,
+        "event_status_time",
+        {"issuer_event_id": 1, "event_status": 1, "criticality_level_applied": 1},
+    ),
+    (sep1.GetScheduledEvents, "start_time", {}),
+    (sep1.GetProfile, "end_time", {"interval_channel": 0, "number_of_periods": 1}),
+    (sep1.GetProfileResponse, "end_time", {"status": 0, "profile_interval_period": 3}),
+    (sep1.DisplayMessage, "start_time", {"message_id": 1}),
+    (sep1.MessageConfirmation, "confirmation_time", {"message_id": 1}),
+]
+
+
+@pytest.mark.parametrize(("cls", "field", "others"), UTC_TIME_FIELDS)
+def test_utc_time_0xffffffff_is_refused_as_invalid(
+    cls: type[sep1.Message], field: str, others: dict[str, object]
+) -> None:
+    """Every UTCTime field refuses 0xFFFFFFFF, ZCL's invalid time, and takes 0xFFFFFFFE."""
+    with pytest.raises(sep1.FieldValueError) as caught:
+        cls(**others, **{field: 0xFFFFFFFF})
+    assert caught.value.field == field and "invalid" in caught.value.reason
+    assert getattr(cls(**others, **{field: 0xFFFFFFFE}), field) == 0xFFFFFFFE
+
+
+def test_utc_time_conversions_stop_at_the_last_valid_time() -> None:
+    """to_datetime takes 0xFFFFFFFE (2136-02-07 06:28:14) and refuses 0xFFFFFFFF as invalid."""
+    last = utctime.to_datetime(0xFFFFFFFE)
+    assert last == datetime(2000, 1, 1, tzinfo=UTC) + timedelta(seconds=2**32 - 2)
+    assert last == datetime(2136, 2, 7, 6, 28, 14, tzinfo=UTC)
+    assert utctime.from_datetime(last) == 0xFFFFFFFE
+    with pytest.raises(ValueError, match="invalid"):
+        utctime.to_datetime(0xFFFFFFFF)
 
 
 def test_utc_time_is_seconds_since_2000() -> None:

@@ -85,6 +85,7 @@ DEVICE = ESI.reverse()
 SMART_ENERGY = 0x0109
 
 MAX32 = 0xFFFFFFFF
+LAST_TIME = 0xFFFFFFFE  # the last UTCTime: ZCL reserves 0xFFFFFFFF as invalid
 NEW_YEAR = 757_382_400  # 2024-01-01T00:00:00Z as UTCTime (seconds since 2000-01-01)
 UTC_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -197,7 +198,7 @@ def handwritten() -> list[tuple[str, Message]]:
         ("rx-on-when-idle", GetCurrentPrice(command_options=GetCurrentPrice.RX_ON_WHEN_IDLE)),
         ("max", GetCurrentPrice(command_options=0xFF)),
         ("min", GetScheduledPrices(start_time=0, number_of_events=0)),
-        ("max", GetScheduledPrices(start_time=MAX32, number_of_events=0xFF)),
+        ("max", GetScheduledPrices(start_time=LAST_TIME, number_of_events=0xFF)),
         ("typical", GetScheduledPrices(start_time=NEW_YEAR, number_of_events=5)),
         # Price, ESI to device: every count of optional fields, edges and sentinels
         *[
@@ -230,14 +231,14 @@ def handwritten() -> list[tuple[str, Message]]:
                 provider_id=MAX32,
                 rate_label=b"ABCDEFGHIJKL",
                 issuer_event_id=MAX32,
-                current_time=MAX32,
+                current_time=LAST_TIME,
                 unit_of_measure=0xFF,
                 currency=0xFFFF,
                 price_trailing_digit=15,
                 price_tier=15,
                 number_of_price_tiers=15,
                 register_tier=15,
-                start_time=MAX32,
+                start_time=LAST_TIME,
                 duration_in_minutes=0xFFFF,
                 price=MAX32,
                 price_ratio=0xFE,
@@ -261,13 +262,16 @@ def handwritten() -> list[tuple[str, Message]]:
         # group, start, duration, criticality, cooling and heating offsets, cooling and heating
         # set points, average load adjustment, duty cycle, event control.
         ("min", lce(0, 0, 0, 0, 0, 1, 0, 0, -27315, -27315, -100, 0, 0)),
-        ("max", lce(MAX32, 0xFFFF, 0xFF, MAX32, 1440, 15, 254, 254, 32767, 32767, 100, 100, 0xFF)),
+        (
+            "max",
+            lce(MAX32, 0xFFFF, 0xFF, LAST_TIME, 1440, 15, 254, 254, 32767, 32767, 100, 100, 0xFF),
+        ),
         ("not-used", lce(1, 1, 0, 0, 60, 1, None, None, None, None, None, None, 0)),
         ("typical", lce(0x12345678, 0x0001, 0, NEW_YEAR, 60, 3, 10, 20, 2550, 1800, 20, 50, 3)),
         ("negative", lce(7, 0x0FFF, 3, 0, 30, 7, 1, 1, -500, -1, -1, 99, 1)),
         # Cancel: issuer, device class, group, cancel control, effective time.
         ("min", CancelLoadControlEvent(0, 0, 0, 0, 0)),
-        ("max", CancelLoadControlEvent(MAX32, 0xFFFF, 0xFF, 0xFF, MAX32)),
+        ("max", CancelLoadControlEvent(MAX32, 0xFFFF, 0xFF, 0xFF, LAST_TIME)),
         ("typical", CancelLoadControlEvent(0x12345678, 0x0FFF, 1, 1, 0x12345679)),
         ("min", CancelAllLoadControlEvents(cancel_control=0)),
         ("randomize", CancelAllLoadControlEvents(cancel_control=1)),
@@ -276,16 +280,16 @@ def handwritten() -> list[tuple[str, Message]]:
         # time, criticality, cooling and heating set points, average load adjustment, duty cycle,
         # event control, signature type, signature.
         ("min", res(0, 0, 0, 0, -27315, -27315, -100, 0, 0, 0, bytes(42))),
-        ("max", res(MAX32, 0xFE, MAX32, 15, 32767, 32767, 100, 100, 0xFF, 1, b"\xff" * 42)),
+        ("max", res(MAX32, 0xFE, LAST_TIME, 15, 32767, 32767, 100, 100, 0xFF, 1, b"\xff" * 42)),
         ("not-used", res(1, 0x01, NEW_YEAR, 1, None, None, None, None, 0, 0, bytes(42))),
         ("signed", res(0x12345678, 0x04, NEW_YEAR, 3, -1, 1800, -1, 50, 3, 1, bytes(range(42)))),
         ("rejected", res(9, 0xF9, NEW_YEAR + 1, 15, 2550, -5, 5, 0, 2, 0, bytes(42))),
         ("min", GetScheduledEvents(start_time=0, number_of_events=0)),
-        ("max", GetScheduledEvents(start_time=MAX32, number_of_events=0xFF)),
+        ("max", GetScheduledEvents(start_time=LAST_TIME, number_of_events=0xFF)),
         ("typical", GetScheduledEvents(start_time=NEW_YEAR, number_of_events=3)),
         # Metering, device to ESI
         ("min", GetProfile(interval_channel=0, end_time=0, number_of_periods=0)),
-        ("max", GetProfile(interval_channel=1, end_time=MAX32, number_of_periods=0xFF)),
+        ("max", GetProfile(interval_channel=1, end_time=LAST_TIME, number_of_periods=0xFF)),
         ("typical", GetProfile(interval_channel=0, end_time=NEW_YEAR, number_of_periods=24)),
         ("none", ReadAttributes(attribute_ids=())),
         ("known", ReadAttributes(attribute_ids=tuple(ATTRIBUTES))),
@@ -295,7 +299,7 @@ def handwritten() -> list[tuple[str, Message]]:
         (
             "max",
             GetProfileResponse(
-                end_time=MAX32, status=5, profile_interval_period=7, intervals=(0xFFFFFF,) * 30
+                end_time=LAST_TIME, status=5, profile_interval_period=7, intervals=(0xFFFFFF,) * 30
             ),
         ),
         (
@@ -319,7 +323,7 @@ def handwritten() -> list[tuple[str, Message]]:
             DisplayMessage(
                 message_id=MAX32,
                 message_control=0xFF,
-                start_time=MAX32,
+                start_time=LAST_TIME,
                 duration_in_minutes=0xFFFF,
                 message="~" * 85,
             ),
@@ -342,7 +346,7 @@ def handwritten() -> list[tuple[str, Message]]:
         # Messaging, device to ESI
         ("empty", GetLastMessage()),
         ("min", MessageConfirmation(message_id=0, confirmation_time=0)),
-        ("max", MessageConfirmation(message_id=MAX32, confirmation_time=MAX32)),
+        ("max", MessageConfirmation(message_id=MAX32, confirmation_time=LAST_TIME)),
         ("typical", MessageConfirmation(message_id=0x01020304, confirmation_time=NEW_YEAR)),
     ]
 
