@@ -426,7 +426,26 @@ def encode_frame(frame: Frame) -> bytes:
         raise ValueError(
             f"the header and cluster 0x{frame.cluster_id:04X} do not match {cls.__name__}"
         )
-    return header.encode() + _CODECS[cls].encode_body(message) + frame.trailing
+    codec = _CODECS[cls]
+    if frame.trailing:
+        _check_trailing(codec, message)
+    return header.encode() + codec.encode_body(message) + frame.trailing
+
+
+def _check_trailing(codec: _Codec, message: Message) -> None:
+    """Trailing bytes may follow only a body a receiver reads to its end and no further."""
+    last = codec.items[-1] if codec.items else None
+    if last is not None and last.form in ("uint16_list", "attribute_records"):
+        raise ValueError(
+            f"{codec.name}.{last.names[0]} runs to the end of the frame; "
+            "trailing bytes would be read as more of it"
+        )
+    sent = getattr(message, "optional_fields", codec.optional_count)
+    if sent < codec.optional_count:
+        raise ValueError(
+            f"{codec.name} sends {sent} of its {codec.optional_count} optional fields; "
+            "trailing bytes would be read as the next one (send all of them, or no trailing bytes)"
+        )
 
 
 def decode_frame(cluster_id: int, frame: bytes) -> Frame:

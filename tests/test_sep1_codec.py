@@ -95,6 +95,31 @@ def test_valid_frames_with_appended_fields_reencode_exactly(
     assert sep1.encode_frame(decoded) == frame
 
 
+def test_encode_frame_refuses_trailing_bytes_a_receiver_would_read_as_fields() -> None:
+    """Trailing bytes after a Publish Price short of optional fields, or after a list that runs to
+    the end of the frame, are refused; after a complete fixed-length body they are kept."""
+    price_header = sep1.ZCLHeader(1, True, 5, 0x00)
+    short = sep1.PublishPrice(1, b"x", 1, 1, optional_fields=0)
+    read = sep1.ReadAttributes(attribute_ids=(0x0000,))
+    response = sep1.ReadAttributesResponse(records=(sep1.AttributeRecord(0x0001, 0x86),))
+    for frame in (
+        sep1.Frame(sep1.PRICE, price_header, short, b"\x05"),
+        sep1.Frame(sep1.METERING, sep1.ZCLHeader(0, False, 5, 0x00), read, b"\x00\x04"),
+        sep1.Frame(sep1.METERING, sep1.ZCLHeader(0, True, 5, 0x01), response, b"\x00\x00\x86"),
+    ):
+        with pytest.raises(ValueError, match="trailing"):
+            sep1.encode_frame(frame)
+        assert sep1.encode_frame(sep1.Frame(frame.cluster_id, frame.header, frame.message)) == (
+            sep1.encode(frame.message, 5)
+        )
+    full = sep1.PublishPrice(1, b"x", 1, 1)  # all six optional fields sent
+    data = sep1.encode_frame(sep1.Frame(sep1.PRICE, price_header, full, b"\x05\x00"))
+    assert data == sep1.encode(full, 5) + b"\x05\x00"
+    assert sep1.decode_frame(sep1.PRICE, data) == sep1.Frame(
+        sep1.PRICE, price_header, full, b"\x05\x00"
+    )
+
+
 def test_load_control_event_bytes_follow_the_reference_layout() -> None:
     """A Load Control Event is the 23-byte little-endian layout of sep1-wire.md, sentinels too."""
     event = sep1.LoadControlEvent(
