@@ -583,6 +583,9 @@ class MessageControl:
 
 def truncate_utf8(text: str, max_bytes: int) -> str:
     """The longest prefix of ``text`` whose UTF-8 fits ``max_bytes``, cut between characters."""
+    # a negative limit would slice from the end ("drop 3 bytes"), not cap the length
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+        raise ValueError(f"max_bytes: {max_bytes!r} is not a byte count (an integer from 0)")
     data = text.encode("utf-8")
     if len(data) <= max_bytes:
         return text

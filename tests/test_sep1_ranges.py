@@ -103,6 +103,18 @@ def test_long_text_is_truncated_on_a_character_boundary_only_when_asked() -> Non
     assert sep1.DisplayMessage.UNFRAGMENTED_TEXT_BYTES == 59
 
 
+def test_truncation_refuses_a_limit_that_is_not_a_byte_count() -> None:
+    """A negative or non-integer limit is refused, not taken as bytes to drop from the end."""
+    message = sep1.DisplayMessage(message_id=1, message="Hello world")
+    for limit in (-3, -1, 2.5, 100.0, "5", True):
+        with pytest.raises(ValueError, match="max_bytes"):
+            message.truncated(limit)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="max_bytes"):
+            sep1.truncate_utf8("Hello", limit)  # type: ignore[arg-type]
+    assert message.truncated(0).message == "" and sep1.truncate_utf8("Hello", 0) == ""
+    assert message.truncated(5).message == "Hello"
+
+
 @settings(max_examples=300, deadline=None)
 @given(text=st.text(alphabet=st.characters(codec="utf-8"), max_size=80), limit=st.integers(0, 120))
 def test_truncate_utf8_is_the_longest_fitting_prefix(text: str, limit: int) -> None:
