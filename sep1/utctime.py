@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 
 __all__ = [
@@ -38,15 +39,15 @@ def from_datetime(moment: datetime) -> int:
 
 def to_datetime(utc_time: int) -> datetime:
     """The aware UTC datetime of a UTCTime; refuses 0xFFFFFFFF, ZCL's invalid time."""
-    if utc_time == UTC_TIME_INVALID:
-        raise ValueError("0xFFFFFFFF is ZCL's invalid UTCTime, not a time")
-    if not 0 <= utc_time <= UTC_TIME_MAX:
-        raise ValueError(f"{utc_time} is not a 32-bit UTCTime")
+    _check(utc_time)
     return EPOCH_2000 + timedelta(seconds=utc_time)
 
 
 def from_unix(unix_seconds: float) -> int:
     """UTCTime of a Unix timestamp (as a clock's ``seconds()`` gives), truncated to the second."""
+    # int() of an infinity raises OverflowError, of NaN a ValueError with another message
+    if not math.isfinite(unix_seconds):
+        raise ValueError(f"Unix time {unix_seconds} is outside the UTCTime range")
     seconds = int(unix_seconds) - UNIX_OFFSET
     if not 0 <= seconds <= UTC_TIME_MAX:
         raise ValueError(f"Unix time {unix_seconds} is outside the UTCTime range")
@@ -54,5 +55,13 @@ def from_unix(unix_seconds: float) -> int:
 
 
 def to_unix(utc_time: int) -> int:
-    """Unix seconds of a UTCTime."""
+    """Unix seconds of a UTCTime; refuses 0xFFFFFFFF, ZCL's invalid time."""
+    _check(utc_time)
     return utc_time + UNIX_OFFSET
+
+
+def _check(utc_time: int) -> None:
+    if utc_time == UTC_TIME_INVALID:
+        raise ValueError("0xFFFFFFFF is ZCL's invalid UTCTime, not a time")
+    if not 0 <= utc_time <= UTC_TIME_MAX:
+        raise ValueError(f"{utc_time} is not a 32-bit UTCTime")

@@ -219,6 +219,18 @@ def test_utc_time_conversions_stop_at_the_last_valid_time() -> None:
         utctime.to_datetime(0xFFFFFFFF)
 
 
+def test_unix_conversions_refuse_what_is_not_a_utc_time() -> None:
+    """from_unix refuses infinity and NaN with its range error; to_unix takes only 0..0xFFFFFFFE."""
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        with pytest.raises(ValueError, match="outside the UTCTime range"):
+            utctime.from_unix(bad)
+    for utc_time in (-5, -1, 0xFFFFFFFF, 2**32):
+        with pytest.raises(ValueError, match="UTCTime"):
+            utctime.to_unix(utc_time)
+    assert utctime.to_unix(0xFFFFFFFE) == 946_684_800 + 4_294_967_294
+    assert utctime.from_unix(946_684_800 + 4_294_967_294) == 0xFFFFFFFE
+
+
 def test_utc_time_is_seconds_since_2000() -> None:
     """UTCTime counts seconds from 2000-01-01T00:00:00Z (Unix 946684800), in either direction."""
     assert utctime.from_datetime(datetime(2000, 1, 1, tzinfo=UTC)) == 0
