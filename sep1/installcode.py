@@ -35,8 +35,16 @@ class InstallCodeCRCError(ValueError):
     """The two trailing bytes are not the CRC-16/X-25 of the code."""
 
 
-def check_install_code(code: bytes) -> None:
+def _as_bytes(code: object) -> bytes:
+    """The bytes of a bytes-like code; anything else (hex text, a list) is a TypeError."""
+    if not isinstance(code, (bytes, bytearray, memoryview)):
+        raise TypeError(f"an install code is bytes, not {type(code).__name__}")
+    return bytes(code)
+
+
+def check_install_code(code: bytes | bytearray | memoryview) -> None:
     """Raise unless ``code`` is a valid code body followed by its little-endian CRC."""
+    code = _as_bytes(code)
     if len(code) - 2 not in CODE_LENGTHS:
         raise InstallCodeLengthError(
             f"an install code is 6, 8, 12 or 16 bytes and a 2-byte CRC, not {len(code)} bytes"
@@ -69,7 +77,8 @@ def aes_mmo_hash(message: bytes) -> bytes:
     return digest
 
 
-def derive_link_key(code: bytes) -> bytes:
+def derive_link_key(code: bytes | bytearray | memoryview) -> bytes:
     """The 16-byte preconfigured link key of a checked install code (CRC included)."""
+    code = _as_bytes(code)
     check_install_code(code)
     return aes_mmo_hash(code)

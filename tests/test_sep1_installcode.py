@@ -61,3 +61,22 @@ def test_bad_codes_are_refused_without_echoing_them() -> None:
     for error in (crc_error.value, length_error.value):
         message = str(error).upper()
         assert good[:-2].hex().upper() not in message and "11223344" not in message
+
+
+def test_a_bytes_like_code_is_checked_and_hashed_as_its_bytes() -> None:
+    """A bytearray or memoryview code passes the check and gives the published link key."""
+    code, key = (bytes.fromhex(h) for h in VECTORS[0])
+    for form in (bytearray(code), memoryview(code)):
+        sep1.check_install_code(form)
+        assert sep1.derive_link_key(form) == key
+
+
+def test_a_code_that_is_not_bytes_is_refused_as_such_without_echoing_it() -> None:
+    """Hex text, a list of ints or None is a TypeError saying a code is bytes, never the code."""
+    text = VECTORS[0][0]
+    for call in (sep1.check_install_code, sep1.derive_link_key):
+        for bad in (text, text[:10], list(bytes.fromhex(text)), None):
+            with pytest.raises(TypeError, match="an install code is bytes") as caught:
+                call(bad)  # type: ignore[arg-type]
+            message = str(caught.value).upper()
+            assert "11223344" not in message and "4AF7" not in message
