@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = ["DecodeError", "FieldValueError"]
 
 
@@ -13,6 +15,10 @@ class FieldValueError(ValueError):
         self.field = field
         self.reason = reason
         super().__init__(f"{message_type}.{field}: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # args holds only the joined text; copy and pickle must call __init__ with the three parts
+        return type(self), (self.message_type, self.field, self.reason), self.__dict__
 
 
 class DecodeError(ValueError):

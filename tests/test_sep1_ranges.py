@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -37,6 +39,21 @@ def test_load_control_event_limits(field: str, bad: int, good: int) -> None:
         lce(**{field: bad})
     assert caught.value.field == field and field in str(caught.value)
     assert getattr(lce(**{field: good}), field) == good
+
+
+def test_field_value_error_survives_copy_and_pickle() -> None:
+    """A FieldValueError copies and pickles with its message type, field, reason and text."""
+    with pytest.raises(sep1.FieldValueError) as caught:
+        lce(duty_cycle=101)
+    error = caught.value
+    for clone in (copy.copy(error), copy.deepcopy(error), pickle.loads(pickle.dumps(error))):
+        assert type(clone) is sep1.FieldValueError
+        assert (clone.message_type, clone.field, clone.reason) == (
+            "LoadControlEvent",
+            "duty_cycle",
+            "101 is outside 0..100",
+        )
+        assert str(clone) == "LoadControlEvent.duty_cycle: 101 is outside 0..100"
 
 
 @pytest.mark.parametrize(
