@@ -11,6 +11,7 @@ import pytest_twisted
 from twisted.internet.threads import deferToThread
 
 from hangw.api.app import Api, openapi_document
+from hangw.messaging.requests import FIELDS
 from tests.gateway_harness import E_OWN, Harness
 from tests.test_api_provisioning import add_body
 
@@ -76,6 +77,14 @@ def test_openapi_document_describes_every_route() -> None:
         for path, item in document["paths"].items()
     }
     assert described == served
+
+
+def test_openapi_message_request_names_every_field_a_message_takes() -> None:
+    """MessageRequest has a property for every field POST /v1/messages takes in some category
+    (a generated client can send no field its schema leaves out), and for no other."""
+    document: dict[str, Any] = json.loads(openapi_document())
+    properties = document["components"]["schemas"]["MessageRequest"]["properties"]
+    assert set(properties) == set().union(*FIELDS.values())
 
 
 @pytest_twisted.ensureDeferred
