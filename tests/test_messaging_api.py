@@ -188,16 +188,19 @@ async def devices_harness(request: Any, tmp_path: Path) -> AsyncIterator[Harness
 async def test_load_control_event_is_confirmed_and_started_per_device(
     devices_harness: Harness,
 ) -> None:
-    """An LCE goes RQA -> ACK -> CON at the meter, and the thermostat confirms and starts it."""
+    """An LCE goes RQA -> ACK -> CON at the meter, and the thermostat confirms and starts it.
+    Its summary, on POST and on GET, carries `warnings` although there are none."""
     rep = devices_harness.caller("demo-rep-a")
     status, summary = await rep.call("POST", "/v1/messages", lce(7001))
     assert status == 202, summary
     assert summary["category"] == "LCE" and summary["targets"] == 1
+    assert summary["warnings"] == []
     request_id = summary["request_id"]
     # the display takes no load control: only the thermostat gets a delivery of its own
     assert set(by_target(summary)) == {"esi", THERMOSTAT_MAC}
     done = await settled(devices_harness, "demo-rep-a", request_id)
     assert done["complete"], done
+    assert done["warnings"] == []
     targets = by_target(done)
     assert targets["esi"]["status"] == "CON"
     # "command received" (CON) then "event started" (STR)
@@ -263,6 +266,7 @@ async def test_text_cancelled_before_confirmation(devices_harness: Harness) -> N
     status, cancel = await rep.call("POST", f"/v1/messages/{text['request_id']}/cancel", {})
     assert status == 202, cancel
     assert cancel["category"] == "CSM" and set(by_target(cancel)) == {"esi"}
+    assert cancel["warnings"] == []
     done = await settled(devices_harness, "demo-rep-a", cancel["request_id"])
     assert by_target(done)["esi"]["status"] == "CON"
     _, original = await rep.call("GET", f"/v1/messages/{text['request_id']}")

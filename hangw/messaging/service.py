@@ -838,13 +838,13 @@ class MessagingService:
             "fan_out": {"commands": commands[0], "acknowledged": commands[1]},
             "cancelled_by": row.cancelled_by,
             "superseded_by": row.superseded_by,
+            # Always there, empty when none: a client reads it as the docs describe it.
+            "warnings": warnings,
             "links": {
                 "self": f"/v1/messages/{row.request_id}",
                 "log": f"/v1/message-log?request_id={row.request_id}",
             },
         }
-        if warnings:
-            summary["warnings"] = warnings
         if total <= 100:
             summary["delivery_list"] = [
                 {
