@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest_twisted
@@ -14,6 +16,8 @@ from hangw.api.app import Api, openapi_document
 from hangw.messaging.requests import FIELDS
 from tests.gateway_harness import E_OWN, Harness
 from tests.test_api_provisioning import add_body
+
+HANGW = Path(__file__).resolve().parent.parent / "hangw"
 
 
 def fetch(url: str) -> tuple[int, str, bytes]:
@@ -77,6 +81,33 @@ def test_openapi_document_describes_every_route() -> None:
         for path, item in document["paths"].items()
     }
     assert described == served
+
+
+def test_openapi_problem_names_every_extension_member_the_code_sends() -> None:
+    """Every keyword a Problem is raised with in hangw/ (an extension member of its body) is a
+    property of the OpenAPI Problem schema, and the schema names no member nothing sends."""
+    trees = [ast.parse(path.read_text()) for path in HANGW.rglob("*.py")]
+    bases = {
+        node.name: {base.id for base in node.bases if isinstance(base, ast.Name)}
+        for tree in trees
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef)
+    }
+    problems = {"Problem"}
+    while grown := {name for name, of in bases.items() if of & problems} - problems:
+        problems |= grown
+    sent = {"field"}  # InvalidField's constructor adds it
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                func = node.func
+                name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+                if name in problems:
+                    sent.update(k.arg for k in node.keywords if k.arg is not None)
+    document: dict[str, Any] = json.loads(openapi_document())
+    schema = document["components"]["schemas"]["Problem"]["properties"]
+    standard = {"type", "title", "status", "detail", "instance"}
+    assert set(schema) - standard == sent
 
 
 def test_openapi_message_request_names_every_field_a_message_takes() -> None:
