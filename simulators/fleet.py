@@ -590,7 +590,7 @@ class Fleet:
 
     def leave(self, esiid: str, mac: str) -> None:
         """A device was removed from the meter's HAN: its events stop where they are."""
-        meter = self._meters.get(esiid)
+        meter = self.meter(esiid)
         if meter is not None:
             device = meter.devices.pop(mac, None)
             if device is not None:

@@ -25,7 +25,8 @@ items it refused are logged at debug level. (An event sink without those methods
 
 Commands are deduplicated by ``command_id``: a command sent again is acknowledged again and
 applied once. With a journal (a small SQLite file) the head-end survives a gateway restart:
-accepted commands and the step each reached are recorded, and ``start`` resumes unfinished ones.
+accepted commands, the step each reached and the devices they joined to or removed from each
+meter are recorded, and ``start`` puts the devices back and resumes unfinished commands.
 The journal never holds install codes or link keys; the simulator never logs them.
 
 Configuration comes from the ``[adapters.<tdsp_duns>]`` table (``kind = "simulator"``) through
@@ -377,6 +378,8 @@ class _Job:
     frames: tuple[OutboundFrame, ...] = ()
     #: A FanOutFrame command (kept in memory only), delivered after the ack.
     fan_out: FanOutFrame | None = None
+    #: An add that a removal of its device ended: no step after the acknowledgement is made.
+    ended: bool = False
 
 
 class _StepTimers:
@@ -447,6 +450,12 @@ class _Journal:
             " device_id TEXT NOT NULL, mac TEXT NOT NULL, fault TEXT NOT NULL,"
             " next_step INTEGER NOT NULL, step_at REAL NOT NULL, finished INTEGER NOT NULL)"
         )
+        # the devices that commands joined to a meter (1) or removed from it (0), so a
+        # restarted head-end's meters hold what they held before
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS devices (esiid TEXT NOT NULL, mac TEXT NOT NULL,"
+            " joined INTEGER NOT NULL, PRIMARY KEY (esiid, mac))"
+        )
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
         self._recorded: set[str] = set()  # commands recorded since the file was opened
         self._unflushed: set[str] = set()  # of those, the ones not committed yet
@@ -516,6 +525,16 @@ class _Journal:
             "UPDATE commands SET next_step = ?, step_at = ?, finished = ? WHERE command_id = ?",
             (job.next_step, job.step_at, int(finished), job.command_id),
         )
+
+    def device(self, esiid: str, mac: str, *, joined: bool) -> None:
+        """The device joined the meter's HAN, or was removed from it."""
+        self._write("INSERT OR REPLACE INTO devices VALUES (?, ?, ?)", (esiid, mac, int(joined)))
+
+    def devices(self) -> list[tuple[str, str, bool]]:
+        """(esiid, mac, joined) of every device a command joined or removed."""
+        self.flush()
+        rows = self._db.execute("SELECT esiid, mac, joined FROM devices ORDER BY rowid")
+        return [(esiid, mac, bool(joined)) for esiid, mac, joined in rows]
 
     def unfinished(self) -> list[_Job]:
         self.flush()
@@ -643,6 +662,11 @@ class SimulatedHeadEnd:
             self._journal = _Journal(self.journal_path, self._clock)
         resumed = 0
         if self._journal is not None:
+            for esiid, mac, joined in self._journal.devices():
+                if joined:
+                    self.fleet.join(esiid, mac)
+                else:
+                    self.fleet.leave(esiid, mac)
             for job in self._journal.unfinished():
                 if job.command_id not in self._jobs and job.command_id not in self._seen:
                     self._jobs[job.command_id] = job
@@ -755,6 +779,8 @@ class SimulatedHeadEnd:
             # (frames live in memory only: their command is recorded when they are delivered,
             # so one that a stop cut short is taken afresh when the gateway sends it again)
             self._journal.record(job)
+        if action == REMOVE:
+            self._end_adds(job, bound)
         self._jobs[job.command_id] = job
         self._seen.add(job.command_id)
         self._applied[job.command_id] += 1
@@ -892,8 +918,12 @@ class SimulatedHeadEnd:
         job.delivering = False
         if report.status is HeadEndStatus.DEVICE_JOINED:
             self.fleet.join(job.esiid, job.mac)
+            if self._journal is not None:
+                self._journal.device(job.esiid, job.mac, joined=True)
         elif report.status is HeadEndStatus.DEVICE_REMOVED:
             self.fleet.leave(job.esiid, job.mac)
+            if self._journal is not None:
+                self._journal.device(job.esiid, job.mac, joined=False)
         self._log.debug(
             "simulator.reported",
             command_id=job.command_id,
@@ -935,10 +965,31 @@ class SimulatedHeadEnd:
         else:
             self._close_journal_when_idle()
 
+    def _end_adds(self, removal: _Job, bound: Any) -> None:
+        """A removal withdraws its device's unfinished add: the meter forgets the install code,
+        so the add makes no further step (an unacknowledged one is still acknowledged)."""
+        for job in list(self._jobs.values()):
+            if job.action != ADD or job.ended:
+                continue
+            if job.esiid != removal.esiid or job.device_id != removal.device_id:
+                continue
+            job.ended = True
+            bound.info("simulator.add_ended", add_command_id=job.command_id)
+            if job.next_step == 0 or job.delivering:
+                continue  # the acknowledgement, or the report on its way, finishes it
+            job.tick = None
+            if job.call is not None:
+                if job.call.active():
+                    job.call.cancel()
+                job.call = None
+            if self._journal is not None:
+                self._journal.advance(job, True)
+            self._jobs.pop(job.command_id, None)
+
     def _advance(self, job: _Job) -> None:
         job.next_step += 1
         job.step_at = self._clock.seconds()
-        finished = job.next_step >= len(self._steps(job))
+        finished = job.ended or job.next_step >= len(self._steps(job))
         if self._journal is not None:
             self._journal.advance(job, finished)
         if finished:

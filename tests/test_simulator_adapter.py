@@ -21,6 +21,8 @@ from zope.interface.verify import verifyClass, verifyObject
 from adapters.commands import (
     DeprovisionDevice,
     HeadEndStatus,
+    PingDevice,
+    PingResult,
     ProvisionDevice,
     ProvisioningReport,
 )
@@ -32,6 +34,7 @@ from hangw.provisioning import (
     IllegalTransition,
     next_status,
 )
+from simulators.fleet import generated_esiid, generated_mac
 from simulators.inprocess import (
     Fault,
     HeadEndUnreachable,
@@ -515,6 +518,92 @@ def test_journal_resumes_an_unacknowledged_command(tmp_path: Path) -> None:
     after, events = running(clock, journal_path=journal)
     run(clock, 10)
     assert events.statuses == [S.ACKNOWLEDGED, S.ADD_PENDING, S.METER_READY, S.DEVICE_JOINED]
+    after.stop()
+
+
+def pinged(simulator: SimulatedHeadEnd, clock: Clock, esiid: str, mac: str) -> bool:
+    """Whether the simulator's meter answers a ping of the device (the fleet as a user sees it)."""
+    answer = simulator.query(PingDevice(esiid, mac))
+    clock.advance(1)
+    result = succeeded(answer)
+    assert isinstance(result, PingResult)
+    return result.reachable
+
+
+def test_journal_restart_keeps_the_devices_commands_joined_and_removed(tmp_path: Path) -> None:
+    """After a restart on its journal the meters hold the devices joined, and not those removed."""
+    journal = str(tmp_path / "head-end.sqlite")
+    esiid = generated_esiid(0)
+    joined_mac = "000D6F0000004000"
+    made = generated_mac(0, 1)  # a device the meter came with, removed by a command
+    options: dict[str, Any] = {"journal_path": journal, "meters": 1, "devices_per_meter": 2}
+    clock = Clock()
+    before, events = running(clock, **options)
+    before.send(add(1, mac=joined_mac, esiid=esiid))
+    before.send(remove(2, mac=made, esiid=esiid))
+    run(clock, 10)
+    assert events.statuses_of("add-1")[-1] is S.DEVICE_JOINED
+    assert events.statuses_of("remove-2")[-1] is S.DEVICE_REMOVED
+    assert pinged(before, clock, esiid, joined_mac)
+    assert not pinged(before, clock, esiid, made)
+    before.stop()
+
+    clock = Clock()
+    after, _ = running(clock, **options)
+    assert pinged(after, clock, esiid, joined_mac)
+    assert not pinged(after, clock, esiid, made)
+    assert pinged(after, clock, esiid, generated_mac(0, 0))  # untouched, still there
+    after.stop()
+
+
+def test_a_removal_ends_the_unfinished_add_of_its_device() -> None:
+    """A device removed while its add is pending never joins: the add reports nothing more."""
+    clock = Clock()
+    simulator, events = running(clock)
+    simulator.send(add(1))
+    clock.pump([0.2, 0.5])  # acknowledged and pending
+    simulator.send(DeprovisionDevice("remove-1", ESIID, "device-1", MAC))
+    run(clock, 30)
+    assert events.statuses_of("add-1") == [S.ACKNOWLEDGED, S.ADD_PENDING]
+    assert events.statuses_of("remove-1") == [S.ACKNOWLEDGED, S.REMOVE_PENDING, S.DEVICE_REMOVED]
+    assert simulator.unfinished == []
+    assert not pinged(simulator, clock, ESIID, MAC)
+    simulator.stop()
+
+
+def test_a_removal_before_the_add_is_acknowledged_still_acknowledges_it() -> None:
+    """An add not yet acknowledged when its device is removed is acknowledged, then ends."""
+    clock = Clock()
+    simulator, events = running(clock)
+    acknowledged = simulator.send(add(1))
+    simulator.send(DeprovisionDevice("remove-1", ESIID, "device-1", MAC))
+    run(clock, 30)
+    assert succeeded(acknowledged) is None
+    assert events.statuses_of("add-1") == [S.ACKNOWLEDGED]
+    assert events.statuses_of("remove-1")[-1] is S.DEVICE_REMOVED
+    assert simulator.unfinished == []
+    assert not pinged(simulator, clock, ESIID, MAC)
+    simulator.stop()
+
+
+def test_a_removal_ends_the_add_in_the_journal_too(tmp_path: Path) -> None:
+    """An add ended by a removal is finished in the journal: a restart does not resume it."""
+    journal = str(tmp_path / "head-end.sqlite")
+    clock = Clock()
+    before, _ = running(clock, journal_path=journal)
+    before.send(add(1))
+    clock.pump([0.2, 0.5])
+    before.send(DeprovisionDevice("remove-1", ESIID, "device-1", MAC))
+    clock.pump([0.2])  # the removal acknowledged, then stopped before it finishes
+    before.stop()
+
+    clock = Clock()
+    after, events = running(clock, journal_path=journal)
+    assert after.unfinished == ["remove-1"]
+    run(clock, 10)
+    assert events.statuses_of("add-1") == []
+    assert events.statuses_of("remove-1")[-1] is S.DEVICE_REMOVED
+    assert not pinged(after, clock, ESIID, MAC)
     after.stop()
 
 
