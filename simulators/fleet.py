@@ -520,8 +520,15 @@ class Fleet:
         #: Everything still to come, by the moment it is due.
         self._due: dict[float, _Due] = {}
         if config.meters_csv is not None:
-            with open(config.meters_csv, newline="", encoding="utf-8") as f:
-                self._csv = {row["esiid"]: row for row in csv.DictReader(f)}
+            with open(config.meters_csv, newline="", encoding="utf-8-sig") as f:
+                for row in csv.DictReader(f):
+                    row = {
+                        k.strip(): (v or "").strip()
+                        for k, v in row.items()
+                        if k is not None and not isinstance(v, list)  # (a too-long line)
+                    }
+                    if row.get("esiid"):
+                        self._csv[row["esiid"]] = row
 
     # -- the meters ---------------------------------------------------------------------------
 

@@ -28,9 +28,12 @@ import csv
 import datetime as dt
 import itertools
 import random
+import re
+import sqlite3
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +204,22 @@ def read_meter_events(path: Path) -> list[MeterEvent]:
     return events
 
 
+#: Options whose values are text: a DUNS keeps its leading zeros, a path stays a path.
+_TEXT_OPTIONS = frozenset({"tdsp_duns", "journal_path", "meters_csv", "fault"})
+#: Options that have a flag of their own, named in messages by the flag.
+_FLAGGED_OPTIONS = (
+    "meters",
+    "devices_per_meter",
+    "reject_rate",
+    "fail_rate",
+    "offline_rate",
+    "incompatible_rate",
+    "opt_out_rate",
+    "silent_rate",
+    "seed",
+)
+
+
 def _settings(pairs: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs:
@@ -208,7 +227,7 @@ def _settings(pairs: Sequence[str]) -> dict[str, Any]:
         if not sep:
             raise SimulatorConfigError(f"--set {pair}: expected KEY=VALUE")
         value: Any = raw
-        for cast in (int, float):
+        for cast in () if key.strip() in _TEXT_OPTIONS else (int, float):
             try:
                 value = cast(raw)
                 break
@@ -410,8 +429,15 @@ def lse_main(argv: Sequence[str]) -> int:
         print("hangw-sim lse: --to is before --from", file=sys.stderr)
         return 2
     created = args.created or f"{dt.datetime.now(usage.MARKET_TZ):%Y%m%d%H%M%S}"
-    if len(created) != 14 or not created.isdigit():
-        print("hangw-sim lse: --created must be YYYYMMDDHHMMSS", file=sys.stderr)
+    try:
+        if len(created) != 14 or not created.isdigit():
+            raise ValueError(created)
+        dt.datetime.strptime(created, "%Y%m%d%H%M%S")
+    except ValueError:
+        print(
+            f"hangw-sim lse: --created must be a time YYYYMMDDHHMMSS, got {created!r}",
+            file=sys.stderr,
+        )
         return 2
     try:
         groups = _lse_meters(args)
@@ -466,6 +492,46 @@ def lse_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def _gateway_address(text: str) -> tuple[str, int]:
+    """HOST:PORT of --gateway; raises ValueError naming the flag."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"--gateway must be HOST:PORT with a port from 1 to 65535, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port_text)
+
+
+def _config(args: argparse.Namespace) -> SimulatorConfig:
+    """The head-end model's options from --set and the flags; errors name the flag given."""
+    settings = _settings(args.set)
+    settings.setdefault("tdsp_duns", args.tdsp_duns)
+    flagged: dict[str, str] = {}
+    for key in _FLAGGED_OPTIONS:
+        value = getattr(args, key)
+        if value is not None:
+            settings[key] = value
+            flagged[key] = f"--{key.replace('_', '-')}"
+    if args.meters_csv is not None:
+        settings["meters_csv"] = str(args.meters_csv)
+        flagged["meters_csv"] = "--meters-csv"
+    try:
+        return SimulatorConfig.from_mapping(settings, section="--set")
+    except SimulatorConfigError as error:
+        message = str(error)
+        for key, flag in flagged.items():
+            message = re.sub(rf"--set\.{key}\b", flag, message)
+        raise SimulatorConfigError(message) from None
+
+
+def _check_journal(path: str) -> None:
+    """Open the journal once before connecting, so a path that cannot be one stops start-up."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with closing(sqlite3.connect(path)) as db:
+            db.execute("PRAGMA user_version").fetchone()
+    except (OSError, sqlite3.Error) as error:
+        raise ValueError(f"journal_path {path}: cannot be opened as a journal ({error})") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["lse"]:
@@ -476,43 +542,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hangw.logs import configure
 
     configure(args.log_level, "auto")
-    host, _, port_text = args.gateway.rpartition(":")
     if args.write_meters is not None:
         if not args.meters or args.meters < 0:
             print("hangw-sim: --write-meters needs --meters N", file=sys.stderr)
             return 2
-        count = write_meter_csv(
-            args.write_meters,
-            args.meters,
-            tdsp_duns=args.tdsp_duns,
-            ror_duns=args.ror_duns,
-            seed=args.seed or 0,
-            incompatible_rate=args.incompatible_rate or 0.0,
-        )
+        try:
+            count = write_meter_csv(
+                args.write_meters,
+                args.meters,
+                tdsp_duns=args.tdsp_duns,
+                ror_duns=args.ror_duns,
+                seed=args.seed or 0,
+                incompatible_rate=args.incompatible_rate or 0.0,
+            )
+        except OSError as error:
+            print(f"hangw-sim: --write-meters {args.write_meters}: {error}", file=sys.stderr)
+            return 2
         print(f"wrote {count} meters to {args.write_meters}")
         return 0
     try:
-        port = int(port_text)
-        settings = _settings(args.set)
-        settings.setdefault("tdsp_duns", args.tdsp_duns)
-        for key in (
-            "meters",
-            "devices_per_meter",
-            "reject_rate",
-            "fail_rate",
-            "offline_rate",
-            "incompatible_rate",
-            "opt_out_rate",
-            "silent_rate",
-            "seed",
-        ):
-            value = getattr(args, key)
-            if value is not None:
-                settings[key] = value
-        if args.meters_csv is not None:
-            settings["meters_csv"] = str(args.meters_csv)
+        host, port = _gateway_address(args.gateway)
+        if args.credit < 1:
+            raise ValueError(f"--credit must be an integer >= 1, got {args.credit}")
+        config = _config(args)
+        if config.journal_path is not None:
+            _check_journal(config.journal_path)
         meter_events = read_meter_events(args.meter_events) if args.meter_events else []
-        config = SimulatorConfig.from_mapping(settings, section="--set")
         faults = LinkFaults(
             duplicate_rate=args.duplicate_rate,
             reorder_rate=args.reorder_rate,
@@ -520,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             drop_every_s=args.drop_every,
             seed=config.seed,
         )
-        endpoint = tls_endpoint(reactor, host or "127.0.0.1", port, args.cert_dir, args.party)
+        endpoint = tls_endpoint(reactor, host, port, args.cert_dir, args.party)
     except (ValueError, OSError) as error:
         print(f"hangw-sim: {error}", file=sys.stderr)
         return 2

@@ -35,6 +35,7 @@ Configuration comes from the ``[adapters.<tdsp_duns>]`` table (``kind = "simulat
 
 from __future__ import annotations
 
+import csv
 import enum
 import math
 import random
@@ -98,6 +99,10 @@ class Fault(enum.StrEnum):
     #: the meter is offline (the add or removal fails).
     HAN_INCOMPATIBLE = "han_incompatible"
     METER_OFFLINE = "meter_offline"
+    #: Set by the head-end, not configured: the ESI ID is not one of its meters, and the
+    #: command's MAC address is not an EUI-64 (both rejected).
+    NOT_SERVED = "not_served"
+    NOT_EUI64 = "not_eui64"
 
 
 class SimulatorConfigError(ValueError):
@@ -266,8 +271,8 @@ def _check(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
             if value is not None and (not isinstance(value, str) or not value):
                 raise SimulatorConfigError(f"{name} must be a file path, got {value!r}")
         elif key == "meters_csv":
-            if value is not None and (not isinstance(value, str) or not Path(value).is_file()):
-                raise SimulatorConfigError(f"{name} must be a meter CSV file, got {value!r}")
+            if value is not None:
+                _check_meter_csv(name, value)
         out[key] = value
     rates = [float(out.get(key, values.get(key, 0.0)) or 0.0) for key in _COMMAND_RATES]
     if sum(rates) > 1.0 + 1e-9:
@@ -276,6 +281,21 @@ def _check(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
             f"must be at most 1, got {sum(rates):g}"
         )
     return out
+
+
+def _check_meter_csv(name: str, value: Any) -> None:
+    """A meter CSV the fleet can serve: a readable file whose header names an esiid column."""
+    if not isinstance(value, str) or not Path(value).is_file():
+        raise SimulatorConfigError(f"{name} must be a meter CSV file, got {value!r}")
+    try:
+        with open(value, newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise SimulatorConfigError(f"{name}: {value} cannot be read ({error})") from None
+    if "esiid" not in (column.strip() for column in header):
+        raise SimulatorConfigError(
+            f"{name}: {value} has no esiid column in its header line (hangw meters import's CSV)"
+        )
 
 
 def _fault(name: str, value: Any) -> Fault:
@@ -322,6 +342,10 @@ _REASONS = {
     (ADD, Fault.HAN_INCOMPATIBLE): "the meter's firmware is not HAN-capable (simulated)",
     (ADD, Fault.METER_OFFLINE): "the meter is offline: the install code was not loaded (simulated)",
     (REMOVE, Fault.METER_OFFLINE): "the meter is offline: the device was not removed (simulated)",
+    (ADD, Fault.NOT_SERVED): "the ESI ID is not served by this head-end (simulated)",
+    (REMOVE, Fault.NOT_SERVED): "the ESI ID is not served by this head-end (simulated)",
+    (ADD, Fault.NOT_EUI64): "the MAC address is not an EUI-64 of 16 hex digits (simulated)",
+    (REMOVE, Fault.NOT_EUI64): "the MAC address is not an EUI-64 of 16 hex digits (simulated)",
 }
 FRAMES = "frames"
 
@@ -332,7 +356,7 @@ def planned_steps(action: str, fault: Fault, config: SimulatorConfig) -> tuple[S
     if fault is Fault.NO_ANSWER or action == FRAMES:
         return (ack,)
     reason = _REASONS.get((action, fault), "")
-    if fault is Fault.HAN_INCOMPATIBLE:
+    if fault in (Fault.HAN_INCOMPATIBLE, Fault.NOT_SERVED, Fault.NOT_EUI64):
         fault = Fault.REJECT
     elif fault is Fault.METER_OFFLINE:
         fault = Fault.FAIL
@@ -761,8 +785,11 @@ class SimulatedHeadEnd:
         if action == FRAMES:
             fault = Fault.NONE
         else:
-            fault = self._meter_fault(action, esiid) or (
-                configured if configured is not None else self._draw_fault()
+            mac_ok = _is_mac(normalize_mac(getattr(command, "mac", "")))
+            fault = (
+                (None if mac_ok else Fault.NOT_EUI64)
+                or self._meter_fault(action, esiid)
+                or (configured if configured is not None else self._draw_fault())
             )
         job = _Job(
             command.command_id,
@@ -832,6 +859,8 @@ class SimulatedHeadEnd:
 
     def _meter_fault(self, action: str, esiid: str) -> Fault | None:
         """What the fleet's meter makes of a provisioning command: rejected, failed or fine."""
+        if not self.fleet.serves(esiid):
+            return Fault.NOT_SERVED
         refusal = self.fleet.provisioning_refusal(esiid)
         if refusal is None:
             return None

@@ -607,6 +607,31 @@ def test_a_removal_ends_the_add_in_the_journal_too(tmp_path: Path) -> None:
     after.stop()
 
 
+def test_a_command_for_an_esiid_the_head_end_does_not_serve_is_rejected_saying_so() -> None:
+    """An add or removal on a meter the fleet does not serve is rejected as not served."""
+    clock = Clock()
+    simulator, events = running(clock, meters=1)
+    simulator.send(add(1, esiid=ESIID))  # not one of the one generated meter's ESI IDs
+    simulator.send(remove(2, esiid=ESIID))
+    run(clock, 10)
+    rejected = {report.command_id: report for _, report in events.timed if report.reason}
+    assert rejected["add-1"].status is S.ADD_REJECTED
+    assert rejected["remove-2"].status is S.REMOVE_REJECTED
+    assert all("not served" in report.reason for report in rejected.values())
+    simulator.stop()
+
+
+def test_a_mac_that_is_not_an_eui64_is_rejected() -> None:
+    """An add whose MAC address is not 16 hex digits is rejected, never joined."""
+    clock = Clock()
+    simulator, events = running(clock)
+    simulator.send(add(1, mac="000D6F00000010"))
+    run(clock, 10)
+    assert events.statuses_of("add-1") == [S.ACKNOWLEDGED, S.ADD_REJECTED]
+    assert "EUI-64" in events.timed[-1][1].reason
+    simulator.stop()
+
+
 def test_failed_report_is_retried_in_order() -> None:
     """When the gateway fails to record a report, it is sent again and later steps wait for it."""
     clock = Clock()
