@@ -629,6 +629,7 @@ class SimulatedHeadEnd:
         self._plans: dict[tuple[str, Fault], tuple[Step, ...]] = {}
         self._seen: set[str] = set()  # every command id accepted while this object lived
         self._acks: dict[Deferred[None], IDelayedCall] = {}  # acknowledgements of duplicates
+        self._answers: dict[Deferred[QueryResult], IDelayedCall] = {}  # queries' answers due
         self._sent: Counter[str] = Counter()
         self._applied: Counter[str] = Counter()
         #: Every command accepted by this simulator, each ``command_id`` once, in order.
@@ -727,6 +728,13 @@ class SimulatedHeadEnd:
             waiting.append(d)
         for d in waiting:
             d.errback(Failure(stopped))
+        answers, self._answers = self._answers, {}
+        for answer, call in answers.items():
+            if call.active():
+                call.cancel()
+            answer.errback(
+                Failure(QueryFailed(f"the simulated head-end of TDSP {self.tdsp_duns} stopped"))
+            )
         self.fleet.stop()
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
@@ -737,6 +745,10 @@ class SimulatedHeadEnd:
             if call.active():
                 call.cancel()
         self._close_journal_when_idle()
+        if self._journal is not None:
+            # a report still awaits the gateway: the journal closes after it, and what the
+            # steps wrote so far is committed now, not at a flush that may never come
+            self._journal.flush()
         self._log.info("simulator.stopped", unfinished=len(self._jobs))
         return succeed(None)
 
@@ -824,15 +836,27 @@ class SimulatedHeadEnd:
         return acknowledged
 
     def query(self, query: Query) -> Deferred[QueryResult]:
-        """Ping the ESI or a device, or read the meter, from the fleet."""
-        if not self._running:
+        """Ping the ESI or a device, or read the meter, from the fleet.
+
+        Fails with ``QueryFailed`` when the head-end is down (stopped, or ``unreachable`` for
+        the whole simulator or the ESI ID), and when it stops before the answer is due.
+        """
+        down = self._fault is Fault.UNREACHABLE or (
+            self._faults_by_esiid.get(query.esiid) is Fault.UNREACHABLE
+        )
+        if not self._running or down:
             return fail(QueryFailed(f"the simulated head-end of TDSP {self.tdsp_duns} is down"))
         try:
             result = self.fleet.query(query)
         except QueryFailed as refusal:
             return fail(refusal)
         answer: Deferred[QueryResult] = Deferred()
-        self._clock.callLater(self.config.answer_delay_s, answer.callback, result)
+
+        def fire() -> None:
+            del self._answers[answer]
+            answer.callback(result)
+
+        self._answers[answer] = self._clock.callLater(self.config.answer_delay_s, fire)
         return answer
 
     # -- inside --------------------------------------------------------------------------------

@@ -22,9 +22,11 @@ from adapters.commands import (
     DeprovisionDevice,
     HeadEndStatus,
     PingDevice,
+    PingEsi,
     PingResult,
     ProvisionDevice,
     ProvisioningReport,
+    QueryFailed,
 )
 from adapters.interfaces import IAdapterEvents, IHeadEndAdapter
 from hangw.provisioning import (
@@ -630,6 +632,58 @@ def test_a_mac_that_is_not_an_eui64_is_rejected() -> None:
     assert events.statuses_of("add-1") == [S.ACKNOWLEDGED, S.ADD_REJECTED]
     assert "EUI-64" in events.timed[-1][1].reason
     simulator.stop()
+
+
+def test_an_unreachable_head_end_answers_no_query() -> None:
+    """While the head-end (or the ESI ID) is unreachable a ping fails; back up, it answers."""
+    clock = Clock()
+    simulator, _ = running(clock)
+    simulator.set_fault("unreachable")
+    failed(simulator.query(PingEsi(ESIID)), QueryFailed)
+    simulator.set_fault("none")
+    simulator.set_fault("unreachable", esiid=ESIID)
+    failed(simulator.query(PingEsi(ESIID)), QueryFailed)
+    other = simulator.query(PingEsi("10443720000000002"))
+    clock.advance(1)
+    assert succeeded(other).reachable
+    simulator.stop()
+
+
+def test_stop_fails_the_queries_still_unanswered() -> None:
+    """A query whose answer is not due yet fails as the head-end stops; no call is left behind."""
+    clock = Clock()
+    simulator, _ = running(clock)
+    answer = simulator.query(PingEsi(ESIID))
+    no_result(answer)
+    simulator.stop()
+    failed(answer, QueryFailed)
+    assert clock.getDelayedCalls() == []
+
+
+class HoldingEvents(RecordingEvents):
+    """Takes every report but one command's Add Pending, which it never answers."""
+
+    def __init__(self, clock: Clock, held: str) -> None:
+        super().__init__(clock)
+        self.held = held
+
+    def provisioning_report(self, report: ProvisioningReport) -> Deferred[None]:
+        if report.command_id == self.held and report.status is S.ADD_PENDING:
+            return Deferred()
+        return super().provisioning_report(report)
+
+
+def test_stop_commits_the_journal_while_a_report_awaits_the_gateway(tmp_path: Path) -> None:
+    """Steps reached before a stop are on disk at once, though one report is still unanswered."""
+    journal = str(tmp_path / "head-end.sqlite")
+    clock = Clock()
+    simulator = SimulatedHeadEnd(config(journal_path=journal), clock)
+    simulator.start(HoldingEvents(clock, held="add-1"))
+    simulator.send(add(1))
+    simulator.send(add(2, mac="000D6F0000002000"))
+    clock.pump([0.2, 0.5])  # both pending; add-1's report awaits the gateway
+    simulator.stop()
+    assert journaled(journal)["add-2"] == 2
 
 
 def test_failed_report_is_retried_in_order() -> None:
