@@ -625,6 +625,7 @@ class SimulatedHeadEnd:
         self._running = False
         self._journal: _Journal | None = None
         self._jobs: dict[str, _Job] = {}  # unfinished, by command id
+        self._adding: dict[tuple[str, str], list[_Job]] = {}  # unfinished adds, by device
         self._steps_due = _StepTimers(clock, self._fire, self.step_resolution_s)
         self._plans: dict[tuple[str, Fault], tuple[Step, ...]] = {}
         self._seen: set[str] = set()  # every command id accepted while this object lived
@@ -695,6 +696,7 @@ class SimulatedHeadEnd:
             for job in self._journal.unfinished():
                 if job.command_id not in self._jobs and job.command_id not in self._seen:
                     self._jobs[job.command_id] = job
+                    self._track(job)
                     self._seen.add(job.command_id)
                     self._applied[job.command_id] = max(1, self._applied[job.command_id])
         for job in self._jobs.values():
@@ -821,6 +823,7 @@ class SimulatedHeadEnd:
         if action == REMOVE:
             self._end_adds(job, bound)
         self._jobs[job.command_id] = job
+        self._track(job)
         self._seen.add(job.command_id)
         self._applied[job.command_id] += 1
         self.received.append(command)
@@ -1021,11 +1024,7 @@ class SimulatedHeadEnd:
     def _end_adds(self, removal: _Job, bound: Any) -> None:
         """A removal withdraws its device's unfinished add: the meter forgets the install code,
         so the add makes no further step (an unacknowledged one is still acknowledged)."""
-        for job in list(self._jobs.values()):
-            if job.action != ADD or job.ended:
-                continue
-            if job.esiid != removal.esiid or job.device_id != removal.device_id:
-                continue
+        for job in self._adding.pop((removal.esiid, removal.device_id), ()):
             job.ended = True
             bound.info("simulator.add_ended", add_command_id=job.command_id)
             if job.next_step == 0 or job.delivering:
@@ -1039,6 +1038,21 @@ class SimulatedHeadEnd:
                 self._journal.advance(job, True)
             self._jobs.pop(job.command_id, None)
 
+    def _track(self, job: _Job) -> None:
+        """Keep an unfinished add where a removal of its device finds it."""
+        if job.action == ADD:
+            self._adding.setdefault((job.esiid, job.device_id), []).append(job)
+
+    def _untrack(self, job: _Job) -> None:
+        if job.action != ADD:
+            return
+        key = (job.esiid, job.device_id)
+        adds = self._adding.get(key)
+        if adds is not None and job in adds:
+            adds.remove(job)
+            if not adds:
+                del self._adding[key]
+
     def _advance(self, job: _Job) -> None:
         job.next_step += 1
         job.step_at = self._clock.seconds()
@@ -1047,6 +1061,7 @@ class SimulatedHeadEnd:
             self._journal.advance(job, finished)
         if finished:
             self._jobs.pop(job.command_id, None)
+            self._untrack(job)
         elif self._running:
             self._schedule(job)
         if not self._running:
