@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest_twisted
 import sqlalchemy as sa
+from structlog.testing import capture_logs
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
@@ -16,7 +17,7 @@ from hangw.store import schema
 from hangw.store.model import usage_days, usage_files
 from hangw.usage.dropdir import MAX_TRIES, DropDirectories
 from hangw.usage.ingest import FileOutcome, Ingest
-from hangw.usage.pgp import UsageKey, encrypt_for
+from hangw.usage.pgp import UsageKey, UsageKeyError, encrypt_for
 from simulators.fleet import generated_esiid
 from simulators.usage import profile_records, write_lse_files
 from tests.conftest import start_gateway
@@ -138,6 +139,23 @@ def test_a_file_set_aside_is_recorded_with_why(tmp_path: Path) -> None:
     assert [p.name for p in (drop / "rejected").iterdir()] == ["day.lse"]
     assert _files(engine) == [("day.lse", "rejected", "OverflowError: date value out of range")]
     assert drops.outcomes[0].file_id is not None
+    engine.dispose()
+
+
+def test_a_file_waiting_for_the_key_is_logged_as_an_error_once_per_reason(tmp_path: Path) -> None:
+    """A file kept for the usage key logs an error on its first look, debug on the looks after,
+    and an error again when the reason changes; it stays in place all along."""
+    failing = _Failing(UsageKeyError("there is no usage key: run hangw usage key init"))
+    drops, drop, engine = _drop(tmp_path, failing)
+    with capture_logs() as logs:
+        for _ in range(4):
+            drops._import_one(TDSP, drop / "day.lse")
+        failing.error = UsageKeyError("gpg failed: the agent did not start")
+        drops._import_one(TDSP, drop / "day.lse")
+    retries = [e for e in logs if e["event"] == "usage.drop_retry"]
+    assert [e["log_level"] for e in retries] == ["error", "debug", "debug", "debug", "error"]
+    assert "usage key init" in retries[0]["error"] and "agent" in retries[-1]["error"]
+    assert (drop / "day.lse").exists() and drops.outcomes == [] and _files(engine) == []
     engine.dispose()
 
 

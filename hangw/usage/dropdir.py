@@ -70,6 +70,8 @@ class DropDirectories(TimerService):
         self._busy: Deferred[Any] | None = None
         #: Looks in a row each file failed for a reason not its own.
         self._tries: dict[Path, int] = {}
+        #: Files kept to try again, with the error last logged for each.
+        self._waiting: dict[Path, str] = {}
         #: Outcomes of the files imported since start, newest last (for tests and /metrics).
         self.outcomes: list[FileOutcome] = []
 
@@ -131,11 +133,21 @@ class DropDirectories(TimerService):
                     ready.append((duns, path))
         self._sizes = seen
         self._tries = {path: n for path, n in self._tries.items() if path in seen}
+        self._waiting = {path: e for path, e in self._waiting.items() if path in seen}
         return ready
 
     def _import_all(self, ready: list[tuple[str, Path]]) -> None:
         for duns, path in ready:
             self._import_one(duns, path)
+
+    def _kept(self, path: Path, error: str) -> None:
+        """Log a file kept to try again: at error level when it first fails for this reason, at
+        debug on the looks after (a file waiting for the usage key would log every poll)."""
+        if self._waiting.get(path) == error:
+            log.debug("usage.drop_retry", file=path.name, error=error)
+            return
+        self._waiting[path] = error
+        log.error("usage.drop_retry", file=path.name, error=error, again_every_s=self.step)
 
     def _set_aside(self, duns: str, path: Path, data: bytes, reason: str) -> FileOutcome | None:
         """Record ``path`` as rejected whole, with ``reason`` (None: not recorded, so it stays)."""
@@ -160,11 +172,11 @@ class DropDirectories(TimerService):
             )
         except UsageKeyError as error:
             # the gateway's key or GnuPG failed, not the file: keep it and try again
-            log.error("usage.drop_retry", file=path.name, error=str(error)[:300])
+            self._kept(path, str(error)[:300])
             return
         except sa.exc.OperationalError as error:
             # the store could not be reached or was busy too long: try again next time
-            log.error("usage.drop_retry", file=path.name, error=str(error.orig)[:200])
+            self._kept(path, str(error.orig)[:200])
             return
         except NOT_THE_FILE as error:
             # the gateway failed (a parse worker died, memory or a disk ran out), likely not
@@ -183,6 +195,7 @@ class DropDirectories(TimerService):
         if outcome is None:
             return
         self._tries.pop(path, None)
+        self._waiting.pop(path, None)
         self.outcomes.append(outcome)
         target = path.parent / (REJECTED if outcome.state == "rejected" else DONE) / path.name
         try:
