@@ -27,7 +27,11 @@ Commands are deduplicated by ``command_id``: a command sent again is acknowledge
 applied once. With a journal (a small SQLite file) the head-end survives a gateway restart:
 accepted commands, the step each reached and the devices they joined to or removed from each
 meter are recorded, and ``start`` puts the devices back and resumes unfinished commands.
-The journal never holds install codes or link keys; the simulator never logs them.
+The journal never holds install codes or link keys; the simulator never logs them. The fleet's
+meters, their devices and what they are doing live in memory: what they still had to answer
+when the head-end stops (a confirmation not yet given, an event not yet started) is not answered
+after a restart, and the gateway fails those deliveries at their deadline (FLR, "no confirmation
+in time"), as it would for a head-end that lost them.
 
 Configuration comes from the ``[adapters.<tdsp_duns>]`` table (``kind = "simulator"``) through
 ``SimulatorConfig.from_mapping``; every key and its default is a field of ``SimulatorConfig``.

@@ -77,9 +77,10 @@ async def test_lce_to_200000_esiids_settles_every_delivery_and_reconciles(tmp_pa
     running, closers = await start(
         tmp_path,
         "wire",
-        # on a loaded two-core machine the gateway reads an acknowledgement more than 30 s late
-        # while it writes 200,000 deliveries; a resend then lets devices confirm before the ACK
-        # is logged (no PEN after a CON), which is right but not what this test counts
+        # the head-end shares this process and its reactor with the gateway: on a loaded
+        # two-core machine, with both busy with 200,000 deliveries, the gateway read some
+        # acknowledgements more than 30 s late, resent those commands, and devices confirmed
+        # before the ACK was logged (so no PEN after a CON): right, but not what this counts
         ack_timeout_s=600,
         meters=METERS,
         devices_per_meter=5,
