@@ -564,6 +564,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         host, port = _gateway_address(args.gateway)
         if args.credit < 1:
             raise ValueError(f"--credit must be an integer >= 1, got {args.credit}")
+        for flag, rate in (
+            ("--duplicate-rate", args.duplicate_rate),
+            ("--reorder-rate", args.reorder_rate),
+        ):
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{flag} must be a number from 0 to 1, got {rate:g}")
+        for flag, seconds in (("--latency-ms", args.latency_ms), ("--drop-every", args.drop_every)):
+            if not 0.0 <= seconds < float("inf"):
+                raise ValueError(f"{flag} must be a number >= 0, got {seconds:g}")
         config = _config(args)
         if config.journal_path is not None:
             _check_journal(config.journal_path)

@@ -83,6 +83,10 @@ def test_set_keeps_a_duns_and_a_path_as_text(tmp_path: Path) -> None:
         (["--devices-per-meter", "7"], "--devices-per-meter must be an integer from 0 to 5"),
         (["--offline-rate", "1.5"], "--offline-rate must be a number from 0 to 1"),
         (["--set", "ack_delay_s=-1"], "--set.ack_delay_s must be a number >= 0"),
+        (["--duplicate-rate", "2"], "--duplicate-rate must be a number from 0 to 1"),
+        (["--reorder-rate", "nan"], "--reorder-rate must be a number from 0 to 1"),
+        (["--latency-ms", "-5"], "--latency-ms must be a number >= 0"),
+        (["--drop-every", "inf"], "--drop-every must be a number >= 0"),
     ],
 )
 def test_bad_options_stop_hangw_sim_naming_the_flag(
