@@ -19,8 +19,9 @@ SE 1.0 devices, pings and meter reads are answered by ``query``, and the fleet's
 offline (provisioning fails) or run firmware that cannot run a HAN (provisioning is rejected).
 Delivery statuses and inbound frames go to the gateway in batches: what the fleet emits in one
 reactor turn is handed to ``delivery_statuses`` and ``inbound_frames`` in lists of at most
-``event_batch_max``; a batch the gateway could not record is sent again like a report, and the
-items it refused are logged at debug level. (An event sink without those methods gets one
+``event_batch_max``; a batch the gateway could not record is sent again like a report (the
+batches made meanwhile wait behind it, so no status overtakes an earlier one), and the items it
+refused are logged at debug level. (An event sink without those methods gets one
 ``delivery_status`` or ``inbound_frame`` call per item.)
 
 Commands are deduplicated by ``command_id``: a command sent again is acknowledged again and
@@ -44,7 +45,7 @@ import enum
 import math
 import random
 import sqlite3
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -647,6 +648,9 @@ class SimulatedHeadEnd:
         self._flush_call: IDelayedCall | None = None
         #: Batches (or, to a sink without batch methods, events) waiting to be sent again.
         self._resends: set[IDelayedCall] = set()
+        #: The kinds of batch with one waiting to be sent again, and the batches behind it.
+        self._stalled: set[str] = set()
+        self._held: dict[str, deque[Sequence[DeliveryStatus | InboundFrame]]] = {}
         self._log = log.bind(tdsp_duns=config.tdsp_duns)
 
     # -- what tests and QA read and set --------------------------------------------------------
@@ -747,6 +751,8 @@ class SimulatedHeadEnd:
         self._flush_call = None
         self._statuses, self._frames = [], []
         resends, self._resends = self._resends, set()
+        self._stalled.clear()
+        self._held.clear()
         for call in resends:
             if call.active():
                 call.cancel()
@@ -1092,8 +1098,15 @@ class SimulatedHeadEnd:
             for at in range(0, len(batch), size):
                 self._send_batch(batch[at : at + size], 1)
 
-    def _send_batch(self, batch: Sequence[DeliveryStatus | InboundFrame], attempt: int) -> None:
-        """Hand a batch of statuses or frames to the gateway; sent again when not recorded."""
+    def _send_batch(
+        self, batch: Sequence[DeliveryStatus | InboundFrame], attempt: int, *, held: bool = False
+    ) -> None:
+        """Hand a batch of statuses or frames to the gateway; sent again when not recorded.
+
+        While a batch waits to be sent again, the later batches of its kind wait behind it
+        (``held``: one of those, sent now) and go one at a time, each after the one before was
+        recorded or dropped, so the gateway gets a meter's statuses in the order they happened.
+        """
         if self._events is None or not self._running:
             return
         name = "delivery_statuses" if isinstance(batch[0], DeliveryStatus) else "inbound_frames"
@@ -1102,12 +1115,18 @@ class SimulatedHeadEnd:
             for event in batch:
                 self._emit(event)
             return
+        if attempt == 1 and not held and name in self._stalled:
+            self._held.setdefault(name, deque()).append(batch)
+            return
+        first_in_line = attempt > 1 or held
         d: Deferred[Any] = maybeDeferred(record, batch)
 
         def recorded(results: list[str | None] | None) -> None:
             for event, reason in zip(batch, results or (), strict=False):
                 if reason is not None:
                     self._log.debug("simulator.event_refused", esiid=event.esiid, why=reason)
+            if first_in_line:
+                self._send_next_held(name)
 
         def not_recorded(failure: Failure) -> None:
             why = failure.getErrorMessage()
@@ -1119,7 +1138,10 @@ class SimulatedHeadEnd:
                     attempt=attempt,
                     why=why,
                 )
+                if first_in_line:
+                    self._send_next_held(name)
                 return
+            self._stalled.add(name)
             self._log.warning(
                 "simulator.events_failed",
                 kind=name,
@@ -1131,6 +1153,14 @@ class SimulatedHeadEnd:
             self._later(self.config.report_retry_delay_s, self._send_batch, batch, attempt + 1)
 
         d.addCallbacks(recorded, not_recorded)
+
+    def _send_next_held(self, name: str) -> None:
+        """The batch first in line went through (or was dropped): send the next one waiting."""
+        waiting = self._held.get(name)
+        if waiting:
+            self._send_batch(waiting.popleft(), 1, held=True)
+        else:
+            self._stalled.discard(name)
 
     def _emit(self, event: DeliveryStatus | InboundFrame, attempt: int = 1) -> None:
         """Send one fleet event to a sink without batch methods; retried like reports."""

@@ -185,6 +185,32 @@ def test_a_batch_not_recorded_is_sent_again() -> None:
     assert events.batches[2][1] - events.batches[0][1] == pytest.approx(RETRY)
 
 
+def test_batches_made_while_one_waits_to_be_sent_again_go_after_it_in_order() -> None:
+    """Statuses made while an earlier batch waits for its resend follow it, one batch at a time,
+    so the gateway never gets a later status before an earlier one."""
+    clock = Clock()
+    headend, events = running(clock, failures=1)
+    headend.send(fan_out("fan-1"))
+    answered(clock)  # fan-1's statuses fail once
+    headend.send(fan_out("fan-2", range(3, 6)))
+    answered(clock)  # fan-2's wait behind them
+    headend.send(fan_out("fan-3", range(6, 9)))
+    answered(clock)
+    statuses = [items for kind, _, items in events.batches if kind == "statuses"]
+    assert len(statuses) == 1
+    clock.advance(RETRY)
+    statuses = [items for kind, _, items in events.batches if kind == "statuses"]
+    assert [{s.delivery_id.split("-d")[0] for s in items} for items in statuses] == [
+        {"fan-1"},
+        {"fan-1"},
+        {"fan-2"},
+        {"fan-3"},
+    ]
+    headend.send(fan_out("fan-4", range(9, 10)))
+    answered(clock)  # the line is clear again: sent at once
+    assert [kind for kind, _, _ in events.batches].count("statuses") == 5
+
+
 def test_a_batch_never_recorded_is_dropped_after_the_retries() -> None:
     """After report_max_retries more attempts a batch is dropped with a warning."""
     clock = Clock()
