@@ -701,8 +701,11 @@ class SimulatedHeadEnd:
                     self.fleet.join(esiid, mac)
                 else:
                     self.fleet.leave(esiid, mac)
-            for job in self._journal.unfinished():
+            for job in self._journal.unfinished():  # in the order they were accepted
                 if job.command_id not in self._jobs and job.command_id not in self._seen:
+                    if job.action == REMOVE:
+                        # an add it ended before the add's acknowledgement is still unfinished
+                        self._end_adds(job, self._log)
                     self._jobs[job.command_id] = job
                     self._track(job)
                     self._seen.add(job.command_id)

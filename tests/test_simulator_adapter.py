@@ -588,6 +588,29 @@ def test_a_removal_before_the_add_is_acknowledged_still_acknowledges_it() -> Non
     simulator.stop()
 
 
+def test_an_add_ended_before_its_acknowledgement_stays_ended_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """Add and removal accepted, then a stop before either is acknowledged: after the restart
+    the add is acknowledged and goes no further, and the device ends removed."""
+    journal = str(tmp_path / "head-end.sqlite")
+    clock = Clock()
+    before, _ = running(clock, journal_path=journal)
+    sent = [before.send(add(1)), before.send(DeprovisionDevice("remove-1", ESIID, "device-1", MAC))]
+    before.stop()
+    for unacknowledged in sent:
+        failed(unacknowledged, HeadEndUnreachable)
+
+    clock = Clock()
+    after, events = running(clock, journal_path=journal)
+    run(clock, 10)
+    assert events.statuses_of("add-1") == [S.ACKNOWLEDGED]
+    assert events.statuses_of("remove-1")[-1] is S.DEVICE_REMOVED
+    assert after.unfinished == []
+    assert not pinged(after, clock, ESIID, MAC)
+    after.stop()
+
+
 def test_a_removal_ends_the_add_in_the_journal_too(tmp_path: Path) -> None:
     """An add ended by a removal is finished in the journal: a restart does not resume it."""
     journal = str(tmp_path / "head-end.sqlite")
