@@ -16,6 +16,7 @@ import argparse
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -54,6 +55,16 @@ def demo_meters(state_dir: Path) -> tuple[Path, list[str]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(rows) + "\n")
     return path, esiids
+
+
+def listening(host: str, port: int) -> bool:
+    """Does something accept connections on host:port (so a hangwd started there would fail,
+    and the health check would be answered by the other program)?"""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def wait_healthy(
@@ -271,6 +282,17 @@ def main(argv: list[str] | None = None) -> int:
     except config_module.ConfigError as error:
         print(f"bin/demo: {error}", file=sys.stderr)
         return 2
+    ports = {"api.port": config.api.port, "api.ops_port": config.api.ops_port}
+    if args.headend == "sim":
+        ports["api.adapter_port"] = config.api.adapter_port
+    for key, port in ports.items():
+        if port and listening(config.api.host, port):
+            print(
+                f"bin/demo: something already listens on {config.api.host}:{port} ({key}): "
+                "another hangwd? Stop it, or give this one other ports in a --config file",
+                file=sys.stderr,
+            )
+            return 2
     state_dir = config.state_dir
     from hangw import cli
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -89,3 +90,26 @@ def test_a_missing_configuration_is_said_in_one_line(
     missing = tmp_path / "missing.toml"
     assert demo.main(["--once", "--headend", headend, "--config", str(missing)]) == 2
     assert capsys.readouterr().err == f"bin/demo: {missing}: no such configuration file\n"
+
+
+def test_a_port_already_taken_stops_the_demo_before_it_changes_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With another program on the API port the demo exits 2 naming it, instead of showing
+    that program's answers as its own gateway's; it makes no certificates or meters."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = taken.getsockname()[1]
+        config = tmp_path / "demo.toml"
+        config.write_text(
+            f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n'
+            f"[api]\nport = {port}\nops_port = {free_port()}\n"
+            '[adapters.1039940674000]\nkind = "simulator"\n'
+        )
+        assert demo.main(["--once", "--config", str(config)]) == 2
+    finally:
+        taken.close()
+    assert f"already listens on 127.0.0.1:{port} (api.port)" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()
