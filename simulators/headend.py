@@ -391,6 +391,14 @@ def parse_lse_args(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _missing_parent(flag: str, path: Path | None) -> str | None:
+    """Why ``path`` cannot be written: its directory does not exist (a mistyped path is said,
+    not made); None when it can be tried."""
+    if path is None or path.parent.is_dir():
+        return None
+    return f"{flag} {path}: the directory {path.parent} does not exist"
+
+
 def _date(text: str) -> dt.date:
     try:
         return dt.date.fromisoformat(text)
@@ -439,6 +447,11 @@ def lse_main(argv: Sequence[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    for flag, path in (("--out", args.out), ("--reads", args.reads)):
+        missing = _missing_parent(flag, path)
+        if missing:
+            print(f"hangw-sim lse: {missing}", file=sys.stderr)
+            return 2
     try:
         groups = _lse_meters(args)
     except (OSError, ValueError) as error:
@@ -545,6 +558,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.write_meters is not None:
         if not args.meters or args.meters < 0:
             print("hangw-sim: --write-meters needs --meters N", file=sys.stderr)
+            return 2
+        missing = _missing_parent("--write-meters", args.write_meters)
+        if missing:
+            print(f"hangw-sim: {missing}", file=sys.stderr)
             return 2
         try:
             count = write_meter_csv(

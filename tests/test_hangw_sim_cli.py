@@ -150,3 +150,36 @@ def test_a_meter_csv_without_an_esiid_column_is_refused(
     assert main(["--meters-csv", str(path), "--cert-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "--meters-csv" in err and "has no esiid column" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--write-meters", "{missing}/meters.csv", "--meters", "3"], "--write-meters"),
+        (["lse", "--out", "{missing}/lse", "--from", "2026-03-01", "--meters", "1"], "--out"),
+        (
+            [
+                "lse",
+                "--out",
+                "{tmp}/lse",
+                "--from",
+                "2026-03-01",
+                "--meters",
+                "1",
+                "--reads",
+                "{missing}/reads.csv",
+            ],
+            "--reads",
+        ),
+    ],
+)
+def test_a_path_in_a_missing_directory_is_refused_not_made(
+    argv: list[str], flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file or directory whose parent does not exist exits 2 naming the flag, and nothing
+    is created (a mistyped path is reported, not made)."""
+    missing = tmp_path / "no" / "such"
+    args = [a.format(missing=missing, tmp=tmp_path) for a in argv]
+    assert main(args) == 2
+    assert f"{flag} {missing}" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists() and not (tmp_path / "lse").exists()
