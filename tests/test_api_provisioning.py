@@ -242,6 +242,7 @@ async def test_text_no_store_can_hold_is_refused_naming_where(harness: Harness) 
         ("GET", "/v1/han-devices/dev_a%00b"),
         ("DELETE", "/v1/han-devices/dev_a?reason=x%00"),
         ("GET", f"/v1/esiids/{E_OWN}/han-devices?x=%00"),
+        ("GET", "/v1/no-such%00thing"),  # a path that matches no route, too
     ):
         status, media, problem = await deferToThread(raw, method, path)
         assert (status, media) == (400, "application/problem+json"), (path, problem)

@@ -63,6 +63,7 @@ def iso(ts: float | None) -> str | None:
 
 #: \u0000, or a \u escape of a surrogate (a pair, an emoji say, also matches; the walk finds
 #: it whole): what the walk below looks for, so that other escaped text is not walked at all.
+_NUL_IN_URL = "the URL holds a NUL character (%00); no path or query parameter takes one"
 _NUL_OR_SURROGATE_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
 
 
@@ -199,9 +200,7 @@ class Api:
         request_id = request_id_of(request)
         request.setHeader(b"x-request-id", request_id.encode())
         if b"%00" in request.uri:
-            raise BadRequest(
-                "the URL holds a NUL character (%00); no path or query parameter takes one"
-            )
+            raise BadRequest(_NUL_IN_URL)
         fingerprint = tls.peer_fingerprint(request)
         party = self.registry.lookup(fingerprint)
         if party is None:
@@ -380,6 +379,8 @@ class Api:
 
     @app.handle_errors(RouteNotFound)
     def route_not_found(self, request: IRequest, failure: Failure) -> bytes:
+        if b"%00" in request.uri:  # 400 on every path, as on the ones that exist
+            return self.problem(request, Failure(BadRequest(_NUL_IN_URL)))
         return self.problem(
             request,
             Failure(NotFound(f"no such resource {path_of(request)!r}; see /v1/openapi.json")),
