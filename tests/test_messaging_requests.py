@@ -68,12 +68,18 @@ def test_out_of_range_lce_fields_are_named(fields: dict[str, object], field: str
 
 def test_an_event_that_is_already_over_is_refused() -> None:
     """An LCE whose start plus duration is not in the future is refused before anything is sent."""
-    start = specs.iso(NOW - 30)  # a start just passed is taken, but this event ends before NOW
+    start = specs.iso(NOW - 60)  # a start a minute ago is taken, but this event ends at NOW
     with pytest.raises(InvalidField, match="already past"):
         specs.message_spec(
-            {"category": "LCE", "device_class": 1, "duration_minutes": 0, "start_time": start},
+            {"category": "LCE", "device_class": 1, "duration_minutes": 1, "start_time": start},
             NOW,
         )
+
+
+def test_a_load_control_event_of_no_minutes_is_refused_naming_the_range() -> None:
+    """An LCE lasts 1 to 1440 minutes: 0 is refused saying so, not as an event already past."""
+    with pytest.raises(InvalidField, match="duration_minutes must be from 1 to 1440, got 0"):
+        specs.message_spec({"category": "LCE", "device_class": 1, "duration_minutes": 0}, NOW)
 
 
 @pytest.mark.parametrize(
@@ -94,7 +100,8 @@ def test_a_duration_outside_its_range_is_named_before_the_end_is_reckoned(
     with pytest.raises(InvalidField) as refused:
         specs.message_spec({**body, "duration_minutes": duration}, NOW)
     assert refused.value.extensions["field"] == "duration_minutes"
-    assert "duration_minutes must be from 0 to " in refused.value.detail
+    lowest = 1 if body["category"] == "LCE" else 0
+    assert f"duration_minutes must be from {lowest} to " in refused.value.detail
     assert len(refused.value.detail) < 200, refused.value.detail  # not all 401 digits
 
 

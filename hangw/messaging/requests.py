@@ -177,7 +177,12 @@ def _built(factory: Any, names: dict[str, str], **values: Any) -> Any:
 
 
 def _window(
-    body: dict[str, Any], now: float, message: type[sep1.Message], *, until_changed_allowed: bool
+    body: dict[str, Any],
+    now: float,
+    message: type[sep1.Message],
+    *,
+    until_changed_allowed: bool,
+    shortest: int = 0,
 ) -> tuple[int, float, float | None, int]:
     """(wire start time, start, end, duration) of a body's start_time and duration_minutes.
 
@@ -192,14 +197,14 @@ def _window(
     default = UNTIL_CHANGED if until_changed_allowed else None
     duration = _int(body, "duration_minutes", default, required=not until_changed_allowed)
     (limits,) = [spec for spec in message.FIELDS if spec.name == "duration_in_minutes"]
-    if not limits.lo <= duration <= limits.hi:
+    lo = max(limits.lo, shortest)
+    if not lo <= duration <= limits.hi:
         until = (
             f" ({UNTIL_CHANGED}, or leaving it out: until changed)" if until_changed_allowed else ""
         )
         raise InvalidField(
             "duration_minutes",
-            f"duration_minutes must be from {limits.lo} to {limits.hi}{until}, "
-            f"got {_shown(duration)}",
+            f"duration_minutes must be from {lo} to {limits.hi}{until}, got {_shown(duration)}",
         )
     begins = start if start is not None else now
     end = None if duration == UNTIL_CHANGED else begins + 60 * duration
@@ -229,7 +234,7 @@ def _issuer_id(body: dict[str, Any], name: str) -> int:
 def load_control(body: dict[str, Any], now: float) -> MessageSpec:
     issuer_event_id = _issuer_id(body, "issuer_event_id")
     wire_start, start, end, duration = _window(
-        body, now, LoadControlEvent, until_changed_allowed=False
+        body, now, LoadControlEvent, until_changed_allowed=False, shortest=1
     )
     assert end is not None
     if end <= now:
