@@ -568,4 +568,8 @@ async def test_message_statuses_reach_the_senders_webhook_in_order_per_delivery(
         summary["delivery_list"][0]["message_status_id"]
     }
     assert events[-1]["status_desc"].startswith("delivered to the meter (ESI)")
+    # RQA says what the message log says, in the webhook and in the answer to the POST
+    assert events[0]["status_desc"] == "request accepted and queued for the TDSP"
+    assert summary["delivery_list"][0]["status"] == "RQA"
+    assert summary["delivery_list"][0]["status_desc"] == events[0]["status_desc"]
     assert receiver.attempts and all(attempt.valid for attempt in receiver.attempts)

@@ -91,6 +91,8 @@ MAX_LISTED = 10
 #: A delivery id as a head-end reports it: ASCII digits (str.isdigit() takes '²', which int()
 #: refuses) few enough for the store's BIGINT.
 _DELIVERY_ID = re.compile(r"[0-9]{1,18}")
+#: What RQA says, in the message log and wherever a delivery's status is shown.
+ACCEPTED_DESCRIPTION = "request accepted and queued for the TDSP"
 _RANK_SQL = "CASE {0} WHEN 'RQA' THEN 0 WHEN 'ACK' THEN 1 WHEN 'PEN' THEN 2 ELSE 3 END"
 _SETTLED_SQL = "('STR', 'CON', 'OPT', 'FLR')"
 
@@ -564,11 +566,10 @@ class MessagingService:
         conn.execute(
             sa.text(
                 "INSERT INTO delivery_statuses (request_id, esiid, mac, code, description, at) "
-                "SELECT request_id, esiid, mac, 'RQA', "
-                "'request accepted and queued for the TDSP', :now "
+                "SELECT request_id, esiid, mac, 'RQA', :d, :now "
                 "FROM deliveries WHERE request_id = :r ORDER BY delivery_id"
             ),
-            {"r": request_id, "now": now},
+            {"r": request_id, "now": now, "d": ACCEPTED_DESCRIPTION},
         )
         conn.execute(
             sa.text(
@@ -852,7 +853,7 @@ class MessagingService:
                     "esiid": d.esiid,
                     "mac": d.mac or None,
                     "status": d.status,
-                    "status_desc": d.status_desc,
+                    "status_desc": _description(d.status, d.status_desc),
                     "status_at": specs.iso(d.status_at),
                 }
                 for d in conn.execute(
@@ -1752,6 +1753,12 @@ class MessagingService:
             self._notifier.enqueue_thd(conn, party_id, events)
 
 
+def _description(status: str, description: str) -> str:
+    """A delivery's status description as shown: an accepted delivery's row keeps none (one
+    string fewer for each of a fan-out's deliveries), so it is the message log's."""
+    return description or (ACCEPTED_DESCRIPTION if status == "RQA" else "")
+
+
 def _event(row: Any, status: str, description: str, at: float) -> dict[str, Any]:
     """The ``message.status`` event of a delivery ``row`` (delivery_id, request_id, esiid, mac,
     category, cancellation_id) that took ``status``."""
@@ -1764,7 +1771,7 @@ def _event(row: Any, status: str, description: str, at: float) -> dict[str, Any]
         "esiid": row.esiid,
         "mac": row.mac or None,
         "status_code": status,
-        "status_desc": description,
+        "status_desc": _description(status, description),
         "at": at,
     }
 
