@@ -121,22 +121,39 @@ def progress_bar(done: int, total: int, width: int = 30) -> str:
     return f"[{'#' * filled}{'.' * (width - filled)}] {share * 100:5.1f}%  {done}/{total}"
 
 
-def wait_settled(client: Any, request_id: str, out: TextIO, interval: float = 0.5) -> Any:
-    """Poll the request until every delivery settled, drawing a progress bar on ``out``."""
+def wait_settled(
+    client: Any,
+    request_id: str,
+    out: TextIO,
+    interval: float = 0.5,
+    *,
+    every_s: float = 10.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Any:
+    """Poll the request until every delivery settled, drawing a progress bar on ``out``.
+
+    On a terminal the bar is redrawn in place at every poll; to a file or pipe a line is
+    written when the progress changed and ``every_s`` passed since the last one, and at the end.
+    """
+    tty = out.isatty()
+    last_text, last_at = "", -every_s
     while True:
         summary = client.get(f"/v1/messages/{quote(request_id, safe='')}")
         line = progress_bar(summary["settled"], summary["deliveries"])
         codes = " ".join(f"{c}={n}" for c, n in summary["statuses"].items() if n)
-        if out.isatty():
-            out.write(f"\r{line}  {codes}\033[K")
-        else:
-            out.write(f"{line}  {codes}\n")
+        text = f"{line}  {codes}"
+        if tty:
+            out.write(f"\r{text}\033[K")
+        elif summary["complete"] or (text != last_text and clock() - last_at >= every_s):
+            out.write(f"{text}\n")
+            last_text, last_at = text, clock()
         out.flush()
         if summary["complete"]:
-            if out.isatty():
+            if tty:
                 out.write("\n")
             return summary
-        time.sleep(interval)
+        sleep(interval)
 
 
 def _print_summary(summary: dict[str, Any]) -> None:

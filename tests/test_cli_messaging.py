@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 
-from hangw.cli_messaging import progress_bar
+from hangw.cli_messaging import progress_bar, wait_settled
 from tests.gateway_harness import E_OWN, Harness
 from tests.test_cli import assert_refused_offline, cli_config, offline_cli, run_cli
 
@@ -84,3 +85,38 @@ def test_local_files_are_read_and_opened_before_the_api_is_asked(
          "hangw: cannot write /nonexistent/x.csv: No such file or directory"),
     ]  # fmt: skip
     assert_refused_offline(capsys, config, api, cases)
+
+
+class _Polls:
+    """A request that settles one delivery per poll, out of ``total``."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.settled = 0
+
+    def get(self, path: str) -> dict[str, object]:
+        self.settled = min(self.total, self.settled + 1)
+        return {
+            "settled": self.settled,
+            "deliveries": self.total,
+            "statuses": {"CON": self.settled, "ACK": self.total - self.settled},
+            "complete": self.settled == self.total,
+        }
+
+
+def test_wait_progress_to_a_file_writes_a_line_every_so_often_and_the_end() -> None:
+    """Without a terminal, --wait writes a progress line at most every 10 s and the last one,
+    not one per half-second poll."""
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    out = io.StringIO()
+    summary = wait_settled(_Polls(100), "R1", out, clock=lambda: now[0], sleep=sleep)
+    lines = out.getvalue().splitlines()
+    assert summary["complete"]
+    # 100 polls half a second apart: 49.5 s, so a line at 0, 10, 20, 30, 40 s and the end
+    assert len(lines) == 6, lines
+    assert lines[0].startswith("[") and "1/100" in lines[0]
+    assert "100.0%  100/100" in lines[-1] and "CON=100" in lines[-1]
