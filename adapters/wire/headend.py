@@ -72,6 +72,23 @@ class GatewayRefused(Exception):
     """The gateway closed the connection with a reason (bad certificate, no common version...)."""
 
 
+@implementer(IStreamClientEndpoint)
+class _SaysWhyDialsFail:
+    """The gateway's endpoint, telling the client why a connection attempt failed (refused,
+    no route, TLS): ClientService retries in silence."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, client: HeadEndClient) -> None:
+        self._endpoint = endpoint
+        self._client = client
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        def failed(failure: Failure) -> Failure:
+            self._client.dial_failed(failure.getErrorMessage())
+            return failure
+
+        return self._endpoint.connect(factory).addErrback(failed)
+
+
 class _Link(Int32StringReceiver):
     MAX_LENGTH = protocol.MAX_FRAME_BYTES
 
@@ -264,12 +281,14 @@ class HeadEndClient:
         self.command_credit = command_credit
         self.software = software
         self.service = ClientService(
-            endpoint,
+            _SaysWhyDialsFail(endpoint, self),
             _LinkFactory(self),
             retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=max_retry_delay_s),
             clock=clock,
         )
         self.link: _Link | None = None
+        #: Why the last dial failed (said once until a welcome), None since a welcome.
+        self._dial_trouble: str | None = None
         self.welcome: dict[str, Any] | None = None
         self.refused_reason: str | None = None
         self._credit = 0
@@ -418,6 +437,7 @@ class HeadEndClient:
         self.refused_reason = None
         self._credit = welcome["credit"]
         self._in_flight.clear()  # everything unacknowledged goes again
+        self._dial_trouble = None
         log.info("headend.welcomed", tdsp=welcome["tdsp_duns"], version=welcome["version"])
         ready, self._ready = self._ready, []
         for d in ready:
@@ -433,6 +453,21 @@ class HeadEndClient:
             self.link = None
             self._in_flight.clear()
             log.info("headend.disconnected", why=why)
+        elif not link.welcomed and self.refused_reason is None:
+            # closed before any welcome or goodbye: not a gateway's adapter port, most likely
+            self.dial_failed(
+                f"the connection closed before the gateway welcomed this head-end ({why}); "
+                "is the address the gateway's adapter port (api.adapter_port)?"
+            )
+
+    def dial_failed(self, why: str) -> None:
+        """Say why a dial came to nothing: a warning the first time for each reason, then
+        debug while the dialling goes on (it is retried with back-off)."""
+        if why == self._dial_trouble:
+            log.debug("headend.dial_failed", why=why)
+            return
+        self._dial_trouble = why
+        log.warning("headend.dial_failed", why=why, retrying=True)
 
     def _settled(self, ref: str, refusal: str | None, refused: Sequence[Any] = ()) -> None:
         """The gateway's ``ack`` (``refusal`` None, a batch's ``refused`` pairs), or its ``nack``
