@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 from urllib.parse import quote, urlencode
 
-from hangw.cli_common import output_file, read_esiids
+from hangw.cli_common import CommandError, output_file, read_esiids
 
 SEND_KINDS = {"lce": "LCE", "price": "PRM", "text": "STM"}
 #: Options of ``send`` that are passed as request fields, by kind (all integers unless listed).
@@ -85,8 +85,42 @@ def add_commands(sub: Any, api_command: Callable[[str, str], argparse.ArgumentPa
     p.add_argument("file", nargs="?", help="put: a file with one ESI ID per line")
 
 
+#: ``send`` options that are not integer fields, and the kinds that take each.
+_OTHER_OPTIONS = {
+    "randomize_start": ("lce",),
+    "randomize_end": ("lce",),
+    "rate_label": ("price",),
+    "message": ("text",),
+    "importance": ("text",),
+    "confirm": ("text",),
+}
+
+
+def _options_not_taken(args: argparse.Namespace) -> list[str]:
+    """The options given that this kind of message does not take, each with the kinds that do:
+    the API refuses such a field (422), and left out here they would vanish in silence."""
+    fields = {"lce": _LCE_FIELDS, "price": _PRICE_FIELDS, "text": _TEXT_FIELDS}
+    taken_by = {
+        name: tuple(kind for kind, names in fields.items() if name in names)
+        for name in {*_LCE_FIELDS, *_PRICE_FIELDS, *_TEXT_FIELDS}
+    }
+    taken_by.update(_OTHER_OPTIONS)
+    wrong = []
+    for name, kinds in sorted(taken_by.items()):
+        value = getattr(args, name, None)
+        if value not in (None, False) and args.kind not in kinds:
+            wrong.append(f"--{name.replace('_', '-')} ({', '.join(kinds)} only)")
+    return wrong
+
+
 def send_body(args: argparse.Namespace) -> dict[str, Any]:
     kind = SEND_KINDS[args.kind]
+    wrong = _options_not_taken(args)
+    if wrong:
+        raise CommandError(
+            f"send {args.kind} does not take {', '.join(wrong)}; leave "
+            f"{'it' if len(wrong) == 1 else 'them'} out"
+        )
     body: dict[str, Any] = {"category": kind}
     if args.group:
         body["group"] = args.group

@@ -87,6 +87,26 @@ def test_local_files_are_read_and_opened_before_the_api_is_asked(
     assert_refused_offline(capsys, config, api, cases)
 
 
+def test_send_refuses_options_its_kind_does_not_take(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An option of another kind of message (--message on an LCE, --criticality on a text) is
+    refused naming it and who takes it, before anything is sent, instead of vanishing."""
+    config, api = offline_cli(tmp_path)
+    lce = ["send", "lce", "--esiid", E_OWN, "--device-class", "1", "--duration-minutes", "10"]
+    text = ["send", "text", "--esiid", E_OWN, "--message", "hi"]
+    cases = [
+        ([*lce, "--message", "hi"],
+         "hangw: send lce does not take --message (text only); leave it out"),
+        ([*text, "--device-class", "1", "--criticality", "3"],
+         "hangw: send text does not take --criticality (lce only), --device-class (lce only); "
+         "leave them out"),
+        ([*text, "--price", "5", "--randomize-end"],
+         "--price (price only), --randomize-end (lce only)"),
+    ]  # fmt: skip
+    assert_refused_offline(capsys, config, api, cases)
+
+
 class _Polls:
     """A request that settles one delivery per poll, out of ``total``."""
 
