@@ -43,6 +43,9 @@ class ProvisionDevice:
     install_code: bytes = field(repr=False)
     link_key: bytes = field(repr=False)
     join_window_s: int
+    #: What the device is, as the gateway registered it (``in_home_display``, ``thermostat``,
+    #: ``load_control``, ``smart_appliance``, ``range_extender``, ``other``); "" if not known.
+    device_type: str = ""
 
 
 @dataclass(frozen=True)

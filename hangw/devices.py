@@ -273,6 +273,7 @@ _PENDING_COMMANDS = Prepared(
         outbox.c.kind,
         han_devices.c.esiid,
         han_devices.c.mac,
+        han_devices.c.device_type,
         han_devices.c.status,
         han_devices.c.install_code_enc,
         han_devices.c.link_key_enc,
@@ -1041,6 +1042,7 @@ class DeviceService:
                         install_code=install_code,
                         link_key=link_key,
                         join_window_s=self._config.join_window_s,
+                        device_type=row.device_type,
                     )
                 )
             else:

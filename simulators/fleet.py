@@ -145,8 +145,35 @@ def generated_mac(index: int, slot: int) -> str:
 
 
 def kind_of_mac(mac: str) -> DeviceKind:
-    """The kind of a device known only by its MAC (one provisioned through the gateway)."""
+    """The kind of a device known only by its MAC (one provisioned without a device type)."""
     return _SLOTS[int(mac[-2:], 16) % len(_SLOTS)]
+
+
+#: A provisioned device's type (ProvisionDevice.device_type) -> the kind it behaves as, and the
+#: Device Class bits it answers load control for: a thermostat runs HVAC, a load control
+#: switch the loads a utility switches (water heater, pool pump, irrigation, C&I, simple
+#: on/off, lighting, EV), a smart appliance its own class; the others take no load control.
+_TYPES: dict[str, tuple[DeviceKind, int]] = {
+    "in_home_display": (DeviceKind.IN_HOME_DISPLAY, 0),
+    "thermostat": (
+        DeviceKind.THERMOSTAT,
+        DeviceClass.HVAC_COMPRESSOR_OR_FURNACE | DeviceClass.STRIP_HEATERS_BASEBOARD_HEATERS,
+    ),
+    "load_control": (
+        DeviceKind.LOAD_CONTROL_SWITCH,
+        DeviceClass.WATER_HEATER
+        | DeviceClass.POOL_PUMP_SPA_JACUZZI
+        | DeviceClass.IRRIGATION_PUMP
+        | DeviceClass.MANAGED_COMMERCIAL_INDUSTRIAL_LOADS
+        | DeviceClass.SIMPLE_MISC_LOADS
+        | DeviceClass.EXTERIOR_LIGHTING
+        | DeviceClass.INTERIOR_LIGHTING
+        | DeviceClass.ELECTRIC_VEHICLE,
+    ),
+    "smart_appliance": (DeviceKind.LOAD_CONTROL_SWITCH, DeviceClass.SMART_APPLIANCES),
+    "range_extender": (DeviceKind.LOAD_CONTROL_SWITCH, 0),
+    "other": (DeviceKind.LOAD_CONTROL_SWITCH, 0),
+}
 
 
 @dataclass(frozen=True)
@@ -589,11 +616,15 @@ class Fleet:
         meter.devices[mac] = device
         return device
 
-    def join(self, esiid: str, mac: str) -> None:
-        """A provisioned device joined the meter's HAN."""
+    def join(self, esiid: str, mac: str, device_type: str = "") -> None:
+        """A provisioned device joined the meter's HAN; it behaves as its ``device_type`` says
+        (as its MAC says, without one)."""
         meter = self.meter(esiid)
         if meter is not None and mac not in meter.devices:
-            self._add(meter, mac, kind_of_mac(mac), random.Random(f"{self.config.seed}:{mac}"))
+            kind, device_class = _TYPES.get(device_type, (kind_of_mac(mac), None))
+            device = self._add(meter, mac, kind, random.Random(f"{self.config.seed}:{mac}"))
+            if device_class is not None:
+                device.device_class = int(device_class)
 
     def leave(self, esiid: str, mac: str) -> None:
         """A device was removed from the meter's HAN: its events stop where they are."""

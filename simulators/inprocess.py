@@ -409,6 +409,8 @@ class _Job:
     fan_out: FanOutFrame | None = None
     #: An add that a removal of its device ended: no step after the acknowledgement is made.
     ended: bool = False
+    #: What the device of an add is (ProvisionDevice.device_type): how it behaves once joined.
+    device_type: str = ""
 
 
 class _StepTimers:
@@ -479,11 +481,15 @@ class _Journal:
             " device_id TEXT NOT NULL, mac TEXT NOT NULL, fault TEXT NOT NULL,"
             " next_step INTEGER NOT NULL, step_at REAL NOT NULL, finished INTEGER NOT NULL)"
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(commands)")}
+        if "device_type" not in columns:  # a journal from before devices had a type
+            self._db.execute("ALTER TABLE commands ADD COLUMN device_type TEXT NOT NULL DEFAULT ''")
         # the devices that commands joined to a meter (1) or removed from it (0), so a
         # restarted head-end's meters hold what they held before
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS devices (esiid TEXT NOT NULL, mac TEXT NOT NULL,"
-            " joined INTEGER NOT NULL, PRIMARY KEY (esiid, mac))"
+            " joined INTEGER NOT NULL, device_type TEXT NOT NULL DEFAULT '',"
+            " PRIMARY KEY (esiid, mac))"
         )
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
         self._recorded: set[str] = set()  # commands recorded since the file was opened
@@ -535,7 +541,8 @@ class _Journal:
         self._recorded.add(job.command_id)
         self._unflushed.add(job.command_id)
         self._write(
-            "INSERT OR IGNORE INTO commands VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO commands (command_id, action, esiid, device_id, mac, fault,"
+            " next_step, step_at, finished, device_type) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 job.command_id,
                 job.action,
@@ -546,6 +553,7 @@ class _Journal:
                 job.next_step,
                 job.step_at,
                 int(finished),
+                job.device_type,
             ),
         )
 
@@ -555,26 +563,33 @@ class _Journal:
             (job.next_step, job.step_at, int(finished), job.command_id),
         )
 
-    def device(self, esiid: str, mac: str, *, joined: bool) -> None:
+    def device(self, esiid: str, mac: str, *, joined: bool, device_type: str = "") -> None:
         """The device joined the meter's HAN, or was removed from it."""
-        self._write("INSERT OR REPLACE INTO devices VALUES (?, ?, ?)", (esiid, mac, int(joined)))
+        self._write(
+            "INSERT OR REPLACE INTO devices (esiid, mac, joined, device_type) VALUES (?, ?, ?, ?)",
+            (esiid, mac, int(joined), device_type),
+        )
 
-    def devices(self) -> list[tuple[str, str, bool]]:
-        """(esiid, mac, joined) of every device a command joined or removed."""
+    def devices(self) -> list[tuple[str, str, bool, str]]:
+        """(esiid, mac, joined, device_type) of every device a command joined or removed."""
         self.flush()
-        rows = self._db.execute("SELECT esiid, mac, joined FROM devices ORDER BY rowid")
-        return [(esiid, mac, bool(joined)) for esiid, mac, joined in rows]
+        rows = self._db.execute(
+            "SELECT esiid, mac, joined, device_type FROM devices ORDER BY rowid"
+        )
+        return [(esiid, mac, bool(joined), kind) for esiid, mac, joined, kind in rows]
 
     def unfinished(self) -> list[_Job]:
         self.flush()
         rows = self._db.execute(
-            "SELECT command_id, action, esiid, device_id, mac, fault, next_step, step_at"
-            " FROM commands WHERE finished = 0 ORDER BY rowid"
+            "SELECT command_id, action, esiid, device_id, mac, fault, next_step, step_at,"
+            " device_type FROM commands WHERE finished = 0 ORDER BY rowid"
         ).fetchall()
-        return [
-            _Job(cid, action, esiid, device_id, mac, Fault(fault), next_step, step_at)
-            for cid, action, esiid, device_id, mac, fault, next_step, step_at in rows
-        ]
+        jobs = []
+        for cid, action, esiid, device_id, mac, fault, next_step, step_at, kind in rows:
+            job = _Job(cid, action, esiid, device_id, mac, Fault(fault), next_step, step_at)
+            job.device_type = kind
+            jobs.append(job)
+        return jobs
 
     def close(self) -> None:
         self.flush()
@@ -696,9 +711,9 @@ class SimulatedHeadEnd:
             self._journal = _Journal(self.journal_path, self._clock)
         resumed = 0
         if self._journal is not None:
-            for esiid, mac, joined in self._journal.devices():
+            for esiid, mac, joined, device_type in self._journal.devices():
                 if joined:
-                    self.fleet.join(esiid, mac)
+                    self.fleet.join(esiid, mac, device_type)
                 else:
                     self.fleet.leave(esiid, mac)
             for job in self._journal.unfinished():  # in the order they were accepted
@@ -828,6 +843,7 @@ class SimulatedHeadEnd:
             step_at=self._clock.seconds(),
             frames=frames,
             fan_out=fan_out,
+            device_type=getattr(command, "device_type", ""),
         )
         if self._journal is not None and action != FRAMES:
             # (frames live in memory only: their command is recorded when they are delivered,
@@ -986,9 +1002,9 @@ class SimulatedHeadEnd:
     def _delivered(self, _: object, job: _Job, report: ProvisioningReport) -> None:
         job.delivering = False
         if report.status is HeadEndStatus.DEVICE_JOINED:
-            self.fleet.join(job.esiid, job.mac)
+            self.fleet.join(job.esiid, job.mac, job.device_type)
             if self._journal is not None:
-                self._journal.device(job.esiid, job.mac, joined=True)
+                self._journal.device(job.esiid, job.mac, joined=True, device_type=job.device_type)
         elif report.status is HeadEndStatus.DEVICE_REMOVED:
             self.fleet.leave(job.esiid, job.mac)
             if self._journal is not None:

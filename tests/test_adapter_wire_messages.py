@@ -14,6 +14,7 @@ from adapters.commands import (
     FanOutFrame,
     FanOutTarget,
     InboundFrame,
+    ProvisionDevice,
 )
 from adapters.wire import protocol
 from adapters.wire.protocol import ProtocolError
@@ -60,6 +61,24 @@ def test_fan_out_round_trips_to_the_same_command() -> None:
     assert message["targets"] == [["10443720000000001", "dlv-1"], ["10443720000000002", "dlv-2"]]
     assert "fan_out" in protocol.COMMAND_TYPES
     assert protocol.command_from_message(wire(message, protocol.GATEWAY_TO_HEADEND)) == command
+
+
+def test_provision_carries_the_device_type_and_a_head_end_without_it_gets_none() -> None:
+    """A provision round-trips with its device_type; one sent without (an older gateway) is
+    read with an empty type; an empty or overlong type is refused naming the field."""
+    command = ProvisionDevice(
+        "add-1", "10443720000000001", "dev-1", "000D6F0000ABCD3E",
+        bytes(range(18)), bytes(range(16)), 600, device_type="thermostat",
+    )  # fmt: skip
+    message = protocol.command_message(command)
+    assert message["device_type"] == "thermostat"
+    assert protocol.command_from_message(wire(message, protocol.GATEWAY_TO_HEADEND)) == command
+    older = {k: v for k, v in message.items() if k != "device_type"}
+    assert protocol.command_from_message(wire(older, protocol.GATEWAY_TO_HEADEND)).device_type == ""
+    for bad in ("", "x" * 41):
+        assert "device_type" in refusal(
+            {**message, "device_type": bad}, protocol.GATEWAY_TO_HEADEND
+        )
 
 
 @pytest.mark.parametrize(

@@ -50,8 +50,10 @@ SMT_COLUMNS = (
     "StatusDesc",
     "StatusTimestamp",
 )
-THERMOSTAT_MAC = "000D6F0000ABCD01"  # the simulator makes a MAC ending in 01 a thermostat
-DISPLAY_MAC = "000D6F0000ABCD00"  # ... and one ending in 00 an in-home display
+# MACs the simulator would take for load control switches if it went by the MAC (as it does for
+# a device provisioned without a type): each behaves as the device_type it is provisioned with
+THERMOSTAT_MAC = "000D6F0000ABCD3E"
+DISPLAY_MAC = "000D6F0000ABCD02"
 
 
 async def sleep(seconds: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import tomllib
 from contextlib import closing
+from dataclasses import replace
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import SimpleNamespace
@@ -36,7 +37,8 @@ from hangw.provisioning import (
     IllegalTransition,
     next_status,
 )
-from simulators.fleet import generated_esiid, generated_mac
+from sep1.messages import DeviceClass
+from simulators.fleet import DeviceKind, generated_esiid, generated_mac, kind_of_mac
 from simulators.inprocess import (
     Fault,
     HeadEndUnreachable,
@@ -556,6 +558,53 @@ def test_journal_restart_keeps_the_devices_commands_joined_and_removed(tmp_path:
     assert not pinged(after, clock, esiid, made)
     assert pinged(after, clock, esiid, generated_mac(0, 0))  # untouched, still there
     after.stop()
+
+
+def test_a_device_behaves_as_its_type_and_keeps_it_after_a_restart(tmp_path: Path) -> None:
+    """A device provisioned as a thermostat is one on the meter, though its MAC would make it a
+    switch, and it still is after a restart on the journal."""
+    journal = str(tmp_path / "head-end.sqlite")
+    mac = "000D6F000000103E"  # by the MAC rule alone: a load control switch
+    assert kind_of_mac(mac) is DeviceKind.LOAD_CONTROL_SWITCH
+    command = replace(add(1, mac=mac), device_type="thermostat")
+    clock = Clock()
+    before, _ = running(clock, journal_path=journal)
+    before.send(command)
+    run(clock, 10)
+    meter = before.fleet.meter(ESIID)
+    assert meter is not None and meter.devices[mac].kind is DeviceKind.THERMOSTAT
+    assert meter.devices[mac].device_class & DeviceClass.HVAC_COMPRESSOR_OR_FURNACE
+    before.stop()
+
+    clock = Clock()
+    after, _ = running(clock, journal_path=journal)
+    meter = after.fleet.meter(ESIID)
+    assert meter is not None and meter.devices[mac].kind is DeviceKind.THERMOSTAT
+    after.stop()
+
+
+def test_a_journal_from_before_device_types_is_taken_and_resumed(tmp_path: Path) -> None:
+    """A journal whose commands table has no device_type column gets one, and its unfinished
+    add resumes (as a device known by its MAC)."""
+    journal = tmp_path / "head-end.sqlite"
+    with closing(sqlite3.connect(journal)) as db:
+        db.execute(
+            "CREATE TABLE commands (command_id TEXT PRIMARY KEY, action TEXT NOT NULL,"
+            " esiid TEXT NOT NULL, device_id TEXT NOT NULL, mac TEXT NOT NULL,"
+            " fault TEXT NOT NULL, next_step INTEGER NOT NULL, step_at REAL NOT NULL,"
+            " finished INTEGER NOT NULL)"
+        )
+        db.execute(
+            "INSERT INTO commands VALUES ('add-9', 'add', ?, 'device-9', ?, 'none', 1, 0, 0)",
+            (ESIID, MAC),
+        )
+        db.commit()
+    clock = Clock()
+    simulator, events = running(clock, journal_path=str(journal))
+    run(clock, 10)
+    assert events.statuses_of("add-9") == [S.ADD_PENDING, S.METER_READY, S.DEVICE_JOINED]
+    assert pinged(simulator, clock, ESIID, MAC)
+    simulator.stop()
 
 
 def test_a_removal_ends_the_unfinished_add_of_its_device() -> None:

@@ -366,6 +366,7 @@ _INBOUND_FRAME_FIELDS: Fields = {
 _OPTIONAL = frozenset({"reason", "software"})
 _OPTIONAL_BY_TYPE = {
     "ack": {"refused"},
+    "provision": {"device_type"},
     "error": {"ref"},
     "meter_event": {"meter_serial", "firmware_version", "han_capable"},
     "ping_result": {"firmware_version", "rtt_ms"},
@@ -439,6 +440,7 @@ GATEWAY_TO_HEADEND: dict[str, Fields] = {
         "install_code": _hex_bytes(8, 10, 14, 18),
         "link_key": _hex_bytes(16),
         "join_window_s": _count(1, 86_400),
+        "device_type": _text(40),
     },
     "deprovision": {"id": ID, "esiid": _ESIID, "device_id": _text(100), "mac": _text(32)},
     "send_frames": {"id": ID, "esiid": _ESIID, "frames": _frames},
@@ -560,6 +562,7 @@ def command_message(command: Command) -> dict[str, Any]:
             "install_code": command.install_code.hex(),
             "link_key": command.link_key.hex(),
             "join_window_s": command.join_window_s,
+            **({"device_type": command.device_type} if command.device_type else {}),
         }
     if isinstance(command, DeprovisionDevice):
         return {
@@ -608,6 +611,7 @@ def command_from_message(message: Mapping[str, Any]) -> Command:
             install_code=bytes.fromhex(message["install_code"]),
             link_key=bytes.fromhex(message["link_key"]),
             join_window_s=message["join_window_s"],
+            device_type=message.get("device_type", ""),
         )
     if message["type"] == "deprovision":
         return DeprovisionDevice(
