@@ -463,6 +463,8 @@ class HeadEndClient:
     def dial_failed(self, why: str) -> None:
         """Say why a dial came to nothing: a warning the first time for each reason, then
         debug while the dialling goes on (it is retried with back-off)."""
+        if not self.service.running:
+            return  # stopping: the attempt was called off, not failed
         if why == self._dial_trouble:
             log.debug("headend.dial_failed", why=why)
             return

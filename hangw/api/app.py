@@ -61,9 +61,9 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+_NUL_IN_URL = "the URL holds a NUL character (%00); no path or query parameter takes one"
 #: \u0000, or a \u escape of a surrogate (a pair, an emoji say, also matches; the walk finds
 #: it whole): what the walk below looks for, so that other escaped text is not walked at all.
-_NUL_IN_URL = "the URL holds a NUL character (%00); no path or query parameter takes one"
 _NUL_OR_SURROGATE_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
 
 
