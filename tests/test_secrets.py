@@ -6,6 +6,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -108,6 +109,19 @@ def test_log_redaction_is_a_second_line_of_defence() -> None:
     assert event == {"event": "x", "install_code": "<redacted>", "link_key": "<redacted>"}
 
 
+async def start_without_the_key(running: Any) -> str:
+    """Stop the gateway, lose its store key and start it again: the refusal, naming the key
+    file, and no new key made in its place."""
+    running.close()
+    await running.gateway.stopService()
+    key_path = running.config.store_key_path
+    key_path.unlink()
+    with pytest.raises(ConfigError, match=r"store\.key_file") as refusal:
+        Gateway(running.config, reactor)
+    assert not key_path.exists()
+    return str(refusal.value)
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_lost_store_key_stops_start_up_instead_of_making_a_new_one(tmp_path: Path) -> None:
     """With devices in the store and the key file gone, the gateway refuses to start, saying why."""
@@ -120,14 +134,8 @@ async def test_a_lost_store_key_stops_start_up_instead_of_making_a_new_one(tmp_p
         {"mac": "000D6F0600000001", "install_code": INSTALL_CODE, "device_type": "thermostat"},
     )
     assert status == 202
-    running.close()
-    await running.gateway.stopService()
-    key_path = running.config.store_key_path
-    key_path.unlink()
-    with pytest.raises(ConfigError, match=r"store\.key_file") as refusal:
-        Gateway(running.config, reactor)
-    assert "restore the key file" in str(refusal.value)
-    assert not key_path.exists()
+    refusal = await start_without_the_key(running)
+    assert "restore the key file" in refusal
 
 
 @pytest_twisted.ensureDeferred
@@ -140,14 +148,8 @@ async def test_a_lost_store_key_with_only_webhooks_stops_start_up(tmp_path: Path
         "POST", "/v1/webhooks", {"url": "https://127.0.0.1:9/hook"}
     )
     assert status == 201
-    running.close()
-    await running.gateway.stopService()
-    key_path = running.config.store_key_path
-    key_path.unlink()
-    with pytest.raises(ConfigError, match=r"store\.key_file") as refusal:
-        Gateway(running.config, reactor)
-    assert "webhook signing secrets" in str(refusal.value)
-    assert not key_path.exists()
+    refusal = await start_without_the_key(running)
+    assert "webhook signing secrets" in refusal
 
 
 def test_a_secret_sealed_with_another_key_does_not_block_the_outbox(tmp_path: Path) -> None:
