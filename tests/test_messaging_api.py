@@ -299,6 +299,7 @@ async def test_price_to_an_esiid_without_price_capable_devices(harness: Harness)
     assert status == 202, summary
     assert any("no price-capable HAN device" in w for w in summary["warnings"])
     done = await settled(harness, "demo-rep-a", summary["request_id"])
+    assert done["warnings"] == summary["warnings"]
     esi = by_target(done)["esi"]
     assert esi["status"] == "CON"
     assert esi["status_desc"].startswith("price acknowledged by the meter")
@@ -313,7 +314,8 @@ async def test_newer_overlapping_event_supersedes_the_older(devices_harness: Har
     status, second = await rep.call("POST", "/v1/messages", lce(7102, duration_minutes=60))
     assert status == 202, second
     assert any(first["request_id"] in w for w in second["warnings"])
-    await settled(devices_harness, "demo-rep-a", second["request_id"])
+    later = await settled(devices_harness, "demo-rep-a", second["request_id"])
+    assert later["warnings"] == second["warnings"]
     for _ in range(100):
         _, older = await rep.call("GET", f"/v1/messages/{first['request_id']}")
         if "superseded" in by_target(older)[THERMOSTAT_MAC]["status_desc"]:

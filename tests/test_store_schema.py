@@ -120,6 +120,27 @@ def test_upgrade_twice_is_harmless(engine: sa.Engine) -> None:
         assert conn.execute(sa.select(meters.c.esiid)).scalars().all() == [esiid]
 
 
+def test_requests_accepted_before_warnings_were_kept_read_as_none(engine: sa.Engine) -> None:
+    """A message request stored before migration 0006 upgrades with an empty warnings list."""
+    schema.upgrade(engine, "0005")
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO message_requests (request_id, category, party_id, party_role, "
+                "created_at, destination, cluster, zcl, fields, targets, state) VALUES "
+                "('req_old', 'STM', 'p', 'rep', 1.0, 'esi', 1795, :zcl, '{}', 1, 'sent')"
+            ),
+            {"zcl": b"\x01"},
+        )
+    schema.upgrade(engine)
+    assert schema.check_schema(engine) == []
+    with engine.connect() as conn:
+        kept = conn.execute(
+            sa.text("SELECT warnings FROM message_requests WHERE request_id = 'req_old'")
+        ).scalar()
+    assert kept == "[]"
+
+
 def test_check_schema_reports_a_missing_index(engine: sa.Engine) -> None:
     """check_schema names an index the model has and the database lacks."""
     schema.upgrade(engine)

@@ -282,8 +282,14 @@ class MessagingService:
                 warnings += self._price_warnings_thd(conn, request_id)
             if spec.category is Category.LOAD_CONTROL:
                 warnings += self._supersede_thd(conn, party, request_id, spec, now)
+            if warnings:  # kept for every later read of the request
+                conn.execute(
+                    message_requests.update()
+                    .where(message_requests.c.request_id == request_id)
+                    .values(warnings=json.dumps(warnings))
+                )
             self._accepted_thd(conn, party, request_id, count, now)
-            summary = self._summary_thd(conn, request_id, warnings)
+            summary = self._summary_thd(conn, request_id)
             if also is not None:
                 also(conn, summary)
             return summary
@@ -715,7 +721,7 @@ class MessagingService:
                 )
             self._accepted_thd(conn, party, cancel_id, original.targets, now)
             live = _Live(cancel_id, kind, party.party_id, original.issuer_event_id, now, request_id)
-            summary = self._summary_thd(conn, cancel_id, [])
+            summary = self._summary_thd(conn, cancel_id)
             if also is not None:
                 also(conn, summary)
             return summary, live, type(message).CLUSTER_ID
@@ -769,7 +775,7 @@ class MessagingService:
             )
             count = self._insert_targets_thd(conn, party, request_id, targets, now, None)
             self._accepted_thd(conn, party, request_id, count, now)
-            summary = self._summary_thd(conn, request_id, [])
+            summary = self._summary_thd(conn, request_id)
             if also is not None:
                 also(conn, summary)
             return summary
@@ -800,9 +806,7 @@ class MessagingService:
 
     # ---- reading requests ---------------------------------------------------------------------
 
-    def _summary_thd(
-        self, conn: sa.Connection, request_id: str, warnings: list[str]
-    ) -> dict[str, Any]:
+    def _summary_thd(self, conn: sa.Connection, request_id: str) -> dict[str, Any]:
         row = conn.execute(
             sa.select(message_requests).where(message_requests.c.request_id == request_id)
         ).one()
@@ -840,7 +844,7 @@ class MessagingService:
             "cancelled_by": row.cancelled_by,
             "superseded_by": row.superseded_by,
             # Always there, empty when none: a client reads it as the docs describe it.
-            "warnings": warnings,
+            "warnings": json.loads(row.warnings),
             "links": {
                 "self": f"/v1/messages/{row.request_id}",
                 "log": f"/v1/message-log?request_id={row.request_id}",
@@ -875,7 +879,7 @@ class MessagingService:
             ).scalar()
             if owner != party.party_id:
                 raise NotFound(f"you sent no request {request_id}")
-            return self._summary_thd(conn, request_id, [])
+            return self._summary_thd(conn, request_id)
 
         return await self.store.run(thd)
 

@@ -198,6 +198,8 @@ message_requests = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),  # queued | sent | settled
     sa.Column("cancelled_by", sa.String(32), nullable=True),  # the CLE/CAL/CSM request
     sa.Column("superseded_by", sa.String(32), nullable=True),
+    # what hangw noticed as it accepted the request (JSON list of sentences; migration 0006)
+    sa.Column("warnings", sa.Text, nullable=False, server_default=sa.text("'[]'")),
     sa.Index("ix_message_requests_party_id_created_at", "party_id", "created_at"),
     sa.Index("ix_message_requests_issuer_event_id", "issuer_event_id"),
 )
