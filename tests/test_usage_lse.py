@@ -191,7 +191,28 @@ def test_crlf_line_ends_parse_like_lf() -> None:
             7,
             "'abc' is not a number",
         ),
-        (lambda ls: ls.__setitem__(6, ls[6].replace("1.0,A", "nan,A", 1)), 1, "not finite"),
+        (
+            lambda ls: ls.__setitem__(6, ls[6].replace("1.0,A", "nan,A", 1)),
+            7,
+            "interval 5 value is not finite",
+        ),
+        (
+            lambda ls: ls.__setitem__(7, ls[7].replace("1.0,A", "1e30,A", 1)),
+            8,
+            "interval 9 value is not finite or larger than 2,147,483 kWh",
+        ),
+        (lambda ls: ls.__setitem__(6, ls[6] + "9.9,"), 7, "14 fields"),
+        (lambda ls: ls.__setitem__(6, ls[6] + "5"), 7, "13 fields"),
+        (
+            lambda ls: ls.__setitem__(7, "10000002,1.0,A,,A,,1.0,A,,1.0,A,,"),
+            8,
+            "interval 10 has its status A where its value belongs",
+        ),
+        (
+            lambda ls: ls.__setitem__(7, "10000002,1.0,A,,A,,1.0,A,,1.0,A,,9.9,"),
+            8,
+            "interval 10 has its status A where its value belongs",
+        ),
         (
             lambda ls: ls.__setitem__(6, ls[6].replace("1.0,A", "1_000,A", 1)),
             7,
@@ -244,6 +265,28 @@ def test_malformed_record_is_rejected_with_line_and_reason(
     assert len(parsed.rejections) == 1, parsed.rejections
     assert parsed.rejections[0].line == line
     assert words in parsed.rejections[0].reason
+
+
+def test_faults_that_cancel_out_across_records_shift_no_value() -> None:
+    """A stray field in one record and a left-out value in the next reject both, at their lines."""
+    stray = record("E1", "20260510", ["1.0"] * 96)
+    stray[5] += "9.0,"
+    left_out = record("E2", "20260510", ["2.0"] * 96, ["A"] * 96)
+    left_out[5] = left_out[5].replace("2.0,A,,2.0,A,,2.0,A,,", "2.0,A,,2.0,A,,A,,", 1)
+    good = record("E3", "20260510", ["3.0"] * 96)
+    parsed = lse.parse("\n".join(stray + left_out + good))
+    assert [(r.line, r.esiid) for r in parsed.rejections] == [(6, "E1"), (len(stray) + 6, "E2")]
+    (row,) = parsed.rows
+    assert (row[0], wh(row)) == ("E3", [3000] * 96)
+
+
+def test_a_character_run_on_from_one_row_into_the_next_is_rejected() -> None:
+    """A row ending in a stray character is rejected, not read into the next row's first value."""
+    bad = record("E1", "20260510", ["0.375"] * 4 + ["0.327"] * 92)
+    bad[5] += "5"  # would read 50.327 kWh for interval 5 if the rows were read as one text
+    parsed = lse.parse("\n".join(bad))
+    assert parsed.rows == []
+    assert [(r.line, r.esiid) for r in parsed.rejections] == [(6, "E1")]
 
 
 def test_record_created_in_the_future_is_rejected() -> None:

@@ -335,14 +335,20 @@ def _details(lines: list[str], first: int, record: _Record, start: int, stop: in
     estimated = joined.count(",E,,")
     if (
         actual + estimated == expected
-        and joined.endswith(",,")
+        and joined.count(",") == 3 * expected
+        and ",,A" not in joined
+        and ",,E" not in joined
         and ",,," not in joined
         and joined[:1] != ","
         and " " not in joined
         and "\t" not in joined
+        and all([row[-2:] == ",," for row in block])
     ):
-        # every triplet is value,A|E,(no time),: the values alone, comma-separated (not a
-        # blank first value, which is missing, nor padded ones, no numbers: numpy takes both)
+        # Every triplet is value,A|E,(no time),: the values alone, comma-separated (not a
+        # blank first value, which is missing, nor padded ones, no numbers: numpy takes both).
+        # Exactly so: no ",,A" or ",,E" means no two status markers share a comma (a value left
+        # out before its status), three commas a marker leave no room for a stray field between
+        # them, and a row ending in ",," does not run on into the next row's first value.
         record.text = joined.replace(",A,,", ",").replace(",E,,", ",")
         if estimated:
             statuses = joined.split(",")[1::3]
@@ -352,11 +358,7 @@ def _details(lines: list[str], first: int, record: _Record, start: int, stop: in
         record.values = None
         record.missing = False
         return
-    fields = joined.split(",")
-    if len(fields) != 3 * expected + 1 or fields[-1]:
-        fields = _triplets(lines, first, start, stop)
-    else:
-        del fields[-1]
+    fields = _triplets(lines, first, start, stop)  # row by row: none runs on into the next
     count = len(fields) // 3
     if count != expected:
         raise _Reject(
@@ -370,6 +372,12 @@ def _details(lines: list[str], first: int, record: _Record, start: int, stop: in
             if status in _STATUSES or (status == "" and values[k] == ""):
                 continue
             line = first + start + k // 4
+            if status == "" and values[k] in _STATUSES:
+                raise _Reject(
+                    line,
+                    f"interval {k + 1} has its status {values[k]} where its value belongs: "
+                    "a field left out (a missing value is an empty field)",
+                )
             if status == "":
                 raise _Reject(line, f"interval {k + 1} has a value but no status (A or E)")
             raise _Reject(line, f"interval {k + 1} has status {_excerpt(status)}; A or E expected")
@@ -498,6 +506,16 @@ def _numbers(
     missing_rows: list[int] = []
     for record in group:
         values = record.values if record.values is not None else record.text.split(",")[:-1]  # type: ignore[union-attr]
+        if len(values) != length:  # _details counted them; never one record's into another's
+            parsed.rejections.append(
+                Rejection(
+                    record.line,
+                    f"the record has {len(values)} intervals; its day has {length}",
+                    record.esiid,
+                    record.day,
+                )
+            )
+            continue
         if record.missing:
             values = ["0" if v == "" else v for v in values]
             missing_rows.append(len(kept))
@@ -535,10 +553,12 @@ def _rows_of(group: list[_Record], length: int, parsed: Parsed, vee: VeeSettings
     if bad.any():
         for position in np.flatnonzero(bad):
             record = kept[int(position)]
+            row = wh_float[position]
+            at = int(np.flatnonzero(~np.isfinite(row) | (np.abs(np.nan_to_num(row)) > _INT32))[0])
             parsed.rejections.append(
                 Rejection(
-                    record.line,
-                    "a value is not finite or larger than 2,147,483 kWh in one interval",
+                    record.detail_line + at // 4,
+                    f"interval {at + 1} value is not finite or larger than 2,147,483 kWh",
                     record.esiid,
                     record.day,
                 )
