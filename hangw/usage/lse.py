@@ -270,6 +270,10 @@ def _header(
             first + (at or 0),
             f"transaction id {_excerpt(transaction)} is longer than {MAX_TRANSACTION} characters",
         )
+    if not transaction.isprintable():  # a NUL, which PostgreSQL cannot store, or a control
+        raise _Reject(
+            first + (at or 0), f"transaction id {_excerpt(transaction)} has a control character"
+        )
     at = rows.get("00000004")
     if at is None:
         raise _Reject(line_no, "the record has no creation timestamp (row 00000004)")
@@ -299,6 +303,8 @@ def _header(
                 raise _Reject(
                     first + at, f"Sender {_excerpt(sender)} is longer than {MAX_SENDER} characters"
                 )
+            if not sender.isprintable():
+                raise _Reject(first + at, f"Sender {_excerpt(sender)} has a control character")
             if tdsp_duns and sender != tdsp_duns:
                 raise _Reject(
                     first + at,
