@@ -123,6 +123,20 @@ def test_truncated_zip_is_rejected() -> None:
         assert "the zip archive cut.zip is truncated or damaged" in reason
 
 
+@pytest.mark.parametrize("at", [9, 2])
+def test_damaged_lzma_member_is_rejected(at: int) -> None:
+    """An LZMA-packed member whose stream (or its properties' size) is damaged is refused."""
+    packed = io.BytesIO()
+    with zipfile.ZipFile(packed, "w", compression=zipfile.ZIP_LZMA) as archive:
+        archive.writestr("a.lse", LSE * 50)
+    data = bytearray(packed.getvalue())
+    start = 30 + len("a.lse")  # the member's data follows its local header and name
+    for i in range(start + at, start + at + (31 if at == 9 else 1)):
+        data[i] ^= 0x5A if at == 9 else 0xFF
+    reason = rejection("d.zip", bytes(data))
+    assert "the zip archive d.zip is truncated or damaged: member a.lse cannot be read" in reason
+
+
 def test_empty_zip_is_rejected() -> None:
     """An empty zip archive (only directories, or nothing at all) is refused: no LSE file."""
     assert "is empty: it holds no LSE file" in rejection("e.zip", zipped())

@@ -22,6 +22,7 @@ Bytes in, members out: no file system, no gpg, no logging here.
 from __future__ import annotations
 
 import io
+import lzma
 import re
 import zipfile
 import zlib
@@ -201,7 +202,14 @@ def _open_zip(name: str, data: bytes, limit: int) -> list[LseMember]:
                         if unpacked > limit:
                             raise _too_big(name, limit)
                         chunks.append(chunk)
-            except (zipfile.BadZipFile, EOFError, zlib.error, ValueError, OSError) as error:
+            except (
+                zipfile.BadZipFile,
+                EOFError,
+                zlib.error,
+                lzma.LZMAError,
+                ValueError,
+                OSError,
+            ) as error:
                 raise DeliveryRejected(
                     f"the zip archive {name} is truncated or damaged: member {info.filename} "
                     f"cannot be read ({error}); ask the TDSP to send it again"
