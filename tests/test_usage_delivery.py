@@ -237,9 +237,13 @@ def test_damaged_pgp_is_rejected(gateway_key: UsageKey) -> None:
     message = encrypt_for(gateway_key.export_public(), lse)
     middle = len(message) // 2
     corrupted = message[:middle] + bytes([message[middle] ^ 0xFF]) + message[middle + 1 :]
+    short = encrypt_for(gateway_key.export_public(), LSE * 2000)  # compressed: a few hundred bytes
     for reason in (
         rejection("c.pgp", corrupted, decrypt=gateway_key.decrypt),
         rejection("t.pgp", message[:middle], decrypt=gateway_key.decrypt),
+        # cut off after the session key the usage key opens: the rest of the message is missing
+        *(rejection("s.pgp", short[:cut], decrypt=gateway_key.decrypt) for cut in (100, 300)),
+        rejection("s.pgp", short[:-25], decrypt=gateway_key.decrypt),
     ):
         assert "integrity check" in reason or "truncated or damaged" in reason
         assert "ask the TDSP to send it again" in reason

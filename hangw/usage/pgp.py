@@ -288,10 +288,21 @@ class UsageKey:
                 f"usage key (fingerprint {key.fingerprint}, encryption subkey "
                 f"{', '.join('0x' + k for k in key.encryption_key_ids)}); {export_hint}"
             )
-        if (recipients and run.first("BEGIN_DECRYPTION") is None) or _local_error(run):
+        # DECRYPTION_KEY: the usage key did open the session key, so what is missing after it
+        # is the message's (cut short before its encrypted data), not the key's
+        opened = run.first("DECRYPTION_KEY") is not None
+        if (recipients and not opened and run.first("BEGIN_DECRYPTION") is None) or _local_error(
+            run
+        ):
             return UsageKeyError(
                 f"gpg could not use the usage key in {self.home}: "
                 f"{run.message('public key decryption failed')}"
+            )
+        if opened and run.first("BEGIN_DECRYPTION") is None:
+            return DeliveryRejected(
+                "the OpenPGP message is truncated or damaged: the usage key opens its session "
+                "key, but the encrypted data after it is missing or cut short; ask the TDSP to "
+                "send it again"
             )
         nodata = run.first("NODATA")
         if nodata is not None and run.first("BEGIN_DECRYPTION") is None:
