@@ -321,9 +321,12 @@ def test_reads_csv_rejections_have_lines() -> None:
             "E1,2026-05-11,9,1.5",
             "E1,2026-05-12,4,lots",
             "E1,2026-05-10,4,2.0",
+            "E1,0001-01-01,4,1.0",
+            "E1,9999-12-31,4,1.0",
         ],
         "r.csv",
     )
     assert reads == [("E1", 20260510, 4, 1500)]
-    assert [line for line, _ in rejected] == [3, 4, 5, 6]
-    assert "second read" in rejected[-1][1]
+    assert [line for line, _ in rejected] == [3, 4, 5, 6, 7, 8]
+    assert "second read" in rejected[3][1]
+    assert "read_date 0001-01-01 is not in the years 2000 to 2199" in rejected[4][1]

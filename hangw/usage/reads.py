@@ -27,6 +27,7 @@ import sqlalchemy as sa
 
 from hangw.usage.days import day_of
 from hangw.usage.ingest import apply_sum_check, placeholder, prepare_sum_keys
+from hangw.usage.lse import FIRST_YEAR, LAST_YEAR
 
 _ESIID = re.compile(r"[A-Za-z0-9]{1,64}")
 REQUIRED = ("esiid", "read_date", "reading_kwh")
@@ -76,12 +77,18 @@ def parse_reads(
             rejected.append((line, f"ESI ID {esiid[:40]!r} is not 1 to 64 letters and digits"))
             continue
         try:
-            day = day_of(dt.date.fromisoformat(row[at["read_date"]].strip()))
+            date = dt.date.fromisoformat(row[at["read_date"]].strip())
         except ValueError:
             rejected.append(
                 (line, f"read_date {row[at['read_date']][:20]!r} is not a date YYYY-MM-DD")
             )
             continue
+        if not FIRST_YEAR <= date.year <= LAST_YEAR:  # as the interval data's days are
+            rejected.append(
+                (line, f"read_date {date} is not in the years {FIRST_YEAR} to {LAST_YEAR}")
+            )
+            continue
+        day = day_of(date)
         channel_text = row[at["channel"]].strip() if "channel" in at else ""
         if channel_text not in ("", "1", "4"):
             rejected.append((line, f"channel {channel_text[:10]!r} is neither 4 nor 1"))
