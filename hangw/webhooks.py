@@ -729,6 +729,13 @@ def _check_url(url: object) -> str:
         raise InvalidField("url", f"url is not a URL: {refusal}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidField("url", "url must be an http:// or https:// URL with a host")
+    if "@" in parts.netloc:  # the part before it is not quoted: it may be a password
+        raise InvalidField(
+            "url",
+            "url must not carry a user name or password (user:password@host): the gateway "
+            "would store and log them with the URL; take them out, the notifications are "
+            "signed with the subscription's secret instead",
+        )
     return url
 
 
