@@ -224,6 +224,22 @@ def _known(section: str, table: Mapping[str, Any], cls: type) -> None:
             )
 
 
+def _refuse_shared_ports(api: ApiConfig, adapters: list[AdapterConfig]) -> None:
+    """Each listener on api.host needs a port of its own (0, any free port, never clashes); the
+    adapter port counts only when a head-end dials in (``kind = "wire"``), as only then it opens."""
+    listeners = {"api.port": api.port, "api.ops_port": api.ops_port}
+    if any(adapter.kind == "wire" for adapter in adapters):
+        listeners["api.adapter_port"] = api.adapter_port
+    taken: dict[int, str] = {}
+    for key, port in listeners.items():
+        if port and port in taken:
+            raise ConfigError(
+                f"{key}: must differ from {taken[port]} (both are {port}): each is a listener "
+                "of its own on api.host"
+            )
+        taken[port] = key
+
+
 def from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> Config:
     """Validate a parsed TOML document into a Config."""
     sections = {
@@ -355,6 +371,8 @@ def from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> Config:
         kind = _string(f"{key}.kind", table.get("kind"))
         options = {k: v for k, v in table.items() if k != "kind"}
         adapters.append(AdapterConfig(tdsp_duns=str(duns), kind=kind, options=options))
+
+    _refuse_shared_ports(api, adapters)
 
     return Config(
         gateway=gateway,
