@@ -388,6 +388,23 @@ def from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> Config:
     )
 
 
+def unusable_path(key: str, path: Path | str, error: OSError) -> ConfigError:
+    """Why the path ``key`` names could not be used (an OSError met reading or making it), in
+    words and naming the key; what the file holds is never in it."""
+    where = error.filename or path
+    if isinstance(error, FileNotFoundError):
+        why = f"{where} does not exist"
+    elif isinstance(error, IsADirectoryError):
+        why = f"{where} is a directory, not a file"
+    elif isinstance(error, NotADirectoryError):
+        why = f"{where}: a part of the path is a file, not a directory"
+    elif isinstance(error, FileExistsError):  # a directory to make, where a file is
+        why = f"{where} is a file, not a directory"
+    else:
+        why = f"{where}: {error.strerror or type(error).__name__}"
+    return ConfigError(f"{key}: {why}")
+
+
 def safe_url(url: str) -> str:
     """A database URL as it may be shown or logged: without its password."""
     import sqlalchemy as sa
