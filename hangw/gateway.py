@@ -36,7 +36,7 @@ from hangw.api.app import Api, OpsApi
 from hangw.api.bodycap import BodyCappedRequest
 from hangw.api.channel import ProblemHTTPChannel
 from hangw.api.listener import PinnedClientContextFactory
-from hangw.config import AdapterConfig, Config, ConfigError
+from hangw.config import AdapterConfig, Config, ConfigError, unusable_path
 from hangw.devices import DeviceService
 from hangw.diagnostics import Diagnostics
 from hangw.domain import Meter
@@ -48,7 +48,7 @@ from hangw.secrets import SecretBox, load_or_create_key
 from hangw.store import schema
 from hangw.store.db import Store, without_password
 from hangw.store.model import han_devices, webhook_subscriptions
-from hangw.usage.dropdir import DropDirectories
+from hangw.usage.dropdir import DropDirectories, make_drop_directory
 from hangw.usage.ingest import Ingest
 from hangw.usage.jobs import UsageReports
 from hangw.usage.lse import VeeSettings
@@ -295,6 +295,11 @@ def _drop_directories(
         max_unpacked_bytes=config.usage.max_unpacked_bytes,
     )
     directories = {duns: Path(path) for duns, path in config.usage.drop_dirs.items()}
+    for duns, directory in directories.items():
+        try:  # now, so that a path that cannot be a directory stops start-up naming its key
+            make_drop_directory(directory)
+        except OSError as error:
+            raise unusable_path(f"usage.drop_dirs.{duns}", directory, error) from None
     return DropDirectories(
         directories, store.engine, ingest, reactor, clock, config.usage.poll_s, key=key
     )

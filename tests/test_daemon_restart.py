@@ -243,6 +243,23 @@ def test_an_unusable_webhooks_ca_file_stops_hangwd_naming_the_key(tmp_path: Path
         assert key_pem.splitlines()[1].decode() not in said and "root:x" not in said
 
 
+def test_a_drop_directory_that_cannot_be_one_stops_hangwd_naming_the_key(tmp_path: Path) -> None:
+    """A [usage.drop_dirs] path that is a file, or lies under one, stops hangwd in one line naming
+    the TDSP's key and the file in the way."""
+    config_path = write_config(tmp_path)
+    prepare_state(load(config_path))
+    base = config_path.read_text()
+    a_file = tmp_path / "lse-delivery.zip"
+    a_file.write_bytes(b"PK")
+    for drop, why in [
+        (a_file, f"{a_file} is a file, not a directory"),
+        (a_file / "drop", "a part of the path is a file, not a directory"),
+    ]:
+        config_path.write_text(base + f'[usage.drop_dirs]\n{TDSP} = "{drop}"\n')
+        said = hangwd_refusal(config_path)
+        assert said.startswith(f"hangwd: usage.drop_dirs.{TDSP}: ") and why in said, said
+
+
 def test_the_logged_store_url_hides_its_password() -> None:
     """The store URL hangwd logs at start carries no password."""
     from hangw.config import safe_url
