@@ -324,7 +324,10 @@ class Gateway(MultiService):
                 f"store.key_file: {config.store_key_path} is missing, but the store holds "
                 f"{sealed} sealed with it; restore the key file (a new key could not open them)"
             )
-        box = SecretBox(load_or_create_key(config.store_key_path))
+        try:
+            box = SecretBox(load_or_create_key(key_path))
+        except OSError as error:  # a directory, or a path under a file: never the key itself
+            raise unusable_path("store.key_file", key_path, error) from None
         self.registry = PartyRegistry(self.store)
         self.adapters = {a.tdsp_duns: load_adapter(a, clock, config) for a in config.adapters}
         self.webhooks = WebhookService(self.store, box, clock, config.webhooks, reactor)

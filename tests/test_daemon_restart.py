@@ -260,6 +260,24 @@ def test_a_drop_directory_that_cannot_be_one_stops_hangwd_naming_the_key(tmp_pat
         assert said.startswith(f"hangwd: usage.drop_dirs.{TDSP}: ") and why in said, said
 
 
+def test_a_store_key_file_that_cannot_be_one_stops_hangwd_naming_the_key(tmp_path: Path) -> None:
+    """A store.key_file naming a directory, or a path under a file, stops hangwd in one line
+    naming the key and what is in the way."""
+    config_path = write_config(tmp_path)
+    prepare_state(load(config_path))
+    base = config_path.read_text()
+    a_directory, a_file = tmp_path / "keys", tmp_path / "keys.txt"
+    a_directory.mkdir()
+    a_file.write_text("not a directory\n")
+    for key_file, why in [
+        (a_directory, f"{a_directory} is a directory, not a file"),
+        (a_file / "store.key", f"{a_file} is a file, not a directory"),
+    ]:
+        config_path.write_text(base + f'[store]\nkey_file = "{key_file}"\n')
+        said = hangwd_refusal(config_path)
+        assert said.startswith("hangwd: store.key_file: ") and why in said, said
+
+
 def test_the_logged_store_url_hides_its_password() -> None:
     """The store URL hangwd logs at start carries no password."""
     from hangw.config import safe_url
