@@ -224,6 +224,22 @@ def _known(section: str, table: Mapping[str, Any], cls: type) -> None:
             )
 
 
+def _refuse_shared_ports(api: ApiConfig, adapters: list[AdapterConfig]) -> None:
+    """Each listener on api.host needs a port of its own (0, any free port, never clashes); the
+    adapter port counts only when a head-end dials in (``kind = "wire"``), as only then it opens."""
+    listeners = {"api.port": api.port, "api.ops_port": api.ops_port}
+    if any(adapter.kind == "wire" for adapter in adapters):
+        listeners["api.adapter_port"] = api.adapter_port
+    taken: dict[int, str] = {}
+    for key, port in listeners.items():
+        if port and port in taken:
+            raise ConfigError(
+                f"{key}: must differ from {taken[port]} (both are {port}): each is a listener "
+                "of its own on api.host"
+            )
+        taken[port] = key
+
+
 def from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> Config:
     """Validate a parsed TOML document into a Config."""
     sections = {
@@ -356,6 +372,8 @@ def from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> Config:
         options = {k: v for k, v in table.items() if k != "kind"}
         adapters.append(AdapterConfig(tdsp_duns=str(duns), kind=kind, options=options))
 
+    _refuse_shared_ports(api, adapters)
+
     return Config(
         gateway=gateway,
         store=store,
@@ -368,6 +386,23 @@ def from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> Config:
         adapters=tuple(adapters),
         source=source,
     )
+
+
+def unusable_path(key: str, path: Path | str, error: OSError) -> ConfigError:
+    """Why the path ``key`` names could not be used (an OSError met reading or making it), in
+    words and naming the key; what the file holds is never in it."""
+    where = error.filename or path
+    if isinstance(error, FileNotFoundError):
+        why = f"{where} does not exist"
+    elif isinstance(error, IsADirectoryError):
+        why = f"{where} is a directory, not a file"
+    elif isinstance(error, NotADirectoryError):
+        why = f"{where}: a part of the path is a file, not a directory"
+    elif isinstance(error, FileExistsError):  # a directory to make, where a file is
+        why = f"{where} is a file, not a directory"
+    else:
+        why = f"{where}: {error.strerror or type(error).__name__}"
+    return ConfigError(f"{key}: {why}")
 
 
 def safe_url(url: str) -> str:

@@ -705,8 +705,10 @@ class DeviceService:
                 raise Forbidden(f"only the customer of ESI ID {esiid} may grant HAN access")
             hsp = conn.execute(sa.select(parties).where(parties.c.party_id == hsp_party_id)).first()
             if hsp is None or hsp.role != Role.HSP.value:
+                # described, not quoted: a code pasted into the wrong field must not echo back
                 raise InvalidField(
-                    "hsp_party_id", f"{hsp_party_id!r} is not a registered HAN service provider"
+                    "hsp_party_id",
+                    "hsp_party_id is not the party id of a registered HAN service provider",
                 )
             existing = _live_grant_row(conn, esiid, hsp_party_id)
             if existing is not None:

@@ -36,7 +36,7 @@ from hangw.api.app import Api, OpsApi
 from hangw.api.bodycap import BodyCappedRequest
 from hangw.api.channel import ProblemHTTPChannel
 from hangw.api.listener import PinnedClientContextFactory
-from hangw.config import AdapterConfig, Config, ConfigError
+from hangw.config import AdapterConfig, Config, ConfigError, unusable_path
 from hangw.devices import DeviceService
 from hangw.diagnostics import Diagnostics
 from hangw.domain import Meter
@@ -48,7 +48,7 @@ from hangw.secrets import SecretBox, load_or_create_key
 from hangw.store import schema
 from hangw.store.db import Store, without_password
 from hangw.store.model import han_devices, webhook_subscriptions
-from hangw.usage.dropdir import DropDirectories
+from hangw.usage.dropdir import DropDirectories, make_drop_directory
 from hangw.usage.ingest import Ingest
 from hangw.usage.jobs import UsageReports
 from hangw.usage.lse import VeeSettings
@@ -295,6 +295,11 @@ def _drop_directories(
         max_unpacked_bytes=config.usage.max_unpacked_bytes,
     )
     directories = {duns: Path(path) for duns, path in config.usage.drop_dirs.items()}
+    for duns, directory in directories.items():
+        try:  # now, so that a path that cannot be a directory stops start-up naming its key
+            make_drop_directory(directory)
+        except OSError as error:
+            raise unusable_path(f"usage.drop_dirs.{duns}", directory, error) from None
     return DropDirectories(
         directories, store.engine, ingest, reactor, clock, config.usage.poll_s, key=key
     )
@@ -319,7 +324,10 @@ class Gateway(MultiService):
                 f"store.key_file: {config.store_key_path} is missing, but the store holds "
                 f"{sealed} sealed with it; restore the key file (a new key could not open them)"
             )
-        box = SecretBox(load_or_create_key(config.store_key_path))
+        try:
+            box = SecretBox(load_or_create_key(key_path))
+        except OSError as error:  # a directory, or a path under a file: never the key itself
+            raise unusable_path("store.key_file", key_path, error) from None
         self.registry = PartyRegistry(self.store)
         self.adapters = {a.tdsp_duns: load_adapter(a, clock, config) for a in config.adapters}
         self.webhooks = WebhookService(self.store, box, clock, config.webhooks, reactor)

@@ -20,6 +20,7 @@ import builtins
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import threading
 from collections import Counter
@@ -33,7 +34,7 @@ import sqlalchemy as sa
 import structlog
 import treq.client
 from cryptography.exceptions import InvalidTag
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from twisted.application.service import Service
 from twisted.internet import defer, error
 from twisted.internet._sslverify import IOpenSSLTrustRoot
@@ -46,7 +47,7 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionP
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
-from hangw.config import WebhooksConfig
+from hangw.config import ConfigError, WebhooksConfig, unusable_path
 from hangw.domain import Party, Role
 from hangw.problems import Conflict, Forbidden, InvalidField, NotFound
 from hangw.secrets import SecretBox
@@ -304,13 +305,47 @@ class SystemAndExtraTrust:
             store.add_cert(cert)
 
 
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
 def load_ca_file(path: str) -> list[Certificate]:
-    """Every certificate in a PEM file."""
-    with open(path, "rb") as handle:
-        text = handle.read()
-    marker = b"-----END CERTIFICATE-----"
-    blocks = [block + marker for block in text.split(marker) if b"-----BEGIN" in block]
-    return [Certificate.loadPEM(block) for block in blocks]
+    """Every certificate in a PEM file (``webhooks.ca_file``).
+
+    A file that cannot be read, holds no PEM certificate or a broken one is a ConfigError
+    naming the key; what the file holds (a private key, perhaps) is never quoted.
+    """
+    key = "webhooks.ca_file"
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read()
+    except OSError as refusal:
+        raise unusable_path(key, path, refusal) from None
+    blocks = _PEM_CERTIFICATE.findall(text)
+    if not blocks:
+        pem = "PEM certificate (-----BEGIN CERTIFICATE-----)"
+        if b"PRIVATE KEY-----" in text:
+            why = f"holds a private key and no {pem}"
+        elif b"-----BEGIN " in text:
+            why = f"holds no {pem}, only PEM blocks of other kinds"
+        else:  # DER, or no certificate at all
+            why = (
+                f"holds no {pem} (a DER certificate converts with "
+                "`openssl x509 -inform der -in FILE -out FILE.pem`)"
+            )
+        raise ConfigError(
+            f"{key}: {path} {why}; name a file of the CA certificates that issued the "
+            "receivers' certificates"
+        )
+    certificates = []
+    for number, block in enumerate(blocks, 1):
+        try:
+            certificates.append(Certificate.loadPEM(block))
+        except crypto.Error:
+            raise ConfigError(
+                f"{key}: {path} holds {len(blocks)} PEM certificate(s), and number {number} is "
+                "not a readable X.509 certificate"
+            ) from None
+    return certificates
 
 
 # ---- the service ---------------------------------------------------------------------------------
@@ -729,6 +764,13 @@ def _check_url(url: object) -> str:
         raise InvalidField("url", f"url is not a URL: {refusal}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidField("url", "url must be an http:// or https:// URL with a host")
+    if "@" in parts.netloc:  # the part before it is not quoted: it may be a password
+        raise InvalidField(
+            "url",
+            "url must not carry a user name or password (user:password@host): the gateway "
+            "would store and log them with the URL; take them out, the notifications are "
+            "signed with the subscription's secret instead",
+        )
     return url
 
 
@@ -769,15 +811,17 @@ class WebhookSender(Service):
         self._poll_interval_s = poll_interval_s
         self._pool: HTTPConnectionPool | None = None
         self._http: treq.client.HTTPClient | None = None
+        #: read now, so that a ca_file that cannot be used stops start-up as a configuration
+        #: error, not the first POST
+        self._extra_ca = load_ca_file(self._config.ca_file) if self._config.ca_file else []
 
     def _client(self) -> treq.client.HTTPClient:
         if self._http is None:
-            extra = load_ca_file(self._config.ca_file) if self._config.ca_file else []
             self._pool = HTTPConnectionPool(self._reactor, persistent=True)
             self._pool.maxPersistentPerHost = 4
             agent = Agent(
                 self._reactor,
-                contextFactory=BrowserLikePolicyForHTTPS(SystemAndExtraTrust(extra)),
+                contextFactory=BrowserLikePolicyForHTTPS(SystemAndExtraTrust(self._extra_ca)),
                 connectTimeout=self._config.timeout_s,
                 pool=self._pool,
             )
@@ -786,7 +830,6 @@ class WebhookSender(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._client()  # a ca_file that cannot be read stops start-up, not the first POST
         self._poll.start(self._poll_interval_s, now=True)
 
     def stopService(self) -> Deferred[Any]:

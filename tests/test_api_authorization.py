@@ -21,6 +21,7 @@ from tests.gateway_harness import (
     E_OTHER_TDSP,
     E_OWN,
     HSP,
+    INSTALL_CODE,
     Harness,
 )
 from tests.test_api_provisioning import add_body, store_counts
@@ -178,6 +179,28 @@ async def test_customer_adding_an_hsp_devices_mac_learns_no_device_id(harness: H
     )
     assert status == 409 and device["id"] in problem["detail"], "the ROR sees the MAC anyway"
     assert CUSTOMER  # the customer of E_OWN in tests/data/meters.csv
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_grant_with_an_unknown_field_or_no_hsp_is_refused_without_its_value(
+    harness: Harness,
+) -> None:
+    """A grant body with an unknown or mistyped field, or an id that is no HSP, is 422 naming
+    the field, quoting no value, and grants nothing."""
+    customer = harness.caller("demo-customer")
+    path = f"/v1/esiids/{E_OWN}/grants"
+    before = await store_counts(harness)
+    cases = [
+        ({"hsp_party_id": HSP, "install_code": INSTALL_CODE}, "install_code"),
+        ({"hsp_partyid": HSP}, "hsp_partyid"),
+        ({"hsp_party_id": INSTALL_CODE}, "hsp_party_id"),
+    ]
+    for body, field in cases:
+        status, problem = await customer.call("POST", path, body)
+        assert (status, problem["field"]) == (422, field), (body, problem)
+        assert INSTALL_CODE[:12] not in json.dumps(problem), problem
+        assert HSP not in problem["detail"], problem
+    assert await store_counts(harness) == before
 
 
 @pytest_twisted.ensureDeferred

@@ -73,6 +73,27 @@ def test_port_zero_is_any_free_port_and_retry_bounds_may_be_equal() -> None:
     assert config.api.port == 0 and config.webhooks.first_retry_s == 5.0
 
 
+def test_listeners_given_one_port_are_refused_naming_both_keys() -> None:
+    """Two listeners given one port stop loading with a message naming both keys; port 0 (any
+    free port) may repeat, and so may the adapter port when no head-end dials in to use it."""
+    wire = {"adapters": {"1039940674000": {"kind": "wire"}}}
+    for data, named, other in [
+        ({"api": {"port": 8443, "ops_port": 8443}}, "api.ops_port", "api.port"),
+        ({"api": {"port": 8443, "adapter_port": 8443}, **wire}, "api.adapter_port", "api.port"),
+        (
+            {"api": {"ops_port": 9000, "adapter_port": 9000}, **wire},
+            "api.adapter_port",
+            "api.ops_port",
+        ),
+    ]:
+        with pytest.raises(ConfigError) as refusal:
+            from_mapping(data)
+        assert str(refusal.value).startswith(named + ":"), str(refusal.value)
+        assert other in str(refusal.value), str(refusal.value)
+    from_mapping({"api": {"port": 0, "ops_port": 0, "adapter_port": 0}, **wire})
+    assert from_mapping({"api": {"port": 8444}}).api.adapter_port == 8444
+
+
 def test_a_directory_given_as_the_configuration_is_refused(tmp_path: Path) -> None:
     """--config naming a directory is a ConfigError with the path, not an OSError."""
     with pytest.raises(ConfigError, match="cannot read it"):

@@ -13,6 +13,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from hangw.client import Client, Identity
 from hangw.config import load
@@ -203,6 +205,77 @@ def test_unusable_start_up_files_stop_hangwd_in_one_line_naming_the_key(tmp_path
     assert finished.returncode == 2, finished.stderr
     assert "store.url: not a database URL" in finished.stderr
     assert "Traceback" not in finished.stderr
+
+
+def hangwd_refusal(config_path: Path) -> str:
+    """The one line in which hangwd says why it cannot start, having exited 2 as a configuration
+    error makes it."""
+    finished = run_until_exit(config_path)
+    said = [line for line in finished.stderr.splitlines() if line.startswith("hangwd:")]
+    assert finished.returncode == 2 and len(said) == 1, finished.stderr
+    assert "Traceback" not in finished.stdout + finished.stderr
+    return said[0]
+
+
+def test_an_unusable_webhooks_ca_file_stops_hangwd_naming_the_key(tmp_path: Path) -> None:
+    """A webhooks.ca_file that is missing or holds no usable PEM certificate (a private key alone,
+    a DER certificate, a file of another kind, a broken block) stops hangwd in one line naming the
+    key, its contents never quoted."""
+    config_path = write_config(tmp_path)
+    config = load(config_path)
+    prepare_state(config)
+    base = config_path.read_text()
+    ca_file = tmp_path / "receivers-ca.pem"
+    config_path.write_text(base + f'[webhooks]\nca_file = "{ca_file}"\n')
+    key_pem = (config.cert_dir / "demo-hsp-key.pem").read_bytes()
+    ca = x509.load_pem_x509_certificate((config.cert_dir / "ca.pem").read_bytes())
+    for contents, why in [
+        (None, "does not exist"),
+        (key_pem, "holds a private key and no PEM certificate"),
+        (ca.public_bytes(serialization.Encoding.DER), "holds no PEM certificate"),
+        (b"root:x:0:0:root:/root:/bin/bash\n", "holds no PEM certificate"),
+        (b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "not a readable X.509"),
+    ]:
+        if contents is not None:
+            ca_file.write_bytes(contents)
+        said = hangwd_refusal(config_path)
+        assert said.startswith(f"hangwd: webhooks.ca_file: {ca_file} ") and why in said, said
+        assert key_pem.splitlines()[1].decode() not in said and "root:x" not in said
+
+
+def test_a_drop_directory_that_cannot_be_one_stops_hangwd_naming_the_key(tmp_path: Path) -> None:
+    """A [usage.drop_dirs] path that is a file, or lies under one, stops hangwd in one line naming
+    the TDSP's key and the file in the way."""
+    config_path = write_config(tmp_path)
+    prepare_state(load(config_path))
+    base = config_path.read_text()
+    a_file = tmp_path / "lse-delivery.zip"
+    a_file.write_bytes(b"PK")
+    for drop, why in [
+        (a_file, f"{a_file} is a file, not a directory"),
+        (a_file / "drop", "a part of the path is a file, not a directory"),
+    ]:
+        config_path.write_text(base + f'[usage.drop_dirs]\n{TDSP} = "{drop}"\n')
+        said = hangwd_refusal(config_path)
+        assert said.startswith(f"hangwd: usage.drop_dirs.{TDSP}: ") and why in said, said
+
+
+def test_a_store_key_file_that_cannot_be_one_stops_hangwd_naming_the_key(tmp_path: Path) -> None:
+    """A store.key_file naming a directory, or a path under a file, stops hangwd in one line
+    naming the key and what is in the way."""
+    config_path = write_config(tmp_path)
+    prepare_state(load(config_path))
+    base = config_path.read_text()
+    a_directory, a_file = tmp_path / "keys", tmp_path / "keys.txt"
+    a_directory.mkdir()
+    a_file.write_text("not a directory\n")
+    for key_file, why in [
+        (a_directory, f"{a_directory} is a directory, not a file"),
+        (a_file / "store.key", f"{a_file} is a file, not a directory"),
+    ]:
+        config_path.write_text(base + f'[store]\nkey_file = "{key_file}"\n')
+        said = hangwd_refusal(config_path)
+        assert said.startswith("hangwd: store.key_file: ") and why in said, said
 
 
 def test_the_logged_store_url_hides_its_password() -> None:

@@ -479,6 +479,26 @@ async def test_api_refuses_customers_other_parties_and_bad_fields(gateway_rig: G
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_url_with_a_user_or_password_is_refused_without_quoting_it(
+    gateway_rig: GatewayRig,
+) -> None:
+    """A url carrying a user name or password is a 422 naming the field, quoting neither, and no
+    subscription is made."""
+    rep = gateway_rig.harness.caller("demo-rep-a")
+    port = gateway_rig.receiver.port
+    for url in [
+        f"http://hookuser:s3cr3tpw@127.0.0.1:{port}/x",
+        f"https://hookuser@127.0.0.1:{port}/x",
+        f"http://:s3cr3tpw@127.0.0.1:{port}/x",
+    ]:
+        status, problem = await rep.call("POST", "/v1/webhooks", {"url": url})
+        assert (status, problem["field"]) == (422, "url"), (url, problem)
+        assert "signed" in problem["detail"], problem
+        assert "hookuser" not in json.dumps(problem) and "s3cr3tpw" not in json.dumps(problem)
+    assert await rep.call("GET", "/v1/webhooks") == (200, {"webhooks": []})
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_provisioned_device_notifies_its_owner_of_every_status(
     gateway_rig: GatewayRig,
 ) -> None:

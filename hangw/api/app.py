@@ -518,6 +518,11 @@ class Api:
         body = self._body(request)
 
         async def handle() -> bytes:
+            unknown = set(body) - {"hsp_party_id"}
+            if unknown:
+                raise InvalidField(
+                    sorted(unknown)[0], f"unknown field(s): {', '.join(sorted(unknown))}"
+                )
             hsp = body.get("hsp_party_id")
             if not isinstance(hsp, str):
                 raise InvalidField("hsp_party_id", "hsp_party_id is required and must be a string")

@@ -45,6 +45,12 @@ NOT_THE_FILE: tuple[type[BaseException], ...] = (BrokenProcessPool, MemoryError,
 MAX_TRIES = 3
 
 
+def make_drop_directory(directory: Path) -> None:
+    """Make ``directory`` and its done/ and rejected/, where they are missing (OSError if not)."""
+    for sub in ("", DONE, REJECTED):
+        (directory / sub).mkdir(parents=True, exist_ok=True)
+
+
 class DropDirectories(TimerService):
     """Watches the drop directories and imports what settles in them."""
 
@@ -77,8 +83,7 @@ class DropDirectories(TimerService):
 
     def startService(self) -> None:
         for directory in self.directories.values():
-            for sub in ("", DONE, REJECTED):
-                (directory / sub).mkdir(parents=True, exist_ok=True)
+            make_drop_directory(directory)
         self._pool.start()
         super().startService()
 
