@@ -382,6 +382,30 @@ def test_a_body_python_reads_but_json_has_not_is_malformed(
     assert caught.value.fatal and caught.value.reason.startswith(reason)
 
 
+NACK = '{"type":"nack","ref":"q-1","reason":"offline"}'
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        NACK.encode("utf-16-le"),
+        NACK.encode("utf-16"),
+        NACK.encode("utf-32-be"),
+        b'{"type":"heartbeat","\xed\xa0\x80":1}',
+        b'{"type":"nack","ref":"q-1","reason":"\xed\xb0\x80"}',
+        NACK.encode("utf-8-sig"),
+    ],
+    ids=["utf-16-le", "utf-16-bom", "utf-32-be", "surrogate-in-key", "surrogate-in-reason", "bom"],
+)
+@pytest.mark.parametrize("table", [protocol.HEADEND_TO_GATEWAY, protocol.GATEWAY_TO_HEADEND])
+def test_a_body_that_is_not_utf8_is_malformed(body: bytes, table: dict[str, Any]) -> None:
+    """A body in UTF-16 or UTF-32, with an encoded surrogate or a byte order mark is refused."""
+    with pytest.raises(ProtocolError) as caught:
+        protocol.decode(body, table)
+    assert caught.value.fatal
+    assert caught.value.reason.startswith("malformed frame: not UTF-8 JSON (")
+
+
 def test_encode_writes_no_nan() -> None:
     """A float that is not finite is not written as NaN or Infinity, which JSON has not."""
     with pytest.raises(ValueError):

@@ -501,7 +501,9 @@ def _no_constant(name: str) -> Any:
 def decode(body: bytes, table: Mapping[str, Fields]) -> dict[str, Any]:
     """Parse and check one frame body against a direction's table; raises ProtocolError."""
     try:
-        message = json.loads(body, parse_constant=_no_constant)
+        # decoded here, strictly: json.loads would take UTF-16 and UTF-32 bodies, and UTF-8
+        # with encoded surrogates (bytes ED A0 80), which no UTF-8 decoder reads back
+        message = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError, _NotStandard) as error:
         raise ProtocolError(f"malformed frame: not UTF-8 JSON ({error})", fatal=True) from None
     except RecursionError:
