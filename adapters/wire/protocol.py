@@ -100,8 +100,9 @@ Fields = Mapping[str, Check]
 class ProtocolError(ValueError):
     """A message the peer should not have sent. ``fatal`` ones end the connection.
 
-    ``ref`` is the message's ``id``, to answer with, when it had one that UTF-8 can carry;
-    ``had_id`` is true when it had a string ``id`` at all (it was taken for an event).
+    ``ref`` is the message's ``id``, to answer with, when it had one that is text (no lone
+    surrogate, no control character); ``had_id`` is true when it had a string ``id`` at all (it
+    was taken for an event).
     """
 
     def __init__(
@@ -123,11 +124,32 @@ class ProtocolError(ValueError):
 #: cannot, so neither the store nor the peer could be given it back.
 _LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _NOT_UTF8 = "must be text UTF-8 can carry (no lone surrogate, \\ud800 to \\udfff)"
+#: C0 control characters (U+0000 to U+001F): none in a name or an id. NUL above all, which a
+#: JSON string can hold (``"\u0000"``) and PostgreSQL's text cannot: stored, the event would
+#: fail again at every copy the head-end resends, and never be answered.
+_CONTROL = re.compile(r"[\x00-\x1f]")
+_NO_CONTROL = "must hold no control character (U+0000 to U+001F)"
+#: Text for people (a reason) may run over lines: tab, line feed and carriage return are taken.
+_CONTROL_IN_PROSE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_NO_CONTROL_IN_PROSE = (
+    "must hold no control character but tab, line feed and carriage return (U+0000 to U+001F)"
+)
 
 
 def _is_utf8(value: str) -> bool:
     """True when ``value`` encodes as UTF-8: it holds no lone surrogate."""
     return value.isascii() or _LONE_SURROGATE.search(value) is None
+
+
+def _text_problem(value: str, control: re.Pattern[str], no_control: str) -> str | None:
+    """What keeps ``value`` from being text: a lone surrogate or a control character."""
+    if value.isprintable():  # the usual case: neither (both are unprintable)
+        return None
+    if not _is_utf8(value):
+        return _NOT_UTF8
+    if control.search(value) is not None:
+        return no_control
+    return None
 
 
 def _text(limit: int = 200) -> Callable[[Any], str | None]:
@@ -136,9 +158,7 @@ def _text(limit: int = 200) -> Callable[[Any], str | None]:
             return "must be a non-empty string"
         if len(value) > limit:
             return f"must be at most {limit} characters"
-        if not _is_utf8(value):
-            return _NOT_UTF8
-        return None
+        return _text_problem(value, _CONTROL, _NO_CONTROL)
 
     return check
 
@@ -146,9 +166,7 @@ def _text(limit: int = 200) -> Callable[[Any], str | None]:
 def _optional_text(value: Any) -> str | None:
     if not isinstance(value, str) or len(value) > 1000:
         return "must be a string of at most 1000 characters"
-    if not _is_utf8(value):
-        return _NOT_UTF8
-    return None
+    return _text_problem(value, _CONTROL_IN_PROSE, _NO_CONTROL_IN_PROSE)
 
 
 def _count(lo: int, hi: int) -> Callable[[Any], str | None]:
@@ -544,12 +562,12 @@ def check_message(message: Mapping[str, Any], table: Mapping[str, Fields]) -> No
 
 
 def _ref(message: Mapping[str, Any]) -> tuple[str | None, bool]:
-    """The ``id`` a refusal of ``message`` can name (None when it has none UTF-8 can carry), and
-    whether it had a string ``id`` at all."""
+    """The ``id`` a refusal of ``message`` can name (None when it is not text: a lone surrogate
+    or a control character), and whether it had a string ``id`` at all."""
     value = message.get("id")
     if not isinstance(value, str):
         return None, False
-    return (value if _is_utf8(value) else None), True
+    return (value if _text_problem(value, _CONTROL, _NO_CONTROL) is None else None), True
 
 
 def command_message(command: Command) -> dict[str, Any]:
