@@ -415,6 +415,22 @@ def test_a_control_character_is_refused_naming_the_field(
     assert protocol.decode(protocol.encode(answer), protocol.GATEWAY_TO_HEADEND) == answer
 
 
+@pytest.mark.parametrize("event_id", ["", "e" * 101], ids=["empty", "101-characters"])
+def test_a_refusal_names_only_an_id_that_keeps_the_rules(event_id: str) -> None:
+    """An event whose id is no id (empty, over 100 characters) is refused without a ref."""
+    message = status_message(id=event_id)
+    with pytest.raises(ProtocolError) as caught:
+        protocol.decode(protocol.encode(message), protocol.HEADEND_TO_GATEWAY)
+    assert caught.value.reason.startswith("provisioning_status.id must ")
+    assert caught.value.ref is None and caught.value.had_id
+
+
+def test_a_reason_over_max_reason_is_cut_and_says_so() -> None:
+    """cut_reason leaves a reason of 1000 characters alone and ends a longer one with "…"."""
+    assert protocol.cut_reason("x" * 1000) == "x" * 1000
+    assert protocol.cut_reason("x" * 5000) == "x" * 999 + "…"
+
+
 def test_a_reason_may_run_over_lines() -> None:
     """Tab, line feed and carriage return are taken in a reason, which is text for people."""
     message = status_message(reason="line 1\r\n\tline 2")

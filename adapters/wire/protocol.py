@@ -48,6 +48,7 @@ __all__ = [
     "MAX_EVENTS_PER_BATCH",
     "MAX_FAN_OUT_TARGETS",
     "MAX_FRAME_BYTES",
+    "MAX_REASON",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "ProtocolError",
@@ -58,6 +59,7 @@ __all__ = [
     "check_message",
     "command_from_message",
     "command_message",
+    "cut_reason",
     "decode",
     "delivery_status_item",
     "delivery_statuses_from_message",
@@ -88,6 +90,8 @@ MAX_READ_ATTRIBUTES = 32
 #: At most this many ESI IDs in one ``fan_out``: with ASCII ids of the longest lengths allowed
 #: and the longest ZCL frame, a full one is still under MAX_FRAME_BYTES.
 MAX_FAN_OUT_TARGETS = 5000
+#: At most this many characters in a ``reason`` (and in ``hello.software``).
+MAX_REASON = 1000
 #: At most this many items in one ``delivery_statuses`` or ``inbound_frames`` (which must also
 #: fit in MAX_FRAME_BYTES: 2000 inbound frames of 64-byte ZCL take about half of it).
 MAX_EVENTS_PER_BATCH = 2000
@@ -100,8 +104,8 @@ Fields = Mapping[str, Check]
 class ProtocolError(ValueError):
     """A message the peer should not have sent. ``fatal`` ones end the connection.
 
-    ``ref`` is the message's ``id``, to answer with, when it had one that is text (no lone
-    surrogate, no control character); ``had_id`` is true when it had a string ``id`` at all (it
+    ``ref`` is the message's ``id``, to answer with, when it had one that keeps the rules of an
+    id (1 to 100 characters of text); ``had_id`` is true when it had a string ``id`` at all (it
     was taken for an event).
     """
 
@@ -164,8 +168,8 @@ def _text(limit: int = 200) -> Callable[[Any], str | None]:
 
 
 def _optional_text(value: Any) -> str | None:
-    if not isinstance(value, str) or len(value) > 1000:
-        return "must be a string of at most 1000 characters"
+    if not isinstance(value, str) or len(value) > MAX_REASON:
+        return f"must be a string of at most {MAX_REASON} characters"
     return _text_problem(value, _CONTROL_IN_PROSE, _NO_CONTROL_IN_PROSE)
 
 
@@ -562,12 +566,20 @@ def check_message(message: Mapping[str, Any], table: Mapping[str, Fields]) -> No
 
 
 def _ref(message: Mapping[str, Any]) -> tuple[str | None, bool]:
-    """The ``id`` a refusal of ``message`` can name (None when it is not text: a lone surrogate
-    or a control character), and whether it had a string ``id`` at all."""
+    """The ``id`` a refusal of ``message`` can name (None when it breaks the rules of an id: the
+    peer could not take it back as a ``ref``), and whether it had a string ``id`` at all."""
     value = message.get("id")
     if not isinstance(value, str):
         return None, False
-    return (value if _text_problem(value, _CONTROL, _NO_CONTROL) is None else None), True
+    return (value if ID(value) is None else None), True
+
+
+def cut_reason(reason: str) -> str:
+    """``reason`` as a message may carry it: one over MAX_REASON characters is cut, and ends
+    with "…" to say so."""
+    if len(reason) <= MAX_REASON:
+        return reason
+    return reason[: MAX_REASON - 1] + "…"
 
 
 def command_message(command: Command) -> dict[str, Any]:
