@@ -182,3 +182,26 @@ def test_an_event_id_over_100_characters_gets_an_error_without_ref(tmp_path: Pat
     ]
     assert wire.gateway.of_type(wire.gateway.received, "error") == []
     assert wire.client.link is link
+
+
+def test_credit_comes_back_for_a_refused_message_only_with_a_string_id(tmp_path: Path) -> None:
+    """A refused message gets a unit of credit back when it had a string id, whatever its type."""
+    wire = Wire(tmp_path)
+    link = wire.client.link
+    assert link is not None
+    granted = len(wire.gateway.of_type(wire.gateway.sent, "credit"))
+    for message in [
+        {"type": "ack"},
+        {"type": "delivery_status", "delivery_id": "1", "esiid": OWN, "state": "delivered"},
+    ]:
+        link.sendString(protocol.encode(message))
+    wire.settle()
+    assert len(wire.gateway.of_type(wire.gateway.sent, "error")) == 2
+    assert wire.gateway.of_type(wire.gateway.sent, "credit")[granted:] == []
+    for message in [{"type": "ack", "id": "a-1"}, {"type": "no_such_type", "id": "x-1"}]:
+        link.sendString(protocol.encode(message))
+    wire.settle()
+    assert len(wire.gateway.of_type(wire.gateway.sent, "error")) == 4
+    assert wire.gateway.of_type(wire.gateway.sent, "credit")[granted:] == [
+        {"type": "credit", "grant": 2}
+    ]
