@@ -63,7 +63,8 @@ han_devices = sa.Table(
     sa.Column("owner_role", sa.String(16), nullable=False),
     sa.Column("status", sa.String(32), nullable=False),
     sa.Column("status_at", sa.Float, nullable=False),
-    sa.Column("reason", sa.String(500), nullable=False, server_default=""),
+    # as long as a head-end's reason may be (the adapter protocol's 1000 characters; 0007)
+    sa.Column("reason", sa.String(1000), nullable=False, server_default=""),
     sa.Column("deadline", sa.Float, nullable=True, index=True),  # when the running timer fires
     sa.Column("created_at", sa.Float, nullable=False),
     # one slot-holding device per MAC across the whole market
@@ -88,7 +89,8 @@ device_history = sa.Table(
     sa.Column("event", sa.String(32), nullable=False),
     sa.Column("at", sa.Float, nullable=False),
     sa.Column("actor", sa.String(64), nullable=False),
-    sa.Column("reason", sa.String(500), nullable=False, server_default=""),
+    # as han_devices.reason: a head-end's reason whole (migration 0007)
+    sa.Column("reason", sa.String(1000), nullable=False, server_default=""),
     sa.Index("ix_device_history_device_id_history_id", "device_id", "history_id"),
 )
 
