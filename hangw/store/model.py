@@ -206,6 +206,11 @@ message_requests = sa.Table(
     sa.Index("ix_message_requests_issuer_event_id", "issuer_event_id"),
 )
 
+#: How long a delivery's status description may be: a head-end's reason, which the adapter
+#: protocol lets be 1000 characters, inside hangw's words ("the meter did not take the frame
+#: (failed at the head-end: ...)"; migration 0008).
+DESCRIPTION_LENGTH = 1100
+
 #: One delivery (MessageStatusID) per ESI ID of a request (mac ''), and per device (mac set)
 #: once the device is known: registered on the meter, or heard from.
 deliveries = sa.Table(
@@ -218,7 +223,7 @@ deliveries = sa.Table(
     sa.Column("tdsp_duns", sa.String(16), nullable=False),
     sa.Column("chunk", sa.Integer, nullable=False),  # which fan-out command carries it
     sa.Column("status", sa.String(3), nullable=False),
-    sa.Column("status_desc", sa.String(500), nullable=False),
+    sa.Column("status_desc", sa.String(DESCRIPTION_LENGTH), nullable=False),
     sa.Column("status_at", sa.Float, nullable=False),
     sa.Column("settled_at", sa.Float, nullable=True),  # first CON, STR, OPT or FLR
     sa.Column("deadline", sa.Float, nullable=True),  # FLR if not settled by then
@@ -237,7 +242,7 @@ delivery_statuses = sa.Table(
     sa.Column("esiid", sa.String(64), nullable=False),
     sa.Column("mac", sa.String(16), nullable=False),
     sa.Column("code", sa.String(3), nullable=False),
-    sa.Column("description", sa.String(500), nullable=False),
+    sa.Column("description", sa.String(DESCRIPTION_LENGTH), nullable=False),
     sa.Column("at", sa.Float, nullable=False),
     sa.Index("ix_delivery_statuses_request_id_status_id", "request_id", "status_id"),
     sa.Index("ix_delivery_statuses_esiid", "esiid"),
