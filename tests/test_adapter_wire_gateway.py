@@ -421,3 +421,41 @@ async def test_a_lone_surrogate_is_refused_before_the_store(wired: Harness) -> N
     assert store_rows(wired) == before
     link.transport.loseConnection()  # type: ignore[union-attr]
     await link.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_nul_character_is_refused_with_an_answer(wired: Harness) -> None:
+    """An event or a batch item holding NUL gets an error naming the field, never silence."""
+    before = store_rows(wired)
+    link = await dial(wired)
+    link.say(hello())
+    await eventually(lambda: link.of_type("welcome"), what="welcome")
+    link.say(
+        {
+            "type": "provisioning_status",
+            "id": "ev-1",
+            "command_id": "c-1",
+            "esiid": E_OWN,
+            "device_id": "dev\x00",
+            "status": "device-joined",
+        }
+    )
+    frame = {"esiid": E_OWN, "source": "esi", "cluster": 0x0703, "zcl": "010701", "received_at": 1}
+    link.say(
+        {"type": "inbound_frames", "id": "b-1", "frames": [frame, {**frame, "esiid": "1\x00"}]}
+    )
+    link.say({"type": "meter_event", "id": "ev-\x00", "esiid": E_OWN, "event": "meter_removed"})
+    await eventually(lambda: len(link.of_type("error")) == 3, what="three errors")
+    no_control = "must hold no control character (U+0000 to U+001F)"
+    assert link.of_type("error") == [
+        {"type": "error", "ref": "ev-1", "reason": f"provisioning_status.device_id {no_control}"},
+        {"type": "error", "ref": "b-1", "reason": f"inbound_frames.frames[1].esiid {no_control}"},
+        {"type": "error", "reason": f"meter_event.id {no_control}"},
+    ]
+    await eventually(
+        lambda: sum(m["grant"] for m in link.of_type("credit")) == 3, what="three units back"
+    )
+    assert link.of_type("ack") == link.of_type("nack") == []
+    assert store_rows(wired) == before
+    link.transport.loseConnection()  # type: ignore[union-attr]
+    await link.closed

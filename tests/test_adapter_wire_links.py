@@ -9,10 +9,12 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from adapters.commands import DeliveryState, DeliveryStatus, DeprovisionDevice, ReportRefused
+from adapters.wire import protocol
 from adapters.wire.headend import ReportRefusedByGateway
 from tests.test_adapter_wire_batches import OWN, Wire
 
@@ -137,3 +139,69 @@ def test_a_batch_the_gateway_refuses_with_error_refuses_every_item(tmp_path: Pat
     assert answer.called and answer.result == [reason, reason]
     assert len(wire.gateway.of_type(wire.gateway.received, "delivery_statuses")) == 1
     assert wire.client.unacknowledged == 0
+
+
+@pytest.mark.parametrize(
+    ("versions", "offered"),
+    [
+        ([0] * 500_000, "[0, 0, 0, " + "0, " * 29 + "0,… (500000 in all)"),
+        ([10**4000, 2], "[1" + "0" * 97 + "… (2 in all)"),
+    ],
+    ids=["long-list", "long-integer"],
+)
+def test_a_hello_with_long_versions_gets_a_goodbye_the_client_reads(
+    tmp_path: Path, versions: list[int], offered: str
+) -> None:
+    """A hello offering versions no one could list gets a short goodbye that names some of them."""
+    wire = Wire(tmp_path)
+    late = wire.gateway.buildProtocol(None)
+    transport = StringTransport()
+    late.makeConnection(transport)
+    body = protocol.encode({"type": "hello", "versions": versions, "credit": 5})
+    assert len(body) <= protocol.MAX_FRAME_BYTES
+    late.dataReceived(struct.pack(">I", len(body)) + body)
+    sent = transport.value()
+    assert struct.unpack(">I", sent[:4])[0] == len(sent) - 4
+    goodbye = protocol.decode(sent[4:], protocol.GATEWAY_TO_HEADEND)
+    assert goodbye == {
+        "type": "goodbye",
+        "reason": f"no common protocol version: the head-end speaks {offered}, the gateway [1]",
+    }
+
+
+def test_an_event_id_over_100_characters_gets_an_error_without_ref(tmp_path: Path) -> None:
+    """The error for an event whose id is no id leaves it out, so hangw's own client takes it."""
+    wire = Wire(tmp_path)
+    link = wire.client.link
+    assert link is not None
+    event = {"type": "meter_event", "id": "e" * 101, "esiid": OWN, "event": "meter_removed"}
+    link.sendString(protocol.encode(event))
+    wire.settle()
+    assert wire.gateway.of_type(wire.gateway.sent, "error") == [
+        {"type": "error", "reason": "meter_event.id must be at most 100 characters"}
+    ]
+    assert wire.gateway.of_type(wire.gateway.received, "error") == []
+    assert wire.client.link is link
+
+
+def test_credit_comes_back_for_a_refused_message_only_with_a_string_id(tmp_path: Path) -> None:
+    """A refused message gets a unit of credit back when it had a string id, whatever its type."""
+    wire = Wire(tmp_path)
+    link = wire.client.link
+    assert link is not None
+    granted = len(wire.gateway.of_type(wire.gateway.sent, "credit"))
+    for message in [
+        {"type": "ack"},
+        {"type": "delivery_status", "delivery_id": "1", "esiid": OWN, "state": "delivered"},
+    ]:
+        link.sendString(protocol.encode(message))
+    wire.settle()
+    assert len(wire.gateway.of_type(wire.gateway.sent, "error")) == 2
+    assert wire.gateway.of_type(wire.gateway.sent, "credit")[granted:] == []
+    for message in [{"type": "ack", "id": "a-1"}, {"type": "no_such_type", "id": "x-1"}]:
+        link.sendString(protocol.encode(message))
+    wire.settle()
+    assert len(wire.gateway.of_type(wire.gateway.sent, "error")) == 4
+    assert wire.gateway.of_type(wire.gateway.sent, "credit")[granted:] == [
+        {"type": "credit", "grant": 2}
+    ]

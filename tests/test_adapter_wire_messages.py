@@ -354,6 +354,89 @@ def test_a_lone_surrogate_is_refused_naming_the_field(message: dict[str, Any], r
     assert protocol.decode(protocol.encode(answer), protocol.GATEWAY_TO_HEADEND) == answer
 
 
+NO_CONTROL = "must hold no control character (U+0000 to U+001F)"
+NO_CONTROL_IN_PROSE = (
+    "must hold no control character but tab, line feed and carriage return (U+0000 to U+001F)"
+)
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        (status_message(id="e-1\x00"), f"provisioning_status.id {NO_CONTROL}"),
+        (status_message(command_id="\x00"), f"provisioning_status.command_id {NO_CONTROL}"),
+        (status_message(esiid="1044\x00"), f"provisioning_status.esiid {NO_CONTROL}"),
+        (status_message(device_id="dev\x1b[2J"), f"provisioning_status.device_id {NO_CONTROL}"),
+        (status_message(esiid="1044\n"), f"provisioning_status.esiid {NO_CONTROL}"),
+        (status_message(reason="no\x00pe"), f"provisioning_status.reason {NO_CONTROL_IN_PROSE}"),
+        (status_message(reason="bell\x07"), f"provisioning_status.reason {NO_CONTROL_IN_PROSE}"),
+        (
+            {
+                "type": "meter_event",
+                "id": "m-1",
+                "esiid": "1",
+                "event": "meter_exchanged",
+                "meter_serial": "M\x00",
+            },
+            f"meter_event.meter_serial {NO_CONTROL}",
+        ),
+        (
+            protocol.delivery_statuses_message(
+                "b-1",
+                [
+                    DeliveryStatus("1", "10443720000000001", DeliveryState.DELIVERED),
+                    DeliveryStatus("2", "1044\x00", DeliveryState.DELIVERED),
+                ],
+            ),
+            f"delivery_statuses.statuses[1].esiid {NO_CONTROL}",
+        ),
+        (
+            protocol.inbound_frames_message(
+                "b-2", [*frames(), InboundFrame("1044\x00", "esi", 0x0703, b"\x01\x07\x01", 1.8e9)]
+            ),
+            f"inbound_frames.frames[2].esiid {NO_CONTROL}",
+        ),
+        (
+            {"type": "hello", "versions": [1], "credit": 1, "software": "sim\x00"},
+            f"hello.software {NO_CONTROL_IN_PROSE}",
+        ),
+    ],
+)
+def test_a_control_character_is_refused_naming_the_field(
+    message: dict[str, Any], reason: str
+) -> None:
+    """A NUL or other C0 control character in a field is refused naming it, and kept out of ref."""
+    with pytest.raises(ProtocolError) as caught:
+        protocol.decode(protocol.encode(message), protocol.HEADEND_TO_GATEWAY)
+    assert caught.value.reason == reason
+    assert caught.value.had_id == ("id" in message)
+    assert caught.value.ref == (None if message.get("id") == "e-1\x00" else message.get("id"))
+    answer = {"type": "error", "reason": caught.value.reason, "ref": caught.value.ref or "-"}
+    assert protocol.decode(protocol.encode(answer), protocol.GATEWAY_TO_HEADEND) == answer
+
+
+@pytest.mark.parametrize("event_id", ["", "e" * 101], ids=["empty", "101-characters"])
+def test_a_refusal_names_only_an_id_that_keeps_the_rules(event_id: str) -> None:
+    """An event whose id is no id (empty, over 100 characters) is refused without a ref."""
+    message = status_message(id=event_id)
+    with pytest.raises(ProtocolError) as caught:
+        protocol.decode(protocol.encode(message), protocol.HEADEND_TO_GATEWAY)
+    assert caught.value.reason.startswith("provisioning_status.id must ")
+    assert caught.value.ref is None and caught.value.had_id
+
+
+def test_a_reason_over_max_reason_is_cut_and_says_so() -> None:
+    """cut_reason leaves a reason of 1000 characters alone and ends a longer one with "…"."""
+    assert protocol.cut_reason("x" * 1000) == "x" * 1000
+    assert protocol.cut_reason("x" * 5000) == "x" * 999 + "…"
+
+
+def test_a_reason_may_run_over_lines() -> None:
+    """Tab, line feed and carriage return are taken in a reason, which is text for people."""
+    message = status_message(reason="line 1\r\n\tline 2")
+    assert protocol.decode(protocol.encode(message), protocol.HEADEND_TO_GATEWAY) == message
+
+
 def test_a_surrogate_pair_is_taken() -> None:
     """A character outside the BMP, escaped as a JSON surrogate pair, is ordinary text."""
     body = json.dumps(status_message(reason="plug \U0001f50c out")).encode()
@@ -380,6 +463,30 @@ def test_a_body_python_reads_but_json_has_not_is_malformed(
     with pytest.raises(ProtocolError) as caught:
         protocol.decode(body, table)
     assert caught.value.fatal and caught.value.reason.startswith(reason)
+
+
+NACK = '{"type":"nack","ref":"q-1","reason":"offline"}'
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        NACK.encode("utf-16-le"),
+        NACK.encode("utf-16"),
+        NACK.encode("utf-32-be"),
+        b'{"type":"heartbeat","\xed\xa0\x80":1}',
+        b'{"type":"nack","ref":"q-1","reason":"\xed\xb0\x80"}',
+        NACK.encode("utf-8-sig"),
+    ],
+    ids=["utf-16-le", "utf-16-bom", "utf-32-be", "surrogate-in-key", "surrogate-in-reason", "bom"],
+)
+@pytest.mark.parametrize("table", [protocol.HEADEND_TO_GATEWAY, protocol.GATEWAY_TO_HEADEND])
+def test_a_body_that_is_not_utf8_is_malformed(body: bytes, table: dict[str, Any]) -> None:
+    """A body in UTF-16 or UTF-32, with an encoded surrogate or a byte order mark is refused."""
+    with pytest.raises(ProtocolError) as caught:
+        protocol.decode(body, table)
+    assert caught.value.fatal
+    assert caught.value.reason.startswith("malformed frame: not UTF-8 JSON (")
 
 
 def test_encode_writes_no_nan() -> None:

@@ -17,6 +17,7 @@ from twisted.internet.task import Clock
 
 import sep1
 from adapters.commands import DeliveryState, DeliveryStatus, InboundFrame
+from adapters.wire.protocol import MAX_REASON
 from hangw.config import MessagingConfig
 from hangw.domain import Party, Role
 from hangw.messaging import log as message_log
@@ -533,3 +534,28 @@ async def test_superseding_keeps_a_failed_deliverys_reason(messaging: MessagingS
     assert [(d["status"], d["status_desc"]) for d in final["delivery_list"]] == [
         ("FLR", "failed at the head-end: gone")
     ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_delivery_keeps_a_head_end_reason_of_1000_characters_whole(
+    messaging: MessagingService,
+) -> None:
+    """The longest reason a head-end may give a failed delivery is kept whole, in the log too."""
+    await messaging.store.run(add_thermostat)
+    event = await messaging.send(REP, dict(LCE))
+    meter = next(d for d in event["delivery_list"] if d["mac"] is None)
+    reason = "é" * MAX_REASON
+    failed = DeliveryStatus(meter["message_status_id"], E_OWN, DeliveryState.FAILED, reason, TDSP)
+    assert await messaging.delivery_statuses([failed], "f1") == [None]
+    final = await messaging.get_request(REP, event["request_id"])
+    assert {(d["mac"], d["status"], d["status_desc"]) for d in final["delivery_list"]} == {
+        (None, "FLR", f"failed at the head-end: {reason}"),
+        (MAC, "FLR", f"the meter did not take the frame (failed at the head-end: {reason})"),
+    }
+    rows, _ = await messaging.store.run(
+        message_log.page_thd,
+        message_log.LogFilter(REP_A, request_id=event["request_id"]),
+        0,
+        100,
+    )
+    assert sum(reason in str(row) for row in rows) == 2

@@ -21,6 +21,7 @@ from adapters.commands import (
     ProvisionDevice,
     ProvisioningReport,
 )
+from adapters.wire.protocol import MAX_REASON
 from hangw.config import ProvisioningConfig
 from hangw.devices import AddDeviceRequest, DeviceService
 from hangw.domain import Party, Role
@@ -140,3 +141,25 @@ async def test_an_add_timed_out_on_several_writers_is_taken_back(
     assert moved.device_id == device.device_id and moved.status is DeviceStatus.ADD_FAILED
     (undo,), _ = await devices.store.run(devices.pending_after_thd, TDSP, 10, frozenset(), 0)
     assert isinstance(undo, DeprovisionDevice) and undo.device_id == device.device_id
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_report_with_the_longest_reason_is_applied_on_postgresql(
+    service: tuple[DeviceService, Clock],
+) -> None:
+    """A provisioning report whose reason has the 1000 characters the protocol allows is kept."""
+    devices, clock = service
+    device = await devices.add_device(
+        REP, E_OWN, AddDeviceRequest("000D6F0700000004", INSTALL_CODE, "thermostat")
+    )
+    (command,), _ = await devices.store.run(devices.pending_after_thd, TDSP, 10, frozenset(), 0)
+    reason = "é" * MAX_REASON
+    report = ProvisioningReport(
+        command.command_id, E_OWN, device.device_id, HeadEndStatus.ADD_REJECTED, reason
+    )
+    applied = devices.apply_report(report)
+    clock.advance(0)
+    rejected = await applied
+    assert rejected is not None and rejected.status is DeviceStatus.ADD_REJECTED
+    stored, history = await devices.get_device(REP, device.device_id)
+    assert stored.reason == history[-1].reason == reason

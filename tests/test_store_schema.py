@@ -16,9 +16,17 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
+from adapters.wire.protocol import MAX_REASON
 from hangw.provisioning import SLOT_FREEING, DeviceStatus
 from hangw.store import schema
-from hangw.store.model import han_devices, metadata, meters
+from hangw.store.model import (
+    deliveries,
+    delivery_statuses,
+    device_history,
+    han_devices,
+    metadata,
+    meters,
+)
 
 POSTGRES_URL = os.environ.get("HANGW_TEST_POSTGRES_URL")
 MAC = "0011223344556677"
@@ -139,6 +147,67 @@ def test_requests_accepted_before_warnings_were_kept_read_as_none(engine: sa.Eng
             sa.text("SELECT warnings FROM message_requests WHERE request_id = 'req_old'")
         ).scalar()
     assert kept == "[]"
+
+
+def test_reasons_hold_the_longest_a_head_end_may_send_after_an_upgrade(engine: sa.Engine) -> None:
+    """Migration 0007 widens device and history reasons to the protocol's 1000 characters."""
+    schema.upgrade(engine, "0006")
+    with engine.begin() as conn:
+        esiid = _add_meter(conn)
+        _add_device(conn, "dev-1", esiid, DeviceStatus.ADD_PENDING)
+        history = {"device_id": "dev-1", "esiid": esiid, "event": "add", "at": 1.0, "actor": "p"}
+        conn.execute(device_history.insert().values(status="Add Pending", reason="r", **history))
+    schema.upgrade(engine)
+    assert schema.check_schema(engine) == []
+    assert han_devices.c.reason.type.length == device_history.c.reason.type.length == MAX_REASON
+    with engine.begin() as conn:
+        for table in ("han_devices", "device_history"):
+            [reason] = [c for c in sa.inspect(conn).get_columns(table) if c["name"] == "reason"]
+            assert reason["type"].length == MAX_REASON, table
+        conn.execute(han_devices.update().values(reason="x" * MAX_REASON))
+        conn.execute(
+            device_history.insert().values(status="Add Failed", reason="y" * MAX_REASON, **history)
+        )
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(han_devices.c.reason)).scalar_one() == "x" * MAX_REASON
+        kept = sa.select(device_history.c.reason).order_by(device_history.c.history_id)
+        assert conn.execute(kept).scalars().all() == ["r", "y" * MAX_REASON]
+
+
+def test_delivery_descriptions_hold_a_head_end_reason_whole_after_an_upgrade(
+    engine: sa.Engine,
+) -> None:
+    """Migration 0008 widens delivery descriptions to a 1000-character reason in hangw's words."""
+    schema.upgrade(engine, "0007")
+    delivery = {"request_id": "req_1", "esiid": "1", "mac": "", "code": "RQA", "at": 1.0}
+    with engine.begin() as conn:
+        conn.execute(delivery_statuses.insert().values(description="accepted", **delivery))
+        conn.execute(
+            deliveries.insert().values(
+                request_id="req_1",
+                esiid="1",
+                mac="",
+                tdsp_duns="T",
+                chunk=0,
+                status="RQA",
+                status_desc="",
+                status_at=1.0,
+            )
+        )
+    schema.upgrade(engine)
+    assert schema.check_schema(engine) == []
+    longest = f"the meter did not take the frame (failed at the head-end: {'é' * MAX_REASON})"
+    with engine.begin() as conn:
+        for model in (deliveries.c.status_desc, delivery_statuses.c.description):
+            [found] = [
+                c for c in sa.inspect(conn).get_columns(model.table.name) if c["name"] == model.name
+            ]
+            assert len(longest) <= found["type"].length == model.type.length, model
+        conn.execute(delivery_statuses.insert().values(description=longest, **delivery))
+    with engine.connect() as conn:
+        kept = sa.select(delivery_statuses.c.description).order_by(delivery_statuses.c.status_id)
+        assert conn.execute(kept).scalars().all() == ["accepted", longest]
+        assert conn.execute(sa.select(deliveries.c.request_id)).scalars().all() == ["req_1"]
 
 
 def test_check_schema_reports_a_missing_index(engine: sa.Engine) -> None:

@@ -455,9 +455,10 @@ class HeadEndLink(Int32StringReceiver):
             self.sendString(protocol.encode(message))
 
     def close(self, reason: str) -> None:
-        """Say why and close the connection."""
+        """Say why (in at most MAX_REASON characters) and close the connection."""
         if self._closing:
             return
+        reason = protocol.cut_reason(reason)
         self.send({"type": "goodbye", "reason": reason})
         self._closing = True
         log.warning("headend.refused", peer=self.peer, why=reason)
@@ -476,13 +477,14 @@ class HeadEndLink(Int32StringReceiver):
         try:
             message = protocol.decode(body, protocol.HEADEND_TO_GATEWAY)
         except ProtocolError as error:
-            log.warning("headend.bad_message", peer=self.peer, why=error.reason)
-            answer: dict[str, Any] = {"type": "error", "reason": error.reason}
+            reason = protocol.cut_reason(error.reason)
+            log.warning("headend.bad_message", peer=self.peer, why=reason)
+            answer: dict[str, Any] = {"type": "error", "reason": reason}
             if error.ref:
                 answer["ref"] = error.ref
             self.send(answer)
             if error.fatal or self.adapter is None:
-                self.close(error.reason)
+                self.close(reason)
             elif error.had_id:
                 # a refused message with an id was taken for an event, which used a unit of the
                 # head-end's credit: it comes back (messages without an id use none)
@@ -531,7 +533,7 @@ class HeadEndLink(Int32StringReceiver):
         common = sorted(set(message["versions"]) & set(protocol.SUPPORTED_VERSIONS))
         if not common:
             self.close(
-                f"no common protocol version: the head-end speaks {message['versions']}, "
+                f"no common protocol version: the head-end speaks {_offered(message['versions'])}, "
                 f"the gateway {list(protocol.SUPPORTED_VERSIONS)}"
             )
             return
@@ -613,6 +615,15 @@ class HeadEndLink(Int32StringReceiver):
 
     def _no_hello(self) -> None:
         self.close(f"no hello within {self.factory.hello_timeout_s:g} s")
+
+
+def _offered(versions: list[int]) -> str:
+    """The versions a ``hello`` offered, as a ``goodbye`` names them: a list written in more
+    than 100 characters is cut there, and says how many versions it had."""
+    written = str(versions[:50])  # 50 take over 100 characters: the rest need not be written
+    if len(written) <= 100:
+        return written
+    return f"{written[:99]}… ({len(versions)} in all)"
 
 
 def _peer_fingerprint(transport: Any) -> str | None:

@@ -48,6 +48,7 @@ __all__ = [
     "MAX_EVENTS_PER_BATCH",
     "MAX_FAN_OUT_TARGETS",
     "MAX_FRAME_BYTES",
+    "MAX_REASON",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "ProtocolError",
@@ -58,6 +59,7 @@ __all__ = [
     "check_message",
     "command_from_message",
     "command_message",
+    "cut_reason",
     "decode",
     "delivery_status_item",
     "delivery_statuses_from_message",
@@ -88,6 +90,8 @@ MAX_READ_ATTRIBUTES = 32
 #: At most this many ESI IDs in one ``fan_out``: with ASCII ids of the longest lengths allowed
 #: and the longest ZCL frame, a full one is still under MAX_FRAME_BYTES.
 MAX_FAN_OUT_TARGETS = 5000
+#: At most this many characters in a ``reason`` (and in ``hello.software``).
+MAX_REASON = 1000
 #: At most this many items in one ``delivery_statuses`` or ``inbound_frames`` (which must also
 #: fit in MAX_FRAME_BYTES: 2000 inbound frames of 64-byte ZCL take about half of it).
 MAX_EVENTS_PER_BATCH = 2000
@@ -100,8 +104,9 @@ Fields = Mapping[str, Check]
 class ProtocolError(ValueError):
     """A message the peer should not have sent. ``fatal`` ones end the connection.
 
-    ``ref`` is the message's ``id``, to answer with, when it had one that UTF-8 can carry;
-    ``had_id`` is true when it had a string ``id`` at all (it was taken for an event).
+    ``ref`` is the message's ``id``, to answer with, when it had one that keeps the rules of an
+    id (1 to 100 characters of text); ``had_id`` is true when it had a string ``id`` at all (it
+    was taken for an event).
     """
 
     def __init__(
@@ -123,11 +128,32 @@ class ProtocolError(ValueError):
 #: cannot, so neither the store nor the peer could be given it back.
 _LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _NOT_UTF8 = "must be text UTF-8 can carry (no lone surrogate, \\ud800 to \\udfff)"
+#: C0 control characters (U+0000 to U+001F): none in a name or an id. NUL above all, which a
+#: JSON string can hold (``"\u0000"``) and PostgreSQL's text cannot: stored, the event would
+#: fail again at every copy the head-end resends, and never be answered.
+_CONTROL = re.compile(r"[\x00-\x1f]")
+_NO_CONTROL = "must hold no control character (U+0000 to U+001F)"
+#: Text for people (a reason) may run over lines: tab, line feed and carriage return are taken.
+_CONTROL_IN_PROSE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_NO_CONTROL_IN_PROSE = (
+    "must hold no control character but tab, line feed and carriage return (U+0000 to U+001F)"
+)
 
 
 def _is_utf8(value: str) -> bool:
     """True when ``value`` encodes as UTF-8: it holds no lone surrogate."""
     return value.isascii() or _LONE_SURROGATE.search(value) is None
+
+
+def _text_problem(value: str, control: re.Pattern[str], no_control: str) -> str | None:
+    """What keeps ``value`` from being text: a lone surrogate or a control character."""
+    if value.isprintable():  # the usual case: neither (both are unprintable)
+        return None
+    if not _is_utf8(value):
+        return _NOT_UTF8
+    if control.search(value) is not None:
+        return no_control
+    return None
 
 
 def _text(limit: int = 200) -> Callable[[Any], str | None]:
@@ -136,19 +162,15 @@ def _text(limit: int = 200) -> Callable[[Any], str | None]:
             return "must be a non-empty string"
         if len(value) > limit:
             return f"must be at most {limit} characters"
-        if not _is_utf8(value):
-            return _NOT_UTF8
-        return None
+        return _text_problem(value, _CONTROL, _NO_CONTROL)
 
     return check
 
 
 def _optional_text(value: Any) -> str | None:
-    if not isinstance(value, str) or len(value) > 1000:
-        return "must be a string of at most 1000 characters"
-    if not _is_utf8(value):
-        return _NOT_UTF8
-    return None
+    if not isinstance(value, str) or len(value) > MAX_REASON:
+        return f"must be a string of at most {MAX_REASON} characters"
+    return _text_problem(value, _CONTROL_IN_PROSE, _NO_CONTROL_IN_PROSE)
 
 
 def _count(lo: int, hi: int) -> Callable[[Any], str | None]:
@@ -501,7 +523,9 @@ def _no_constant(name: str) -> Any:
 def decode(body: bytes, table: Mapping[str, Fields]) -> dict[str, Any]:
     """Parse and check one frame body against a direction's table; raises ProtocolError."""
     try:
-        message = json.loads(body, parse_constant=_no_constant)
+        # decoded here, strictly: json.loads would take UTF-16 and UTF-32 bodies, and UTF-8
+        # with encoded surrogates (bytes ED A0 80), which no UTF-8 decoder reads back
+        message = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError, _NotStandard) as error:
         raise ProtocolError(f"malformed frame: not UTF-8 JSON ({error})", fatal=True) from None
     except RecursionError:
@@ -542,12 +566,20 @@ def check_message(message: Mapping[str, Any], table: Mapping[str, Fields]) -> No
 
 
 def _ref(message: Mapping[str, Any]) -> tuple[str | None, bool]:
-    """The ``id`` a refusal of ``message`` can name (None when it has none UTF-8 can carry), and
-    whether it had a string ``id`` at all."""
+    """The ``id`` a refusal of ``message`` can name (None when it breaks the rules of an id: the
+    peer could not take it back as a ``ref``), and whether it had a string ``id`` at all."""
     value = message.get("id")
     if not isinstance(value, str):
         return None, False
-    return (value if _is_utf8(value) else None), True
+    return (value if ID(value) is None else None), True
+
+
+def cut_reason(reason: str) -> str:
+    """``reason`` as a message may carry it: one over MAX_REASON characters is cut, and ends
+    with "…" to say so."""
+    if len(reason) <= MAX_REASON:
+        return reason
+    return reason[: MAX_REASON - 1] + "…"
 
 
 def command_message(command: Command) -> dict[str, Any]:

@@ -51,6 +51,7 @@ from hangw.messaging.categories import (
 from hangw.problems import Conflict, Forbidden, InvalidField, NotFound, Problem
 from hangw.store.db import Store
 from hangw.store.model import (
+    DESCRIPTION_LENGTH,
     deliveries,
     delivery_statuses,
     esiid_groups,
@@ -1186,8 +1187,9 @@ class MessagingService:
             else:
                 code = StatusCode.FAILED
                 description = f"failed at the head-end: {status.reason or 'no reason given'}"
+            description = description[:DESCRIPTION_LENGTH]
             change = Change(
-                row.request_id, row.esiid, row.mac, row.tdsp_duns, code, description[:500], now
+                row.request_id, row.esiid, row.mac, row.tdsp_duns, code, description, now
             )
             changes.append(change)
             if code is StatusCode.FAILED and row.mac == "":
@@ -1199,7 +1201,8 @@ class MessagingService:
         return results
 
     def _fail_devices_thd(self, conn: sa.Connection, change: Change) -> None:
-        description = f"the meter did not take the frame ({change.description})"[:500]
+        description = f"the meter did not take the frame ({change.description})"
+        description = description[:DESCRIPTION_LENGTH]
         params = {"r": change.request_id, "e": change.esiid, "d": description, "now": change.at}
         waiting = "request_id = :r AND esiid = :e AND mac <> '' AND settled_at IS NULL"
         party_id = None

@@ -63,7 +63,8 @@ han_devices = sa.Table(
     sa.Column("owner_role", sa.String(16), nullable=False),
     sa.Column("status", sa.String(32), nullable=False),
     sa.Column("status_at", sa.Float, nullable=False),
-    sa.Column("reason", sa.String(500), nullable=False, server_default=""),
+    # as long as a head-end's reason may be (the adapter protocol's 1000 characters; 0007)
+    sa.Column("reason", sa.String(1000), nullable=False, server_default=""),
     sa.Column("deadline", sa.Float, nullable=True, index=True),  # when the running timer fires
     sa.Column("created_at", sa.Float, nullable=False),
     # one slot-holding device per MAC across the whole market
@@ -88,7 +89,8 @@ device_history = sa.Table(
     sa.Column("event", sa.String(32), nullable=False),
     sa.Column("at", sa.Float, nullable=False),
     sa.Column("actor", sa.String(64), nullable=False),
-    sa.Column("reason", sa.String(500), nullable=False, server_default=""),
+    # as han_devices.reason: a head-end's reason whole (migration 0007)
+    sa.Column("reason", sa.String(1000), nullable=False, server_default=""),
     sa.Index("ix_device_history_device_id_history_id", "device_id", "history_id"),
 )
 
@@ -204,6 +206,11 @@ message_requests = sa.Table(
     sa.Index("ix_message_requests_issuer_event_id", "issuer_event_id"),
 )
 
+#: How long a delivery's status description may be: a head-end's reason, which the adapter
+#: protocol lets be 1000 characters, inside hangw's words ("the meter did not take the frame
+#: (failed at the head-end: ...)"; migration 0008).
+DESCRIPTION_LENGTH = 1100
+
 #: One delivery (MessageStatusID) per ESI ID of a request (mac ''), and per device (mac set)
 #: once the device is known: registered on the meter, or heard from.
 deliveries = sa.Table(
@@ -216,7 +223,7 @@ deliveries = sa.Table(
     sa.Column("tdsp_duns", sa.String(16), nullable=False),
     sa.Column("chunk", sa.Integer, nullable=False),  # which fan-out command carries it
     sa.Column("status", sa.String(3), nullable=False),
-    sa.Column("status_desc", sa.String(500), nullable=False),
+    sa.Column("status_desc", sa.String(DESCRIPTION_LENGTH), nullable=False),
     sa.Column("status_at", sa.Float, nullable=False),
     sa.Column("settled_at", sa.Float, nullable=True),  # first CON, STR, OPT or FLR
     sa.Column("deadline", sa.Float, nullable=True),  # FLR if not settled by then
@@ -235,7 +242,7 @@ delivery_statuses = sa.Table(
     sa.Column("esiid", sa.String(64), nullable=False),
     sa.Column("mac", sa.String(16), nullable=False),
     sa.Column("code", sa.String(3), nullable=False),
-    sa.Column("description", sa.String(500), nullable=False),
+    sa.Column("description", sa.String(DESCRIPTION_LENGTH), nullable=False),
     sa.Column("at", sa.Float, nullable=False),
     sa.Index("ix_delivery_statuses_request_id_status_id", "request_id", "status_id"),
     sa.Index("ix_delivery_statuses_esiid", "esiid"),
