@@ -1047,4 +1047,11 @@ class WebhookSender(Service):
             return f"could not connect to {where}: {failure}"
         if hasattr(failure, "reasons"):
             return f"the connection to {where} was lost before an answer"
+        if isinstance(failure, ValueError):
+            # the HTTP client's words quote the URL's parts, a user name among them (a URL
+            # stored before such URLs were refused): not repeated
+            return (
+                f"the HTTP client cannot post to the URL of {where} (a user name or password "
+                "in it?); replace the subscription with a URL of scheme, host, port and path"
+            )
         return f"{type(failure).__name__} posting to {where}: {failure}"

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+import sqlalchemy as sa
 from structlog.testing import capture_logs
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
@@ -24,6 +25,7 @@ from hangw.domain import Party, Role
 from hangw.secrets import SecretBox
 from hangw.store import schema
 from hangw.store.db import Store
+from hangw.store.model import webhook_subscriptions
 from hangw.webhooks import Subscription, WebhookService, sign, verify_signature
 from tests.gateway_harness import (
     E_OWN,
@@ -286,6 +288,35 @@ async def test_a_receiver_certificate_from_an_untrusted_ca_is_a_failed_attempt(
         assert stranger.attempts == [] and parked.backlog == 1
     finally:
         await stranger.stop()
+        await close_rig(rig)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stored_url_with_a_user_name_parks_without_naming_the_user(tmp_path: Path) -> None:
+    """A subscription stored before such URLs were refused parks, its reason and log quoting no
+    part of the user name or password the HTTP client refuses."""
+    rig = await make_rig(tmp_path, max_attempts=1)
+    try:
+        subscription, _ = await rig.webhooks.subscribe(REP, rig.receiver.url, SECRET)
+        port = rig.receiver.port
+
+        def old_url_thd(conn: Any) -> None:
+            conn.execute(
+                sa.update(webhook_subscriptions)
+                .where(webhook_subscriptions.c.subscription_id == subscription.subscription_id)
+                .values(url=f"http://hookuser:s3cr3tpw@127.0.0.1:{port}/x")
+            )
+
+        await rig.store.run(old_url_thd)
+        with capture_logs() as logs:
+            await rig.enqueue(REP_A, 0, 1)
+            parked = await until(
+                lambda: rig.state_if(subscription, lambda s: s.state == "parked"), what="parked"
+            )
+        assert "cannot post to the URL of 127.0.0.1" in parked.parked_reason, parked.parked_reason
+        said = json.dumps([parked.parked_reason, logs], default=str)
+        assert "hookuser" not in said and "s3cr3tpw" not in said
+    finally:
         await close_rig(rig)
 
 
