@@ -128,7 +128,9 @@ def test_upgrade_twice_is_harmless(engine: sa.Engine) -> None:
         assert conn.execute(sa.select(meters.c.esiid)).scalars().all() == [esiid]
 
 
-def test_requests_accepted_before_warnings_were_kept_read_as_none(engine: sa.Engine) -> None:
+def test_requests_accepted_before_warnings_were_kept_read_as_an_empty_list(
+    engine: sa.Engine,
+) -> None:
     """A message request stored before migration 0006 upgrades with an empty warnings list."""
     schema.upgrade(engine, "0005")
     with engine.begin() as conn:

@@ -224,11 +224,15 @@ def test_crlf_line_ends_parse_like_lf() -> None:
             "'\u0661.0' is not a number",
         ),
         (lambda ls: ls.__setitem__(2, "00000003," + "T" * 82), 3, "longer than 81 characters"),
-        (lambda ls: ls.__setitem__(2, "00000003,T\x001"), 3, "has a control character"),
+        (
+            lambda ls: ls.__setitem__(2, "00000003,T\x001"),
+            3,
+            "has a character that is not printable",
+        ),
         (
             lambda ls: ls.__setitem__(4, ls[4].replace("Sender=666666666", "Sender=6\x0066")),
             5,
-            "has a control character",
+            "has a character that is not printable",
         ),
         (
             lambda ls: ls.__setitem__(4, ls[4].replace("Sender=666666666", "Sender=" + "6" * 17)),

@@ -272,7 +272,8 @@ def _header(
         )
     if not transaction.isprintable():  # a NUL, which PostgreSQL cannot store, or a control
         raise _Reject(
-            first + (at or 0), f"transaction id {_excerpt(transaction)} has a control character"
+            first + (at or 0),
+            f"transaction id {_excerpt(transaction)} has a character that is not printable",
         )
     at = rows.get("00000004")
     if at is None:
@@ -304,7 +305,9 @@ def _header(
                     first + at, f"Sender {_excerpt(sender)} is longer than {MAX_SENDER} characters"
                 )
             if not sender.isprintable():
-                raise _Reject(first + at, f"Sender {_excerpt(sender)} has a control character")
+                raise _Reject(
+                    first + at, f"Sender {_excerpt(sender)} has a character that is not printable"
+                )
             if tdsp_duns and sender != tdsp_duns:
                 raise _Reject(
                     first + at,
