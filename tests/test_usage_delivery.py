@@ -243,6 +243,8 @@ def test_damaged_pgp_is_rejected(gateway_key: UsageKey) -> None:
         rejection("t.pgp", message[:middle], decrypt=gateway_key.decrypt),
         # cut off after the session key the usage key opens: the rest of the message is missing
         *(rejection("s.pgp", short[:cut], decrypt=gateway_key.decrypt) for cut in (100, 300)),
+        # cut inside the session key packet, just after the usage key's id
+        rejection("s.pgp", short[:11], decrypt=gateway_key.decrypt),
         rejection("s.pgp", short[:-25], decrypt=gateway_key.decrypt),
     ):
         assert "integrity check" in reason or "truncated or damaged" in reason

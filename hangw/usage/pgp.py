@@ -288,21 +288,24 @@ class UsageKey:
                 f"usage key (fingerprint {key.fingerprint}, encryption subkey "
                 f"{', '.join('0x' + k for k in key.encryption_key_ids)}); {export_hint}"
             )
-        # DECRYPTION_KEY: the usage key did open the session key, so what is missing after it
-        # is the message's (cut short before its encrypted data), not the key's
-        opened = run.first("DECRYPTION_KEY") is not None
-        if (recipients and not opened and run.first("BEGIN_DECRYPTION") is None) or _local_error(
-            run
-        ):
+        # The key's side failed only when gpg says so: an agent, pinentry or IPC error, or no
+        # secret part for one of our key ids. Any other message addressed to the usage key that
+        # gpg did not begin to decrypt is the message's fault: cut short inside its session key
+        # packet, or (DECRYPTION_KEY: the usage key opened the session key) before the data.
+        no_secret = any(len(line) > 1 and line[1] in ours for line in run.all("NO_SECKEY"))
+        if _local_error(run) or no_secret:
             return UsageKeyError(
                 f"gpg could not use the usage key in {self.home}: "
                 f"{run.message('public key decryption failed')}"
             )
-        if opened and run.first("BEGIN_DECRYPTION") is None:
+        if recipients and run.first("BEGIN_DECRYPTION") is None:
+            if run.first("DECRYPTION_KEY") is not None:
+                missing = "the usage key opens its session key, but the encrypted data after it"
+            else:
+                missing = "it is addressed to the usage key, but its session key packet"
             return DeliveryRejected(
-                "the OpenPGP message is truncated or damaged: the usage key opens its session "
-                "key, but the encrypted data after it is missing or cut short; ask the TDSP to "
-                "send it again"
+                f"the OpenPGP message is truncated or damaged: {missing} is missing or cut "
+                "short; ask the TDSP to send it again"
             )
         nodata = run.first("NODATA")
         if nodata is not None and run.first("BEGIN_DECRYPTION") is None:
