@@ -290,6 +290,36 @@ def test_faults_that_cancel_out_across_records_shift_no_value() -> None:
     assert (row[0], wh(row)) == ("E3", [3000] * 96)
 
 
+@pytest.mark.parametrize(
+    ("value", "status", "words"),
+    [
+        ("nan", "A", "interval 81 value is not finite"),
+        ("abc", "A", "interval 81 value 'abc' is not a number"),
+        ("1.0", "X", "interval 81 has status 'X'"),
+    ],
+)
+def test_a_fault_in_rows_of_eight_intervals_is_named_at_its_own_line(
+    value: str, status: str, words: str
+) -> None:
+    """With eight intervals a row, a bad interval is named at its row, not a line of the next."""
+    values, statuses = ["1.0"] * 96, ["A"] * 96
+    values[80], statuses[80] = value, status
+    rows = [
+        f"{10000000 + r},"
+        + "".join(
+            f"{v},{s},,"
+            for v, s in zip(values[8 * r : 8 * r + 8], statuses[8 * r : 8 * r + 8], strict=True)
+        )
+        for r in range(12)
+    ]
+    bad = header("E1", "20260510") + rows
+    parsed = lse.parse("\n".join(bad + record("E2", "20260510", ["1.0"] * 96)))
+    assert [r[0] for r in parsed.rows] == ["E2"]
+    ((line, reason),) = [(r.line, r.reason) for r in parsed.rejections]
+    assert (line, bad[line - 1][:8]) == (16, "10000010")
+    assert words in reason
+
+
 def test_a_character_run_on_from_one_row_into_the_next_is_rejected() -> None:
     """A row ending in a stray character is rejected, not read into the next row's first value."""
     bad = record("E1", "20260510", ["0.375"] * 4 + ["0.327"] * 92)

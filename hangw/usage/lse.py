@@ -167,10 +167,12 @@ class _Record:
         "channel",
         "day",
         "detail_line",
+        "detail_start",
         "esiid",
         "estimated",
         "invalid",
         "line",
+        "lines",
         "missing",
         "tdsp_duns",
         "text",
@@ -180,6 +182,9 @@ class _Record:
     channel: int
     day: int
     detail_line: int
+    #: Where its detail rows begin in ``lines`` (the piece's rows), to find an interval's line.
+    detail_start: int
+    lines: list[str]
     esiid: str
     estimated: list[bool] | None
     invalid: bool
@@ -326,6 +331,8 @@ def _details(lines: list[str], first: int, record: _Record, start: int, stop: in
     """
     _, expected = day_bounds(record.day)
     record.detail_line = first + start
+    record.detail_start = start
+    record.lines = lines
     rows = stop - start
     if rows == 0:
         raise _Reject(record.line, "the record has no detail rows (10000000 ...)")
@@ -380,7 +387,7 @@ def _details(lines: list[str], first: int, record: _Record, start: int, stop: in
         for k, status in enumerate(statuses):
             if status in _STATUSES or (status == "" and values[k] == ""):
                 continue
-            line = first + start + k // 4
+            line = _line_of(record, k)
             if status == "" and values[k] in _STATUSES:
                 raise _Reject(
                     line,
@@ -394,6 +401,18 @@ def _details(lines: list[str], first: int, record: _Record, start: int, stop: in
     record.values = values
     record.missing = "" in values
     record.estimated = [s == "E" for s in statuses] if "E" in statuses else None
+
+
+def _line_of(record: _Record, interval: int) -> int:
+    """The line of the detail row holding ``interval`` (from 0): rows need not hold four."""
+    lines, start = record.lines, record.detail_start
+    seen = 0
+    for offset in range(min(_MAX_ROWS, len(lines) - start)):
+        # value,status,time triplets; a row ending in a comma has one more (empty) field
+        seen += len(lines[start + offset][9:].split(",")) // 3
+        if interval < seen:
+            return record.detail_line + offset
+    return record.line
 
 
 def _triplets(lines: list[str], first: int, start: int, stop: int) -> list[str]:
@@ -536,7 +555,7 @@ def _numbers(
                 missing_rows.pop()
             parsed.rejections.append(
                 Rejection(
-                    record.detail_line + bad // 4,
+                    _line_of(record, bad),
                     f"interval {bad + 1} value {_excerpt(values[bad])} is not a number",
                     record.esiid,
                     record.day,
@@ -566,7 +585,7 @@ def _rows_of(group: list[_Record], length: int, parsed: Parsed, vee: VeeSettings
             at = int(np.flatnonzero(~np.isfinite(row) | (np.abs(np.nan_to_num(row)) > _INT32))[0])
             parsed.rejections.append(
                 Rejection(
-                    record.detail_line + at // 4,
+                    _line_of(record, at),
                     f"interval {at + 1} value is not finite or larger than 2,147,483 kWh",
                     record.esiid,
                     record.day,
