@@ -430,6 +430,8 @@ async def test_who_may_send(harness: Harness) -> None:
     assert status == 201
     status, summary = await hsp.call("POST", "/v1/messages", lce(7506))
     assert status == 202, summary
+    # settled first: the head-end's statuses for it would otherwise land between the counts
+    assert (await settled(harness, "demo-hsp", summary["request_id"]))["complete"]
     status, _ = await customer.call("DELETE", f"/v1/esiids/{E_OWN}/grants/{HSP}")
     assert status == 200
     middle = await counts(harness)
