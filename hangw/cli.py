@@ -211,8 +211,12 @@ def _print(data: Any, args: argparse.Namespace) -> None:
     if devices is not None:
         for d in devices:
             print(f"{d['id']}  {d['mac'] or '(hidden)':<16}  {d['device_type']:<16} {d['status']}")
+        if not devices:  # said on stderr: the output stays a list of devices, here none
+            print(f"no HAN devices on ESI ID {args.esiid}", file=sys.stderr)
         return
     if isinstance(data, dict) and "history" in data:
+        if not data["history"] and "id" not in data:
+            print(f"no HAN history on ESI ID {args.esiid}", file=sys.stderr)
         for h in data["history"]:
             print(f"{h['at']}  {h['device_id']}  {h['status']:<20} {h['actor']:<14} {h['reason']}")
         if "id" in data:

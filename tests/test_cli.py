@@ -167,6 +167,21 @@ async def test_api_commands_provision_list_show_history_remove(
 
 
 @pytest_twisted.ensureDeferred
+async def test_list_and_history_of_an_esiid_without_devices_say_so_on_stderr(
+    harness: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An ESI ID with no devices lists nothing on stdout, says so on stderr, and exits 0."""
+    config = str(cli_config(harness, tmp_path))
+    api = ["--api", f"https://localhost:{harness.api_port}", "--as", "demo-rep-a"]
+    assert await run_cli("--config", config, "list", E_OWN, *api) == 0
+    printed = capsys.readouterr()
+    assert printed.out == "" and f"no HAN devices on ESI ID {E_OWN}" in printed.err
+    assert await run_cli("--config", config, "history", E_OWN, *api) == 0
+    printed = capsys.readouterr()
+    assert printed.out == "" and f"no HAN history on ESI ID {E_OWN}" in printed.err
+
+
+@pytest_twisted.ensureDeferred
 async def test_api_command_refusal_exits_1_with_the_problem(
     harness: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
