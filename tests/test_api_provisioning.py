@@ -23,6 +23,7 @@ from hangw.store.model import device_history, grants, han_devices, idempotency_k
 from tests.conftest import start_gateway
 from tests.gateway_harness import (
     E_OLD_FIRMWARE,
+    E_OTHER,
     E_OWN,
     E_REMOVED,
     INSTALL_CODE,
@@ -247,6 +248,28 @@ async def test_text_no_store_can_hold_is_refused_naming_where(harness: Harness) 
         status, media, problem = await deferToThread(raw, method, path)
         assert (status, media) == (400, "application/problem+json"), (path, problem)
         assert "NUL" in problem["detail"], problem
+    assert await store_counts(harness) == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_query_parameter_given_twice_is_refused_naming_it(harness: Harness) -> None:
+    """A query parameter given twice is 422 naming it, not answered for one of its values."""
+    rep = harness.caller("demo-rep-a")
+    _, device = await rep.call("POST", f"/v1/esiids/{E_OWN}/han-devices", add_body())
+    day = "2026-11-01"
+    for path, name in (
+        ("/v1/message-log?limit=1&limit=abc", "limit"),
+        (f"/v1/message-log?esiid={E_OWN}&esiid={E_OTHER}", "esiid"),
+        ("/v1/message-log?format=csv&request_id=a&request_id=b", "request_id"),
+        (f"/v1/usage/daily?esiid={E_OWN}&esiid={E_OTHER}&from={day}&to={day}", "esiid"),
+        (f"/v1/usage/daily?esiid={E_OWN}&from={day}&to={day}&format=csv&format=csv", "format"),
+    ):
+        status, problem = await rep.call("GET", path)
+        assert (status, problem.get("field")) == (422, name), (path, problem)
+        assert "2 times" in problem["detail"], problem
+    before = await store_counts(harness)
+    status, problem = await rep.call("DELETE", f"/v1/han-devices/{device['id']}?reason=a&reason=b")
+    assert (status, problem.get("field")) == (422, "reason"), problem
     assert await store_counts(harness) == before
 
 

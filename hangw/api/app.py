@@ -28,6 +28,7 @@ from werkzeug.exceptions import NotFound as RouteNotFound
 from hangw import authz, idempotency, metrics, tls
 from hangw.api.kept import KeptAnswer, KeyHeld, claiming, json_bytes, keeping
 from hangw.api.message_routes import register as register_message_routes
+from hangw.api.query import query_args
 from hangw.api.read_routes import register as register_read_routes
 from hangw.api.usage_routes import register as register_usage_routes
 from hangw.api.webhook_routes import register as register_webhook_routes
@@ -476,9 +477,7 @@ class Api:
     @app.route("/v1/han-devices/<device_id>", methods=["DELETE"])
     async def remove_device(self, request: IRequest, device_id: str) -> bytes:
         party = self._party(request)
-        reason = ""
-        if request.args.get(b"reason"):
-            reason = request.args[b"reason"][0].decode("utf-8", "replace")
+        reason = query_args(request).get("reason", "")
         device = await self.devices.remove_device(party, device_id, reason)
         return self._json(request, 202, device_json(device, party))
 
