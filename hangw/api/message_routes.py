@@ -24,6 +24,8 @@ from hangw.messaging import requests as specs
 from hangw.problems import InvalidField
 
 _LOG_PAGE_FOR_CSV = 5000
+#: What PUT /v1/groups/{name} takes: a misspelt field is refused, not ignored.
+_GROUP_FIELDS = frozenset({"esiids"})
 
 
 def _same(summary: dict[str, Any]) -> dict[str, Any]:
@@ -114,6 +116,7 @@ def register(app: Klein) -> None:
     async def put_group(self: Any, request: IRequest, name: str) -> bytes:
         party = self._party(request)
         body = self._body(request, limit=self.messaging_max_body)
+        specs.only_fields(body, _GROUP_FIELDS, "a group")
         esiids = specs.esiid_list(body.get("esiids"), "esiids")
         group = await self.messaging.put_group(party, name, esiids)
         return self._json(request, 200, group)
