@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 import sqlalchemy as sa
+from structlog.testing import capture_logs
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
 from twisted.internet.task import deferLater
@@ -489,6 +490,29 @@ async def test_routing_refusals_are_problems_with_a_request_id(harness: Harness)
             assert "not UTF-8" in problem["detail"], problem
         if status == 405:
             assert headers["allow"] == "GET, HEAD, POST", headers
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_path_with_an_empty_segment_is_404_not_500(harness: Harness) -> None:
+    """A path with a doubled slash is an unknown path, 404, never a 500 nor another path's 405."""
+    connection = harness.caller("demo-rep-a").client._connection
+
+    def raw(method: str, path: str) -> tuple[int, str, dict[str, Any]]:
+        connection.request(method, path)
+        response = connection.getresponse()
+        return response.status, response.getheader("content-type"), json.loads(response.read())
+
+    with capture_logs() as logs:
+        for method, path in [
+            ("GET", "/v1//han-devices/dev_x"),
+            ("DELETE", f"/v1/esiids/{E_OWN}/grants//x"),
+            ("POST", "/v1/messages//cancel"),
+            ("GET", "/v1/usage/jobs//result"),
+        ]:
+            status, media, problem = await deferToThread(raw, method, path)
+            assert (status, media) == (404, "application/problem+json"), (path, problem)
+            assert problem["instance"] == path and "no such resource" in problem["detail"], problem
+    assert not [entry for entry in logs if entry["log_level"] == "error"], logs
 
 
 def tls_socket(harness: Harness, name: str = "demo-rep-a") -> ssl.SSLSocket:

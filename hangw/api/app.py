@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
+from werkzeug.routing import RequestRedirect
 
 from hangw import authz, idempotency, metrics, tls
 from hangw.api.kept import KeptAnswer, KeyHeld, claiming, json_bytes, keeping
@@ -157,6 +158,9 @@ def openapi_document() -> bytes:
 
 class Api:
     app = Klein()
+    # a path with an empty segment (/v1//han-devices/x) is no path of the API: werkzeug would
+    # route it as the path without it, by a redirect (a 500 here) or to another path's methods
+    app.url_map.merge_slashes = False
 
     def __init__(
         self,
@@ -386,6 +390,12 @@ class Api:
             request,
             Failure(NotFound(f"no such resource {path_of(request)!r}; see /v1/openapi.json")),
         )
+
+    @app.handle_errors(RequestRedirect)
+    def route_redirected(self, request: IRequest, failure: Failure) -> bytes:
+        # werkzeug answers some paths with a redirect to another (a rule's trailing slash); no
+        # API path is reached that way, so it is an unknown path like any other
+        return self.route_not_found(request, failure)
 
     @app.handle_errors(MethodNotAllowed)
     def method_not_allowed(self, request: IRequest, failure: Failure) -> bytes:
