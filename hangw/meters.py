@@ -3,12 +3,15 @@
 Columns (header row required, order free): esiid, meter_serial, tdsp_duns, ror_duns,
 hardware_version, firmware_version, han_capable, active, and optionally customer_id.
 A file with any bad line is refused whole, with every bad line named; nothing is half-loaded.
+A known ESI ID whose customer changes (a move-in, or no customer any more) loses the HAN access
+its former customer granted: those grants are revoked in the same transaction.
 """
 
 from __future__ import annotations
 
 import csv
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -17,7 +20,7 @@ import sqlalchemy as sa
 from adapters.commands import MeterEvent, MeterEventKind
 from hangw import head_end_events
 from hangw.domain import DUNS, Meter
-from hangw.store.model import meters
+from hangw.store.model import grants, meters
 
 REQUIRED = (
     "esiid",
@@ -109,18 +112,25 @@ def parse_meter_csv(lines: Iterable[str], path: str = "<csv>") -> list[Meter]:
     return loaded
 
 
-def upsert_meters_thd(conn: sa.Connection, rows: list[Meter]) -> tuple[int, int]:
-    """Insert new meters and update known ones; returns (inserted, updated)."""
-    known = (
-        set(
+def upsert_meters_thd(
+    conn: sa.Connection, rows: list[Meter], now: float | None = None
+) -> tuple[int, int]:
+    """Insert new meters and update known ones; returns (inserted, updated).
+
+    A grant is the customer's: where a known ESI ID's customer changes, the grants its former
+    customer gave are revoked (at ``now``), so a HAN service provider does not keep access to
+    the next customer's HAN and usage on the strength of the last one's consent.
+    """
+    known: dict[str, str | None] = (
+        dict(
             conn.execute(
-                sa.select(meters.c.esiid).where(meters.c.esiid.in_([m.esiid for m in rows]))
-            )
-            .scalars()
-            .all()
+                sa.select(meters.c.esiid, meters.c.customer_id).where(
+                    meters.c.esiid.in_([m.esiid for m in rows])
+                )
+            ).all()
         )
         if rows
-        else set()
+        else {}
     )
     values = [m.__dict__ for m in rows]
     fresh = [v for v in values if v["esiid"] not in known]
@@ -129,6 +139,14 @@ def upsert_meters_thd(conn: sa.Connection, rows: list[Meter]) -> tuple[int, int]
         conn.execute(meters.insert(), fresh)
     for v in stale:
         conn.execute(meters.update().where(meters.c.esiid == v["esiid"]).values(**v))
+    moved = [v["esiid"] for v in stale if v["customer_id"] != known[v["esiid"]]]
+    revoked_at = time.time() if now is None else now
+    for start in range(0, len(moved), 1000):
+        conn.execute(
+            grants.update()
+            .where(grants.c.esiid.in_(moved[start : start + 1000]), grants.c.revoked_at.is_(None))
+            .values(revoked_at=revoked_at)
+        )
     return len(fresh), len(stale)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
 import ssl
 import time
@@ -9,12 +11,15 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+import sqlalchemy as sa
 from twisted.internet.threads import deferToThread
 
 from hangw import certs
 from hangw.client import ApiError, Client, Identity
-from hangw.domain import Party, Role
+from hangw.domain import Meter, Party, Role
+from hangw.meters import upsert_meters_thd
 from hangw.parties import register_party_thd
+from hangw.store.model import meters
 from tests.gateway_harness import (
     CUSTOMER,
     E_OTHER,
@@ -275,3 +280,41 @@ async def test_an_expired_certificate_fails_even_when_registered(
             with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
                 await deferToThread(client.request, "GET", path)
         client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_customer_ends_the_grants_of_the_last_one(harness: Harness) -> None:
+    """When the registry names a new customer for an ESI ID, the HSP its former customer granted
+    loses HAN access, messaging and usage there, and the grant shows revoked."""
+    customer = harness.caller("demo-customer")
+    hsp = harness.caller("demo-hsp")
+    status, grant = await customer.call("POST", f"/v1/esiids/{E_OWN}/grants", {"hsp_party_id": HSP})
+    assert status == 201 and grant["live"]
+    status, _ = await hsp.call("GET", f"/v1/esiids/{E_OWN}/han-devices")
+    assert status == 200
+
+    def moved_in(conn: sa.Connection) -> None:
+        row = conn.execute(sa.select(meters).where(meters.c.esiid == E_OWN)).one()
+        meter = Meter(**{name: getattr(row, name) for name in Meter.__dataclass_fields__})
+        upsert_meters_thd(conn, [dataclasses.replace(meter, customer_id="CUST-0002")])
+
+    await harness.gateway.store.run(moved_in)
+
+    status, problem = await hsp.call("GET", f"/v1/esiids/{E_OWN}/han-devices")
+    assert status == 403, problem
+    status, problem = await hsp.call("POST", f"/v1/esiids/{E_OWN}/han-devices", add_body())
+    assert status == 403, problem
+    status, problem = await hsp.call(
+        "POST",
+        "/v1/messages",
+        {"category": "STM", "esiids": [E_OWN], "message": "still here"},
+    )
+    assert status == 403, problem
+    yesterday = (dt.datetime.now(dt.UTC) - dt.timedelta(days=2)).date().isoformat()
+    status, problem = await hsp.call(
+        "GET", f"/v1/usage/daily?esiid={E_OWN}&from={yesterday}&to={yesterday}"
+    )
+    assert status == 403, problem
+    status, listed = await harness.caller("demo-tdsp").call("GET", f"/v1/esiids/{E_OWN}/grants")
+    assert status == 200
+    assert [(g["id"], g["live"]) for g in listed["grants"]] == [(grant["id"], False)]

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 import sqlalchemy as sa
+from structlog.testing import capture_logs
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
 from twisted.internet.task import deferLater
@@ -23,6 +24,7 @@ from hangw.store.model import device_history, grants, han_devices, idempotency_k
 from tests.conftest import start_gateway
 from tests.gateway_harness import (
     E_OLD_FIRMWARE,
+    E_OTHER,
     E_OWN,
     E_REMOVED,
     INSTALL_CODE,
@@ -251,6 +253,28 @@ async def test_text_no_store_can_hold_is_refused_naming_where(harness: Harness) 
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_query_parameter_given_twice_is_refused_naming_it(harness: Harness) -> None:
+    """A query parameter given twice is 422 naming it, not answered for one of its values."""
+    rep = harness.caller("demo-rep-a")
+    _, device = await rep.call("POST", f"/v1/esiids/{E_OWN}/han-devices", add_body())
+    day = "2026-11-01"
+    for path, name in (
+        ("/v1/message-log?limit=1&limit=abc", "limit"),
+        (f"/v1/message-log?esiid={E_OWN}&esiid={E_OTHER}", "esiid"),
+        ("/v1/message-log?format=csv&request_id=a&request_id=b", "request_id"),
+        (f"/v1/usage/daily?esiid={E_OWN}&esiid={E_OTHER}&from={day}&to={day}", "esiid"),
+        (f"/v1/usage/daily?esiid={E_OWN}&from={day}&to={day}&format=csv&format=csv", "format"),
+    ):
+        status, problem = await rep.call("GET", path)
+        assert (status, problem.get("field")) == (422, name), (path, problem)
+        assert "2 times" in problem["detail"], problem
+    before = await store_counts(harness)
+    status, problem = await rep.call("DELETE", f"/v1/han-devices/{device['id']}?reason=a&reason=b")
+    assert (status, problem.get("field")) == (422, "reason"), problem
+    assert await store_counts(harness) == before
+
+
+@pytest_twisted.ensureDeferred
 async def test_sixth_device_and_duplicate_mac_are_refused(harness: Harness) -> None:
     """Five slot holders fill an ESI ID; a sixth and a MAC already live are refused with 409."""
     rep = harness.caller("demo-rep-a")
@@ -466,6 +490,29 @@ async def test_routing_refusals_are_problems_with_a_request_id(harness: Harness)
             assert "not UTF-8" in problem["detail"], problem
         if status == 405:
             assert headers["allow"] == "GET, HEAD, POST", headers
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_path_with_an_empty_segment_is_404_not_500(harness: Harness) -> None:
+    """A path with a doubled slash is an unknown path, 404, never a 500 nor another path's 405."""
+    connection = harness.caller("demo-rep-a").client._connection
+
+    def raw(method: str, path: str) -> tuple[int, str, dict[str, Any]]:
+        connection.request(method, path)
+        response = connection.getresponse()
+        return response.status, response.getheader("content-type"), json.loads(response.read())
+
+    with capture_logs() as logs:
+        for method, path in [
+            ("GET", "/v1//han-devices/dev_x"),
+            ("DELETE", f"/v1/esiids/{E_OWN}/grants//x"),
+            ("POST", "/v1/messages//cancel"),
+            ("GET", "/v1/usage/jobs//result"),
+        ]:
+            status, media, problem = await deferToThread(raw, method, path)
+            assert (status, media) == (404, "application/problem+json"), (path, problem)
+            assert problem["instance"] == path and "no such resource" in problem["detail"], problem
+    assert not [entry for entry in logs if entry["log_level"] == "error"], logs
 
 
 def tls_socket(harness: Harness, name: str = "demo-rep-a") -> ssl.SSLSocket:

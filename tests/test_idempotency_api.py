@@ -293,3 +293,20 @@ async def test_a_request_whose_claim_vanished_is_undone_not_left_unanswered(
         "POST", "/v1/messages", lce(8401), {"idempotency-key": "vanished"}
     )
     assert status == 202 and await sent_with(harness, 8401) == [summary["request_id"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_key_another_party_used_gets_no_answer_of_theirs(harness: Harness) -> None:
+    """The same Idempotency-Key and body from another party runs that party's own request: it
+    never replays the first party's answer, nor is refused as a reuse of that party's key."""
+    key = {"idempotency-key": "shared-key"}
+    body = {"url": "https://hooks.example.com/hangw"}
+    status, first = await harness.caller("demo-rep-a").call("POST", "/v1/webhooks", body, key)
+    assert status == 201, first
+    for name in ("demo-rep-b", "demo-hsp"):
+        status, own = await harness.caller(name).call("POST", "/v1/webhooks", body, key)
+        assert status == 201 and own["id"] != first["id"] and own["secret"] != first["secret"]
+        status, listed = await harness.caller(name).call("GET", "/v1/webhooks")
+        assert [s["id"] for s in listed["webhooks"]] == [own["id"]]
+    status, again = await harness.caller("demo-rep-a").call("POST", "/v1/webhooks", body, key)
+    assert status == 201 and again["id"] == first["id"] and "secret" not in again

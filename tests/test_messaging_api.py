@@ -444,6 +444,17 @@ async def test_who_may_send(harness: Harness) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_group_with_a_misspelt_field_is_refused_and_not_made(harness: Harness) -> None:
+    """PUT /v1/groups/{name} with a field other than esiids is 422 naming it; no group is made."""
+    rep = harness.caller("demo-rep-a")
+    status, problem = await rep.call(
+        "PUT", "/v1/groups/typo", {"esiids": [E_OWN], "esiid": [E_OTHER]}
+    )
+    assert (status, problem.get("field")) == (422, "esiid"), problem
+    assert (await rep.call("GET", "/v1/groups/typo"))[0] == 404
+
+
+@pytest_twisted.ensureDeferred
 async def test_groups_and_cancel_all(harness: Harness) -> None:
     """A REP's named group is a target; CAL cancels every event on it."""
     rep = harness.caller("demo-rep-a")

@@ -42,6 +42,7 @@ from tests.gateway_harness import (
     E_OTHER_TDSP,
     E_OWN,
     E_REMOVED,
+    HSP,
     REP_A,
     REP_B,
     TDSP,
@@ -427,6 +428,36 @@ async def test_jobs_over_the_api(harness: Harness) -> None:
     )
     assert status == 403 and problem["esiids"] == [E_OTHER]
     assert await harness.gateway.store.run(jobs_thd) == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_revoked_grant_withholds_the_result_of_a_job_made_under_it(
+    harness: Harness,
+) -> None:
+    """An HSP's job result is 403 once the customer revoked the grant it was submitted under."""
+    today = texas_today()
+    first, last = today - dt.timedelta(days=3), today - dt.timedelta(days=1)
+    rng = np.random.default_rng(7)
+    await harness.gateway.store.run(
+        store_days_thd, [generate(rng, E_OWN, d) for d in days_from(first, 3)]
+    )
+    customer, hsp = harness.caller("demo-customer"), harness.caller("demo-hsp")
+    status, _ = await customer.call("POST", f"/v1/esiids/{E_OWN}/grants", {"hsp_party_id": HSP})
+    assert status == 201
+    status, job = await hsp.call("POST", "/v1/usage/jobs", body("daily", [E_OWN], first, last))
+    assert status == 202, job
+    deadline = time.monotonic() + 20
+    while job["state"] != "done" and time.monotonic() < deadline:
+        await sleep(0.05)
+        job = (await hsp.call("GET", job["links"]["self"]))[1]
+    assert job["state"] == "done"
+    assert (await download(harness, "demo-hsp", job["links"]["result"])).count("\r\n") == 4
+
+    status, _ = await customer.call("DELETE", f"/v1/esiids/{E_OWN}/grants/{HSP}")
+    assert status == 200
+    status, problem = await hsp.call("GET", job["links"]["result"])
+    assert status == 403, problem
+    assert problem["esiids"] == [E_OWN] and job["id"] in problem["detail"]
 
 
 class _Racing:

@@ -24,10 +24,12 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
+from werkzeug.routing import RequestRedirect
 
 from hangw import authz, idempotency, metrics, tls
 from hangw.api.kept import KeptAnswer, KeyHeld, claiming, json_bytes, keeping
 from hangw.api.message_routes import register as register_message_routes
+from hangw.api.query import query_args
 from hangw.api.read_routes import register as register_read_routes
 from hangw.api.usage_routes import register as register_usage_routes
 from hangw.api.webhook_routes import register as register_webhook_routes
@@ -156,6 +158,9 @@ def openapi_document() -> bytes:
 
 class Api:
     app = Klein()
+    # a path with an empty segment (/v1//han-devices/x) is no path of the API: werkzeug would
+    # route it as the path without it, by a redirect (a 500 here) or to another path's methods
+    app.url_map.merge_slashes = False
 
     def __init__(
         self,
@@ -386,6 +391,12 @@ class Api:
             Failure(NotFound(f"no such resource {path_of(request)!r}; see /v1/openapi.json")),
         )
 
+    @app.handle_errors(RequestRedirect)
+    def route_redirected(self, request: IRequest, failure: Failure) -> bytes:
+        # werkzeug answers some paths with a redirect to another (a rule's trailing slash); no
+        # API path is reached that way, so it is an unknown path like any other
+        return self.route_not_found(request, failure)
+
     @app.handle_errors(MethodNotAllowed)
     def method_not_allowed(self, request: IRequest, failure: Failure) -> bytes:
         method, path = request.method.decode("ascii", "replace"), path_of(request)
@@ -476,9 +487,7 @@ class Api:
     @app.route("/v1/han-devices/<device_id>", methods=["DELETE"])
     async def remove_device(self, request: IRequest, device_id: str) -> bytes:
         party = self._party(request)
-        reason = ""
-        if request.args.get(b"reason"):
-            reason = request.args[b"reason"][0].decode("utf-8", "replace")
+        reason = query_args(request).get("reason", "")
         device = await self.devices.remove_device(party, device_id, reason)
         return self._json(request, 202, device_json(device, party))
 

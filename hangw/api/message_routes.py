@@ -18,19 +18,14 @@ from twisted.web.iweb import IRequest
 
 from hangw.api.kept import keeping
 from hangw.api.paced import wants_csv, write_csv
+from hangw.api.query import query_args
 from hangw.messaging import log as message_log
 from hangw.messaging import requests as specs
 from hangw.problems import InvalidField
 
 _LOG_PAGE_FOR_CSV = 5000
-
-
-def _args(request: IRequest) -> dict[str, str]:
-    return {
-        key.decode("utf-8", "replace"): values[0].decode("utf-8", "replace")
-        for key, values in request.args.items()
-        if values
-    }
+#: What PUT /v1/groups/{name} takes: a misspelt field is refused, not ignored.
+_GROUP_FIELDS = frozenset({"esiids"})
 
 
 def _same(summary: dict[str, Any]) -> dict[str, Any]:
@@ -121,6 +116,7 @@ def register(app: Klein) -> None:
     async def put_group(self: Any, request: IRequest, name: str) -> bytes:
         party = self._party(request)
         body = self._body(request, limit=self.messaging_max_body)
+        specs.only_fields(body, _GROUP_FIELDS, "a group")
         esiids = specs.esiid_list(body.get("esiids"), "esiids")
         group = await self.messaging.put_group(party, name, esiids)
         return self._json(request, 200, group)
@@ -140,7 +136,7 @@ def register(app: Klein) -> None:
     @app.route("/v1/message-log", methods=["GET"])
     async def message_log_(self: Any, request: Any) -> bytes:
         party = self._party(request)
-        args = _args(request)
+        args = query_args(request)
         wanted = message_log.log_filter(party, args)
         store = self.messaging.store
         if not wants_csv(request, args):

@@ -17,6 +17,7 @@ from twisted.web.iweb import IRequest
 
 from hangw.api.kept import keeping
 from hangw.api.paced import wants_csv, write_csv
+from hangw.api.query import query_args
 from hangw.problems import Problem
 from hangw.usage.jobs import Job, JobExpired, UsageReports
 from hangw.usage.reports import REPORTS
@@ -41,14 +42,6 @@ def _usage(api: Api) -> UsageReports:
     return usage
 
 
-def _args(request: IRequest) -> dict[str, str]:
-    return {
-        key.decode("utf-8", "replace"): values[0].decode("utf-8", "replace")
-        for key, values in request.args.items()
-        if values
-    }
-
-
 async def _file_pieces(file: BinaryIO) -> AsyncIterator[bytes]:
     while piece := file.read(_FILE_PIECE):
         yield piece
@@ -59,7 +52,7 @@ def _report_route(app: Klein, report: str) -> None:
     async def usage_report(self: Api, request: Any) -> bytes:
         party = self._party(request)
         service = _usage(self).reports
-        args = _args(request)
+        args = query_args(request)
         if not wants_csv(request, args):
             return self._json(request, 200, await service.report_json(party, report, args))
         esiid, spec = service.spec(report, args)

@@ -11,7 +11,8 @@ to ``<id>.csv`` once complete. It is kept ``usage.job_retention_days``; then a t
 file and marks the job expired (the job's list of ESI IDs is dropped with it).
 
 A job that was running when hangwd stopped runs again, from the start, when it starts.
-Only the party that submitted a job sees it.
+Only the party that submitted a job sees it, and its result only while that party may still read
+every ESI ID of the job (a revoked grant, a new customer or REP of record withholds it: 403).
 """
 
 from __future__ import annotations
@@ -432,7 +433,8 @@ class JobService:
         return _job(row, cached)
 
     async def result(self, party: Party, job_id: str) -> tuple[Job, Path]:
-        """The party's finished job and its CSV file; 409 before it is done, 410 once expired."""
+        """The party's finished job and its CSV file; 409 before it is done, 410 once expired,
+        403 once the party may no longer read one of its ESI IDs."""
         job = await self.get(party, job_id)
         if job.state == "expired":
             raise JobExpired(
@@ -446,6 +448,19 @@ class JobService:
                 f"report job {job_id} is {job.state}: {job.esiids_done} of {job.esiids} ESI IDs "
                 "done; ask again when its state is done",
                 state=job.state,
+            )
+        # read when the job was submitted, but handed out only while the party may still read
+        # them: a grant revoked, a new customer or REP of record since withholds the result
+        _, params = await self.reader.run(_load_thd, job_id, True)
+        esiids = [] if params is None else json.loads(params).get("esiids", [])
+        unknown, refused = await self.reader.run(reports.entitlement_thd, party, esiids)
+        lost = refused + unknown
+        if lost:
+            raise Forbidden(
+                f"you may no longer read the usage of {len(lost)} of the ESI IDs of report job "
+                f"{job_id} ({party.role.value} {party.party_id} has no HAN access to them any "
+                f"more): {_listed(lost)}; its result is not handed out",
+                esiids=lost[:100],
             )
         path = Path(job.result_path)
         if not path.exists():
