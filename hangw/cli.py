@@ -156,12 +156,12 @@ def cmd_party_list(config: config_module.Config, args: argparse.Namespace) -> in
 
 
 def cmd_meters_import(config: config_module.Config, args: argparse.Namespace) -> int:
-    from hangw.meters import MeterFileError, parse_meter_csv, upsert_meters_thd
+    from hangw.meters import MeterFileError, parse_meter_file, upsert_meters_thd
 
     try:
         # utf-8-sig: spreadsheet programs start their CSV exports with a byte-order mark
         with open(args.file, newline="", encoding="utf-8-sig") as handle:
-            rows = parse_meter_csv(handle, args.file)
+            parsed = parse_meter_file(handle, args.file)
     except MeterFileError as error:
         print(f"hangw: {error}", file=sys.stderr)
         return 1
@@ -169,7 +169,11 @@ def cmd_meters_import(config: config_module.Config, args: argparse.Namespace) ->
         print(f"hangw: cannot read {args.file}: {error}", file=sys.stderr)
         return 1
     try:
-        inserted, updated = _store(config).transaction(upsert_meters_thd, rows)
+        inserted, updated = _store(config).transaction(
+            lambda conn: upsert_meters_thd(
+                conn, parsed.meters, time.time(), customers=parsed.customers
+            )
+        )
     except sa.exc.SQLAlchemyError as error:
         cause = getattr(error, "orig", None) or error
         print(

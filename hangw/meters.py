@@ -3,8 +3,9 @@
 Columns (header row required, order free): esiid, meter_serial, tdsp_duns, ror_duns,
 hardware_version, firmware_version, han_capable, active, and optionally customer_id.
 A file with any bad line is refused whole, with every bad line named; nothing is half-loaded.
-A known ESI ID whose customer changes (a move-in, or no customer any more) loses the HAN access
-its former customer granted: those grants are revoked in the same transaction.
+A file without customer_id leaves the customers the store has as they are. A known ESI ID whose
+customer changes (a move-in, or no customer any more) loses the HAN access its former customer
+granted: those grants are revoked in the same transaction.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ OPTIONAL = ("customer_id",)
 _TRUE = {"true", "yes", "y", "1"}
 _FALSE = {"false", "no", "n", "0"}
 _ESIID = re.compile(r"[0-9A-Za-z]{1,64}")
+#: ESI IDs per IN list: PostgreSQL's driver takes at most 65,535 parameters a statement.
+_LOOKUP = 10_000
 
 
 class MeterFileError(Exception):
@@ -50,10 +53,20 @@ class MeterFileError(Exception):
 
 @dataclass(frozen=True)
 class MeterImport:
+    """A parsed registry file: its meters, and whether it has the ``customer_id`` column (a file
+    without it leaves the customers the store has as they are)."""
+
     meters: list[Meter]
+    customers: bool
 
 
 def parse_meter_csv(lines: Iterable[str], path: str = "<csv>") -> list[Meter]:
+    """The meters of a registry file (see parse_meter_file)."""
+    return parse_meter_file(lines, path).meters
+
+
+def parse_meter_file(lines: Iterable[str], path: str = "<csv>") -> MeterImport:
+    """Parse a registry file; MeterFileError names every bad line."""
     reader = csv.DictReader(lines)
     header = reader.fieldnames or []
     missing = [name for name in REQUIRED if name not in header]
@@ -109,42 +122,61 @@ def parse_meter_csv(lines: Iterable[str], path: str = "<csv>") -> list[Meter]:
         )
     if problems:
         raise MeterFileError(path, problems)
-    return loaded
+    return MeterImport(loaded, customers="customer_id" in header)
 
 
 def upsert_meters_thd(
-    conn: sa.Connection, rows: list[Meter], now: float | None = None
+    conn: sa.Connection,
+    rows: list[Meter],
+    now: float | None = None,
+    *,
+    customers: bool = True,
 ) -> tuple[int, int]:
     """Insert new meters and update known ones; returns (inserted, updated).
 
+    ``customers=False`` (a file without the customer_id column): a known ESI ID keeps the
+    customer the store has, and a new one has none.
     A grant is the customer's: where a known ESI ID's customer changes, the grants its former
     customer gave are revoked (at ``now``), so a HAN service provider does not keep access to
     the next customer's HAN and usage on the strength of the last one's consent.
     """
-    known: dict[str, str | None] = (
-        dict(
+    known: dict[str, str | None] = {}
+    for start in range(0, len(rows), _LOOKUP):
+        chunk = [m.esiid for m in rows[start : start + _LOOKUP]]
+        known.update(
             conn.execute(
-                sa.select(meters.c.esiid, meters.c.customer_id).where(
-                    meters.c.esiid.in_([m.esiid for m in rows])
-                )
+                sa.select(meters.c.esiid, meters.c.customer_id).where(meters.c.esiid.in_(chunk))
             ).all()
         )
-        if rows
-        else {}
-    )
     values = [m.__dict__ for m in rows]
     fresh = [v for v in values if v["esiid"] not in known]
-    stale = [v for v in values if v["esiid"] in known]
     if fresh:
         conn.execute(meters.insert(), fresh)
-    for v in stale:
-        conn.execute(meters.update().where(meters.c.esiid == v["esiid"]).values(**v))
-    moved = [v["esiid"] for v in stale if v["customer_id"] != known[v["esiid"]]]
+    kept = () if customers else ("customer_id",)
+    stale = [
+        {"b_esiid": v["esiid"], **{k: x for k, x in v.items() if k != "esiid" and k not in kept}}
+        for v in values
+        if v["esiid"] in known
+    ]
+    if stale:
+        conn.execute(
+            meters.update()
+            .where(meters.c.esiid == sa.bindparam("b_esiid"))
+            .values({k: sa.bindparam(k) for k in stale[0] if k != "b_esiid"}),
+            stale,
+        )
+    moved = (
+        [v["b_esiid"] for v in stale if v["customer_id"] != known[v["b_esiid"]]]
+        if customers
+        else []
+    )
     revoked_at = time.time() if now is None else now
-    for start in range(0, len(moved), 1000):
+    for start in range(0, len(moved), _LOOKUP):
         conn.execute(
             grants.update()
-            .where(grants.c.esiid.in_(moved[start : start + 1000]), grants.c.revoked_at.is_(None))
+            .where(
+                grants.c.esiid.in_(moved[start : start + _LOOKUP]), grants.c.revoked_at.is_(None)
+            )
             .values(revoked_at=revoked_at)
         )
     return len(fresh), len(stale)

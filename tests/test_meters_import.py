@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from hangw import cli
 from hangw.meters import MeterFileError, parse_meter_csv
 from hangw.store import schema
-from hangw.store.model import meters
+from hangw.store.model import grants, meters
 
 HEADER = (
     "esiid,meter_serial,tdsp_duns,ror_duns,hardware_version,firmware_version,han_capable,active\n"
@@ -84,3 +84,50 @@ def test_a_csv_saved_with_a_byte_order_mark_loads(
     (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + (HEADER + line).encode())
     assert cli.main(["--config", str(config), "meters", "import", str(tmp_path / "bom.csv")]) == 0
     assert "1 meter(s) added" in capsys.readouterr().out
+
+
+def test_a_file_without_customer_ids_keeps_the_customers_and_their_grants(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A registry file without the customer_id column updates a meter and leaves its customer and
+    the grants that customer gave alone; one naming another customer, or none, revokes them."""
+    config = tmp_path / "c.toml"
+    config.write_text(f'[gateway]\nstate_dir = "{tmp_path}"\n')
+    meter = "10443720000000001,M1,1039940674000,0000000000001,GE,{firmware},true,true"
+
+    def import_(name: str, text: str) -> None:
+        (tmp_path / name).write_text(text)
+        assert cli.main(["--config", str(config), "meters", "import", str(tmp_path / name)]) == 0
+
+    def stored() -> tuple[str | None, str, float | None]:
+        engine = schema.make_engine(f"sqlite:///{tmp_path / 'hangw.sqlite'}")
+        with engine.connect() as conn:
+            row = conn.execute(sa.select(meters.c.customer_id, meters.c.firmware_version)).one()
+            revoked_at = conn.execute(sa.select(grants.c.revoked_at)).scalar_one()
+        engine.dispose()
+        return row.customer_id, row.firmware_version, revoked_at
+
+    with_customers = HEADER.rstrip("\n") + ",customer_id\n"
+    import_("first.csv", with_customers + meter.format(firmware="5.2.1") + ",CUST-1\n")
+    engine = schema.make_engine(f"sqlite:///{tmp_path / 'hangw.sqlite'}")
+    with engine.begin() as conn:
+        conn.execute(
+            grants.insert().values(
+                grant_id="grt_1",
+                esiid="10443720000000001",
+                hsp_party_id="0000000000003",
+                granted_by="CUST-1",
+                granted_at=1.0,
+                revoked_at=None,
+            )
+        )
+    engine.dispose()
+
+    import_("firmware.csv", HEADER + meter.format(firmware="5.3.0") + "\n")
+    assert stored() == ("CUST-1", "5.3.0", None)
+    import_("moved.csv", with_customers + meter.format(firmware="5.3.0") + ",CUST-2\n")
+    customer, _, revoked_at = stored()
+    assert customer == "CUST-2" and revoked_at is not None
+    import_("gone.csv", with_customers + meter.format(firmware="5.3.0") + ",\n")
+    assert stored()[0] is None
+    assert "1 updated" in capsys.readouterr().out
