@@ -348,6 +348,17 @@ class DeviceService:
         row = _SELECT_LIVE_GRANT.first(conn, {"b_esiid": esiid, "b_hsp": party.party_id})
         return row is not None
 
+    def _owner_may_read_thd(self, conn: sa.Connection, device: Device) -> bool:
+        """May the party that added the device still read it? Its webhooks carry the device's
+        changes only while it may (an HSP whose grant was revoked, a REP no longer of record:
+        GET /v1/han-devices/{id} answers them 403, and a webhook must not tell them more)."""
+        row = _SELECT_METER.first(conn, {"b_esiid": device.esiid})
+        if row is None:
+            return False
+        owner = Party(device.owner_party_id, device.owner_role, "", "")
+        live = self._live_grant(conn, owner, device.esiid)
+        return authz.has_han_access(owner, _meter(row), live_grant=live)
+
     def _authorize(self, conn: sa.Connection, party: Party, meter: Meter) -> None:
         live = self._live_grant(conn, party, meter.esiid)
         if not authz.has_han_access(party, meter, live_grant=live):
@@ -409,7 +420,11 @@ class DeviceService:
                 "reason": reason,
             },
         )
-        if self._notifier is not None:
+        if (
+            self._notifier is not None
+            and self._notifier.wants(device.owner_party_id)
+            and self._owner_may_read_thd(conn, device)
+        ):
             self._notifier.enqueue_thd(
                 conn,
                 device.owner_party_id,

@@ -29,6 +29,7 @@ from hangw.store.model import webhook_subscriptions
 from hangw.webhooks import Subscription, WebhookService, sign, verify_signature
 from tests.gateway_harness import (
     E_OWN,
+    HSP,
     INSTALL_CODE,
     REP_A,
     REP_B,
@@ -582,6 +583,53 @@ async def test_a_provisioned_device_notifies_its_owner_of_every_status(
     assert len({e["event_id"] for e in events}) == 5
     assert all(attempt.valid for attempt in receiver.attempts)
     assert receiver.taken_by(subscriptions["b"]) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_hsp_whose_grant_was_revoked_is_told_nothing_more_of_its_devices(
+    gateway_rig: GatewayRig,
+) -> None:
+    """After the customer revokes an HSP's grant, the HSP's webhook gets none of its device's
+    later statuses (its removal by the customer), as GET of the device answers it 403."""
+    harness, receiver = gateway_rig.harness, gateway_rig.receiver
+    hsp, customer = harness.caller("demo-hsp"), harness.caller("demo-customer")
+    status, created = await hsp.call("POST", "/v1/webhooks", {"url": receiver.url})
+    assert status == 201
+    receiver.secrets[created["id"]] = created["secret"]
+    subscription = created["id"]
+    status, _ = await customer.call("POST", f"/v1/esiids/{E_OWN}/grants", {"hsp_party_id": HSP})
+    assert status == 201
+    status, device = await hsp.call(
+        "POST",
+        f"/v1/esiids/{E_OWN}/han-devices",
+        {"mac": "000D6F000A1B2C3E", "install_code": INSTALL_CODE, "device_type": "thermostat"},
+    )
+    assert status == 202, device
+    await until(
+        lambda: [e["status"] for e in receiver.taken_by(subscription)][-1:] == ["Device Added"],
+        what="the HSP told of Device Added",
+    )
+    told_before = len(receiver.taken_by(subscription))
+
+    status, _ = await customer.call("DELETE", f"/v1/esiids/{E_OWN}/grants/{HSP}")
+    assert status == 200
+    status, removing = await customer.call("DELETE", f"/v1/han-devices/{device['id']}")
+    assert status == 202, removing
+
+    async def removed() -> bool:
+        status, shown = await customer.call("GET", f"/v1/han-devices/{device['id']}")
+        return status == 200 and shown["status"] == "Device Removed"
+
+    await until(removed, what="Device Removed")
+
+    async def sent() -> bool:
+        status, shown = await hsp.call("GET", f"/v1/webhooks/{subscription}")
+        return status == 200 and shown["backlog"] == 0
+
+    await until(sent, what="the HSP's backlog sent")
+    assert len(receiver.taken_by(subscription)) == told_before
+    status, _ = await hsp.call("GET", f"/v1/han-devices/{device['id']}")
+    assert status == 403
 
 
 @pytest_twisted.ensureDeferred
