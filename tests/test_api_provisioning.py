@@ -325,6 +325,35 @@ async def test_idempotency_key_replays_the_first_answer(harness: Harness) -> Non
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_idempotency_key_not_printable_ascii_is_refused_and_nothing_made(
+    harness: Harness,
+) -> None:
+    """An Idempotency-Key with bytes that are not printable ASCII (two such keys would read
+    alike once decoded) is refused with 422 naming the header, and nothing is stored."""
+    body = json.dumps(add_body()).encode()
+
+    def post(key: bytes) -> tuple[int, dict[str, str], bytes, bool]:
+        sock = tls_socket(harness)
+        sock.sendall(
+            b"POST /v1/esiids/%s/han-devices HTTP/1.1\r\nHost: localhost\r\n"
+            b"content-type: application/json\r\nidempotency-key: %s\r\nconnection: close\r\n"
+            b"content-length: %d\r\n\r\n%s" % (E_OWN.encode(), key, len(body), body)
+        )
+        try:
+            return read_answer(sock)
+        finally:
+            sock.close()
+
+    before = await store_counts(harness)
+    for key in (b"k-\xff", b"k-\xc3\xa9", b"k-\x01"):
+        status, headers, answer, _ = await deferToThread(post, key)
+        problem = json.loads(answer[answer.index(b"{") : answer.rindex(b"}") + 1])  # one chunk
+        assert status == 422 and headers["content-type"] == "application/problem+json", answer
+        assert problem["field"] == "Idempotency-Key" and "printable ASCII" in problem["detail"]
+    assert await store_counts(harness) == before
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_keyed_add_keeps_its_answer_in_its_own_transaction(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -270,9 +270,13 @@ class Api:
         key_header = request.getHeader(b"idempotency-key")
         if key_header is None:
             return await handler()
-        key = key_header.decode("utf-8", "replace")
-        if not 1 <= len(key) <= 200:
-            raise InvalidField("Idempotency-Key", "Idempotency-Key must be 1 to 200 characters")
+        if not (1 <= len(key_header) <= 200 and all(0x20 <= b < 0x7F for b in key_header)):
+            # bytes that are not printable ASCII would be told apart by no text kept for them
+            # (two keys decoded alike would share an answer): refused, not replaced
+            raise InvalidField(
+                "Idempotency-Key", "Idempotency-Key must be 1 to 200 printable ASCII characters"
+            )
+        key = key_header.decode("ascii")
         request.content.seek(0)
         digest = hashlib.sha256(
             request.method + b" " + request.uri + b"\n" + request.content.read()
