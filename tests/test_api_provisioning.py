@@ -275,6 +275,35 @@ async def test_a_query_parameter_given_twice_is_refused_naming_it(harness: Harne
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_query_parameter_the_path_does_not_take_is_refused_naming_it(
+    harness: Harness,
+) -> None:
+    """A misspelt filter or an unknown format is 422 naming it, not a whole log or report
+    answered as if it had been filtered."""
+    rep = harness.caller("demo-rep-a")
+    _, device = await rep.call("POST", f"/v1/esiids/{E_OWN}/han-devices", add_body())
+    day = "2026-11-01"
+    for path, name, said in (
+        (f"/v1/message-log?esid={E_OWN}", "esid", "unknown query parameter 'esid'"),
+        ("/v1/message-log?format=xml", "format", "format must be csv or json"),
+        (f"/v1/usage/daily?esiid={E_OWN}&from={day}&to={day}&chanel=1", "chanel", "chanel"),
+        (f"/v1/usage/daily?esiid={E_OWN}&from={day}&to={day}&format=pdf", "format", "csv or json"),
+    ):
+        status, problem = await rep.call("GET", path)
+        assert (status, problem.get("field")) == (422, name), (path, problem)
+        assert said in problem["detail"], problem
+    status, problem = await rep.call("GET", "/v1/message-log?" + "x" * 300 + "=1")
+    assert status == 422 and len(problem["detail"]) < 300, problem
+    status, page = await rep.call("GET", f"/v1/message-log?esiid={E_OWN}&format=json&limit=5")
+    assert status == 200 and "entries" in page
+    before = await store_counts(harness)
+    status, problem = await rep.call("DELETE", f"/v1/han-devices/{device['id']}?reson=moved")
+    assert (status, problem.get("field")) == (422, "reson"), problem
+    assert "this path takes: reason" in problem["detail"]
+    assert await store_counts(harness) == before
+
+
+@pytest_twisted.ensureDeferred
 async def test_sixth_device_and_duplicate_mac_are_refused(harness: Harness) -> None:
     """Five slot holders fill an ESI ID; a sixth and a MAC already live are refused with 409."""
     rep = harness.caller("demo-rep-a")

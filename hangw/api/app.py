@@ -491,7 +491,7 @@ class Api:
     @app.route("/v1/han-devices/<device_id>", methods=["DELETE"])
     async def remove_device(self, request: IRequest, device_id: str) -> bytes:
         party = self._party(request)
-        reason = query_args(request).get("reason", "")
+        reason = query_args(request, ("reason",)).get("reason", "")
         device = await self.devices.remove_device(party, device_id, reason)
         return self._json(request, 202, device_json(device, party))
 

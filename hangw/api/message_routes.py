@@ -24,6 +24,18 @@ from hangw.messaging import requests as specs
 from hangw.problems import InvalidField
 
 _LOG_PAGE_FOR_CSV = 5000
+#: What GET /v1/message-log takes: its filters, a page's size and cursor, and the format.
+_LOG_PARAMETERS = (
+    "from",
+    "to",
+    "request_id",
+    "esiid",
+    "category",
+    "status",
+    "limit",
+    "after",
+    "format",
+)
 #: What PUT /v1/groups/{name} takes: a misspelt field is refused, not ignored.
 _GROUP_FIELDS = frozenset({"esiids"})
 
@@ -136,7 +148,7 @@ def register(app: Klein) -> None:
     @app.route("/v1/message-log", methods=["GET"])
     async def message_log_(self: Any, request: Any) -> bytes:
         party = self._party(request)
-        args = query_args(request)
+        args = query_args(request, _LOG_PARAMETERS)
         wanted = message_log.log_filter(party, args)
         store = self.messaging.store
         if not wants_csv(request, args):

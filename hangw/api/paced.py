@@ -9,9 +9,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from hangw.problems import InvalidField
+
 
 def wants_csv(request: Any, args: dict[str, str]) -> bool:
-    """``?format=csv``, or an Accept header that takes text/csv and not JSON."""
+    """``?format=csv``, or an Accept header that takes text/csv and not JSON; ``format`` other
+    than csv or json is refused."""
+    if args.get("format", "json") not in ("csv", "json"):
+        raise InvalidField("format", "format must be csv or json")
     accept = (request.getHeader(b"accept") or b"").lower()
     return args.get("format") == "csv" or (
         b"text/csv" in accept and b"application/json" not in accept

@@ -29,6 +29,8 @@ __all__ = ["register"]
 
 #: Bytes read from a result file per write.
 _FILE_PIECE = 256 * 1024
+#: What GET /v1/usage/{report} takes.
+_REPORT_PARAMETERS = ("esiid", "from", "to", "channel", "format")
 
 
 class UsageUnavailable(Problem):
@@ -52,7 +54,7 @@ def _report_route(app: Klein, report: str) -> None:
     async def usage_report(self: Api, request: Any) -> bytes:
         party = self._party(request)
         service = _usage(self).reports
-        args = query_args(request)
+        args = query_args(request, _REPORT_PARAMETERS)
         if not wants_csv(request, args):
             return self._json(request, 200, await service.report_json(party, report, args))
         esiid, spec = service.spec(report, args)
