@@ -243,3 +243,47 @@ def test_a_store_whose_disk_fills_mid_load_keeps_the_file_to_try_again(tmp_path:
     assert [p.name for p in (drop / "done").iterdir()] == [good.name]
     assert [(o.state, o.loaded) for o in drops.outcomes] == [("loaded", 60)]
     engine.dispose()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stopping_gateway_leaves_the_files_it_has_not_begun(tmp_path: Path) -> None:
+    """Stopping while a look's files are imported finishes the one begun and leaves the others
+    in place for the next start, which imports them."""
+    engine = schema.make_engine(f"sqlite:///{tmp_path / 'usage.sqlite'}")
+    schema.upgrade(engine)
+    drop = tmp_path / "drop"
+    make_drop_directory(drop)
+    for n in range(4):
+        records = profile_records(
+            [generated_esiid(n)],
+            dt.date(2026, 3, 7),
+            dt.date(2026, 3, 7),
+            tdsp_duns=TDSP,
+            rep_duns="0000000000001",
+            created=f"2026030900000{n}",
+        )
+        [lse] = write_lse_files(
+            tmp_path / f"out{n}", records, tdsp_duns=TDSP, created=f"2026030900000{n}"
+        )
+        lse.rename(drop / f"day{n}.lse")
+    names = {f"day{n}.lse" for n in range(4)}
+    drops = DropDirectories({TDSP: drop}, engine, Ingest(workers=1), reactor, reactor, 60.0)
+    drops.startService()  # its first look only notes the files
+    try:
+        importing = drops.poll()  # the second finds them settled
+        assert importing is not None
+    finally:
+        await drops.stopService()
+    left = {p.name for p in drop.iterdir() if p.is_file()}
+    assert left and len(drops.outcomes) < 4 and left == names - {o.name for o in drops.outcomes}
+    again = DropDirectories({TDSP: drop}, engine, Ingest(workers=1), reactor, reactor, 60.0)
+    again.startService()
+    try:
+        importing = again.poll()
+        assert importing is not None
+        await importing
+    finally:
+        await again.stopService()
+    assert {p.name for p in (drop / "done").iterdir()} == names
+    assert all(o.state == "loaded" for o in [*drops.outcomes, *again.outcomes])
+    engine.dispose()

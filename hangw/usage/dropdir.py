@@ -12,9 +12,11 @@ gateway's key fails stays where it is and is tried again; one that fails because
 then set aside with the last error. Files whose names start with a dot are left alone (a sender
 may upload under a dot name and rename when complete).
 
-If hangwd stops in the middle of a file, the file's transaction never commits and the file is
-still in the directory: it is imported again, whole, on the next start. If it stops after the
-commit but before the move, the next import recognises the same bytes and only moves the file.
+When hangwd is stopped it finishes the file being imported, not the others found at the same
+look: they stay for the next start. If hangwd dies in the middle of a file, the file's
+transaction never commits and the file is still in the directory: it is imported again, whole,
+on the next start. If it dies after the commit but before the move, the next import
+recognises the same bytes and only moves the file.
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ class DropDirectories(TimerService):
         self._pool = ThreadPool(1, 1, name="hangw-usage-import")
         self._sizes: dict[Path, tuple[int, float]] = {}
         self._busy: Deferred[Any] | None = None
+        #: Set when hangwd stops: the files of the current look not begun yet wait for the next
+        #: start (read on the import thread between files).
+        self._stopping = False
         #: Looks in a row each file failed for a reason not its own.
         self._tries: dict[Path, int] = {}
         #: Files kept to try again, with the error last logged for each.
@@ -84,11 +89,13 @@ class DropDirectories(TimerService):
     def startService(self) -> None:
         for directory in self.directories.values():
             make_drop_directory(directory)
+        self._stopping = False
         self._pool.start()
         super().startService()
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
+        self._stopping = True  # the file being imported is finished; the others wait
         busy = self._busy or succeed(None)
 
         def stop(_: object) -> None:
@@ -143,6 +150,8 @@ class DropDirectories(TimerService):
 
     def _import_all(self, ready: list[tuple[str, Path]]) -> None:
         for duns, path in ready:
+            if self._stopping:
+                return
             self._import_one(duns, path)
 
     @property
