@@ -121,7 +121,8 @@ def _import(config: config_module.Config, args: argparse.Namespace, key: Any) ->
             except UsageKeyError as error:
                 print(f"hangw: nothing more was loaded: {error}", file=sys.stderr)
                 return 1
-            except sa.exc.SQLAlchemyError as error:
+            except (sa.exc.SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as error:
+                # SQLAlchemy's, or the driver's own from the cursor the usage is written with
                 cause = getattr(error, "orig", None) or error
                 print(
                     f"hangw: a file was not loaded and nothing after it: the store refused it "

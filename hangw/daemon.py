@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import signal
 import sys
+from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,9 +103,32 @@ def main(argv: list[str] | None = None) -> int:
             cpu=cpu if cpu is not None else "any",
         )
 
+    stopping: list[str] = []
+    core: Any = reactor  # the asyncio reactor: IReactorCore and IReactorThreads
+
+    def stop_on_signal(number: int, frame: object) -> None:
+        """SIGTERM or SIGINT: stop once; another while stopping (or exiting) is only noted."""
+        name = signal.Signals(number).name
+        if stopping or failed:  # (start-up failed: the reactor is stopping already)
+            if core.running:
+                core.callFromThread(log.info, "hangwd.already_stopping", signal=name)
+            return
+        stopping.append(name)
+        core.callFromThread(log.info, "hangwd.stopping", signal=name)
+        core.callFromThread(core.stop)
+
+    # the daemon's own handlers rather than Twisted's: those stop the reactor on every signal
+    # (a second one while stopping logged ReactorNotRunning as critical) and are put back to
+    # the defaults when the reactor returns, so that one arriving as hangwd exits killed it
+    # after a clean stop; ignored from then on (Python resets its own handlers to the defaults
+    # as it exits, but leaves an ignored signal ignored)
+    signal.signal(signal.SIGTERM, stop_on_signal)
+    signal.signal(signal.SIGINT, stop_on_signal)
     reactor.callWhenRunning(started)
     reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)
-    reactor.run()
+    core.run(installSignalHandlers=False)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     log.info("hangwd.stopped")
     return 1 if failed else 0
 

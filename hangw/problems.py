@@ -88,6 +88,12 @@ class InternalError(Problem):
     status, slug, title = 500, "internal-error", "Internal error"
 
 
+class StoreUnavailable(Problem):
+    """The gateway's database could not be reached (down, locked, read-only, full)."""
+
+    status, slug, title = 503, "store-unavailable", "Store unavailable"
+
+
 class PayloadTooLarge(Problem):
     status, slug, title = 413, "payload-too-large", "Request body too large"
 

@@ -141,6 +141,30 @@ def test_kill_mid_provisioning_then_restart(tmp_path: Path) -> None:
     assert reports and all("request_id" not in line for line in reports), "request ids leaked"
 
 
+def test_signals_repeated_while_stopping_still_stop_hangwd_cleanly(tmp_path: Path) -> None:
+    """SIGTERM, then SIGINT and SIGTERM again while hangwd stops or exits: exit code 0, each
+    signal after the first only noted, no traceback and no critical line in the log."""
+    config_path = write_config(tmp_path)
+    prepare_state(load(config_path))
+    log_path = tmp_path / "hangwd.log"
+    for pause in (0.0, 0.01, 0.05):
+        process = start(config_path, log_path)
+        for signal_number in (signal.SIGTERM, signal.SIGINT, signal.SIGTERM, signal.SIGINT):
+            try:
+                process.send_signal(signal_number)
+            except ProcessLookupError:  # it has exited already
+                break
+            time.sleep(pause)
+        assert process.wait(timeout=20) == 0, log_path.read_text()[-3000:]
+    log_text = log_path.read_text()
+    assert "Traceback" not in log_text and '"critical"' not in log_text, log_text[-3000:]
+    lines = [json.loads(line) for line in log_text.splitlines() if line.startswith("{")]
+    assert [line["signal"] for line in lines if line["event"] == "hangwd.stopping"] == [
+        "SIGTERM"
+    ] * 3
+    assert [line["event"] for line in lines].count("hangwd.stopped") == 3
+
+
 def test_an_api_port_in_use_stops_hangwd_with_the_reason(tmp_path: Path) -> None:
     """hangwd whose API port is taken exits 1 and says why, instead of running without its API."""
     config_path = write_config(tmp_path)

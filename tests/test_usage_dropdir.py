@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 import pytest_twisted
 import sqlalchemy as sa
@@ -15,7 +16,7 @@ from twisted.internet.threads import deferToThread
 
 from hangw.store import schema
 from hangw.store.model import usage_days, usage_files
-from hangw.usage.dropdir import MAX_TRIES, DropDirectories
+from hangw.usage.dropdir import MAX_TRIES, DropDirectories, make_drop_directory
 from hangw.usage.ingest import FileOutcome, Ingest
 from hangw.usage.pgp import UsageKey, UsageKeyError, encrypt_for
 from simulators.fleet import generated_esiid
@@ -204,3 +205,85 @@ async def test_a_usage_key_made_after_start_decrypts_what_is_dropped(
         key.close()
         running.close()
         await running.gateway.stopService()
+
+
+def test_a_store_whose_disk_fills_mid_load_keeps_the_file_to_try_again(tmp_path: Path) -> None:
+    """A delivery whose load fails because the store's disk is full (raised by the driver's
+    cursor mid-merge) stays in place, recorded nowhere, and loads once there is room again."""
+    engine = schema.make_engine(f"sqlite:///{tmp_path / 'usage.sqlite'}")
+    schema.upgrade(engine)
+    with engine.connect() as conn:
+        pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+    engine.dispose()
+    room = {"pages": pages}  # the store's file may not grow past this: its disk is full
+
+    def limit(dbapi_connection: Any, _: object) -> None:
+        dbapi_connection.execute(f"PRAGMA max_page_count={room['pages']}")
+
+    sa.event.listen(engine, "connect", limit)
+    drop = tmp_path / "drop"
+    records = profile_records(
+        [generated_esiid(n) for n in range(30)],
+        dt.date(2026, 3, 7),
+        dt.date(2026, 3, 8),
+        tdsp_duns=TDSP,
+        rep_duns="0000000000001",
+        created="20260309000000",
+    )
+    [good] = write_lse_files(tmp_path / "out", records, tdsp_duns=TDSP, created="20260309000000")
+    with Ingest(workers=1) as ingest:
+        drops = DropDirectories({TDSP: drop}, engine, ingest, reactor, reactor, 1.0)
+        make_drop_directory(drop)
+        good.rename(drop / good.name)
+        drops._import_one(TDSP, drop / good.name)
+        assert (drop / good.name).exists() and drops.outcomes == [] and _files(engine) == []
+        room["pages"] = 1_000_000
+        engine.dispose()  # connections made from now on have room
+        drops._import_one(TDSP, drop / good.name)
+    assert [p.name for p in (drop / "done").iterdir()] == [good.name]
+    assert [(o.state, o.loaded) for o in drops.outcomes] == [("loaded", 60)]
+    engine.dispose()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stopping_gateway_leaves_the_files_it_has_not_begun(tmp_path: Path) -> None:
+    """Stopping while a look's files are imported finishes the one begun and leaves the others
+    in place for the next start, which imports them."""
+    engine = schema.make_engine(f"sqlite:///{tmp_path / 'usage.sqlite'}")
+    schema.upgrade(engine)
+    drop = tmp_path / "drop"
+    make_drop_directory(drop)
+    for n in range(4):
+        records = profile_records(
+            [generated_esiid(n)],
+            dt.date(2026, 3, 7),
+            dt.date(2026, 3, 7),
+            tdsp_duns=TDSP,
+            rep_duns="0000000000001",
+            created=f"2026030900000{n}",
+        )
+        [lse] = write_lse_files(
+            tmp_path / f"out{n}", records, tdsp_duns=TDSP, created=f"2026030900000{n}"
+        )
+        lse.rename(drop / f"day{n}.lse")
+    names = {f"day{n}.lse" for n in range(4)}
+    drops = DropDirectories({TDSP: drop}, engine, Ingest(workers=1), reactor, reactor, 60.0)
+    drops.startService()  # its first look only notes the files
+    try:
+        importing = drops.poll()  # the second finds them settled
+        assert importing is not None
+    finally:
+        await drops.stopService()
+    left = {p.name for p in drop.iterdir() if p.is_file()}
+    assert left and len(drops.outcomes) < 4 and left == names - {o.name for o in drops.outcomes}
+    again = DropDirectories({TDSP: drop}, engine, Ingest(workers=1), reactor, reactor, 60.0)
+    again.startService()
+    try:
+        importing = again.poll()
+        assert importing is not None
+        await importing
+    finally:
+        await again.stopService()
+    assert {p.name for p in (drop / "done").iterdir()} == names
+    assert all(o.state == "loaded" for o in [*drops.outcomes, *again.outcomes])
+    engine.dispose()

@@ -181,3 +181,28 @@ def test_killed_import_then_reimport_equals_one_clean_import(tmp_path: Path) -> 
     crashed_rows, clean_rows = dump(crashed), dump(clean)
     assert len(clean_rows) == 3000 * 10  # 1 to 10 March: the files overlap, newest wins
     assert crashed_rows == clean_rows
+
+
+def test_a_store_failing_mid_load_is_said_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A store error raised by the driver's cursor while the usage is written (a failing disk,
+    here a trigger on a table that is gone) is one line naming the driver's error, exit 1, and
+    the store is left as it was."""
+    config = config_for(tmp_path)
+    engine = engine_of(config)
+    schema.upgrade(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE gone (x INTEGER)")
+        conn.exec_driver_sql(
+            "CREATE TRIGGER failing AFTER INSERT ON usage_days BEGIN INSERT INTO gone VALUES (1); "
+            "END"
+        )
+        conn.exec_driver_sql("DROP TABLE gone")
+    engine.dispose()
+    [path] = lse_files(tmp_path / "in", 5, dt.date(2026, 3, 7), 1, "20260310000000")
+    assert cli.main(["--config", str(config), "usage", "import", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "a file was not loaded and nothing after it" in err, err
+    assert "OperationalError: no such table: main.gone" in err and "Traceback" not in err
+    assert dump(config) == []

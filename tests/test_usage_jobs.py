@@ -9,6 +9,7 @@ import datetime as dt
 import io
 import json
 import re
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 import pytest_twisted
 import sqlalchemy as sa
+from structlog.testing import capture_logs
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
@@ -28,6 +30,7 @@ from hangw.store import schema
 from hangw.store.model import usage_jobs
 from hangw.usage import reports
 from hangw.usage.jobs import (
+    RETRY_S,
     JobExpired,
     JobInterrupted,
     JobNotReady,
@@ -247,6 +250,42 @@ async def test_a_job_interrupted_by_a_restart_runs_again_on_start(tmp_path: Path
             setup, job.spec, [E_OWN, E_OTHER_TDSP]
         )
         assert sorted(p.name for p in jobs_dir.iterdir()) == ["J00000000ABCD.csv"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_store_locked_when_the_gateway_starts_delays_jobs_but_loses_none(
+    tmp_path: Path,
+) -> None:
+    """With the store locked by another process as the gateway starts, the job a stopped gateway
+    left running is run (whole) once the lock is let go, and so is a job submitted after."""
+    async with usage_service(tmp_path, start=False) as setup:
+        await with_usage(setup, [E_OWN, E_OTHER_TDSP])
+        params = {"from": str(DAYS[0]), "to": str(DAYS[-1]), "channel": 4}
+        params["esiids"] = [E_OWN, E_OTHER_TDSP]  # type: ignore[assignment]
+        row = {
+            "job_id": "J00000000ABCD", "party_id": REP_A, "report": "daily",
+            "params": json.dumps(params), "state": "running", "esiids": 2, "esiids_done": 1,
+            "rows": 3, "created_at": 1.0,
+        }  # fmt: skip
+        await setup.store.run(lambda conn: conn.execute(usage_jobs.insert(), row))
+        lock = sqlite3.connect(tmp_path / "store.sqlite", isolation_level=None)
+        try:
+            lock.execute("BEGIN EXCLUSIVE")  # `hangw usage import` writing, say
+            with capture_logs() as logs:
+                setup.usage.startService()
+                deadline = time.monotonic() + 20
+                while not any(e["event"].startswith("usage.job.") for e in logs):
+                    assert time.monotonic() < deadline, "the store's failure was never noticed"
+                    await sleep(0.05)
+        finally:
+            lock.close()
+        setup.clock.advance(RETRY_S)
+        job = await finished(setup.usage.jobs, "J00000000ABCD", timeout=10)
+        assert (job.state, job.esiids_done, job.rows) == ("done", 2, 6)
+        later = await setup.usage.jobs.submit(
+            PARTIES["rep"], body("daily", [E_OWN], DAYS[0], DAYS[-1])
+        )
+        assert (await finished(setup.usage.jobs, later.job_id, timeout=10)).state == "done"
 
 
 @pytest_twisted.ensureDeferred

@@ -47,13 +47,17 @@ from hangw.problems import (
     NotFound,
     PayloadTooLarge,
     Problem,
+    StoreUnavailable,
     Unauthenticated,
     UnsupportedMediaType,
 )
+from hangw.store.db import without_password
 from hangw.webhooks import WebhookService
 
 log = structlog.get_logger(__name__)
 
+#: Seconds a 503 for an unavailable store asks the client to wait (Retry-After).
+STORE_RETRY_AFTER_S = 5
 PROBLEM_JSON = b"application/problem+json"
 
 
@@ -415,6 +419,8 @@ class Api:
 
     @app.handle_errors(Exception)
     def internal_error(self, request: IRequest, failure: Failure) -> bytes:
+        if failure.check(*self.devices.store.unavailable_errors):
+            return self._store_unavailable(request, failure)
         incident = uuid.uuid4().hex[:12]
         log.error(
             "api.internal_error",
@@ -430,6 +436,26 @@ class Api:
                 "the gateway failed while answering; the request may or may not have taken "
                 f"effect, so look (GET) before you send it again. Incident {incident} is in the "
                 "gateway's log"
+            ),
+        )
+
+    def _store_unavailable(self, request: IRequest, failure: Failure) -> bytes:
+        """503 for a request the store failed (down, locked, read-only, full, or stopping)."""
+        log.warning(
+            "api.store_unavailable",
+            request_id=request_id_of(request),
+            path=path_of(request),
+            error=without_password(failure.getErrorMessage()).splitlines()[0][:300],
+            error_type=getattr(failure.type, "__name__", "?"),
+        )
+        request.setHeader(b"retry-after", str(STORE_RETRY_AFTER_S).encode())
+        return self._answer(
+            request,
+            StoreUnavailable(
+                "the gateway cannot reach its store just now (the database is down, locked, "
+                "read-only or full, or the gateway is stopping); send the request again in a "
+                "little while. A request that changes something may or may not have taken "
+                "effect: look (GET) first, or send it again with the same Idempotency-Key"
             ),
         )
 

@@ -6,15 +6,17 @@ written) is imported on a worker thread, one file at a time, with the TDSP's DUN
 against each record's Sender. Afterwards it is moved to ``done/`` beside it (even with some
 records rejected: the store holds the outcome, ``hangw usage files``) or to ``rejected/`` when
 the delivery could not be read at all, its reason recorded in the store. A file that fails
-because the store cannot be reached or the gateway's key fails stays where it is and is tried
-again; one that fails because the gateway did (a parse worker died, memory or disk ran out) is
-tried again up to ``MAX_TRIES`` looks in a row, then set aside with the last error. Files whose
-names start with a dot are left alone (a sender may upload under a dot name and rename when
-complete).
+because the store cannot be reached (or is locked, or its disk is full or failing) or the
+gateway's key fails stays where it is and is tried again; one that fails because the gateway did
+(a parse worker died, memory or disk ran out) is tried again up to ``MAX_TRIES`` looks in a row,
+then set aside with the last error. Files whose names start with a dot are left alone (a sender
+may upload under a dot name and rename when complete).
 
-If hangwd stops in the middle of a file, the file's transaction never commits and the file is
-still in the directory: it is imported again, whole, on the next start. If it stops after the
-commit but before the move, the next import recognises the same bytes and only moves the file.
+When hangwd is stopped it finishes the file being imported, not the others found at the same
+look: they stay for the next start. If hangwd dies in the middle of a file, the file's
+transaction never commits and the file is still in the directory: it is imported again, whole,
+on the next start. If it dies after the commit but before the move, the next import
+recognises the same bytes and only moves the file.
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ class DropDirectories(TimerService):
         self._pool = ThreadPool(1, 1, name="hangw-usage-import")
         self._sizes: dict[Path, tuple[int, float]] = {}
         self._busy: Deferred[Any] | None = None
+        #: Set when hangwd stops: the files of the current look not begun yet wait for the next
+        #: start (read on the import thread between files).
+        self._stopping = False
         #: Looks in a row each file failed for a reason not its own.
         self._tries: dict[Path, int] = {}
         #: Files kept to try again, with the error last logged for each.
@@ -84,11 +89,13 @@ class DropDirectories(TimerService):
     def startService(self) -> None:
         for directory in self.directories.values():
             make_drop_directory(directory)
+        self._stopping = False
         self._pool.start()
         super().startService()
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
+        self._stopping = True  # the file being imported is finished; the others wait
         busy = self._busy or succeed(None)
 
         def stop(_: object) -> None:
@@ -143,7 +150,14 @@ class DropDirectories(TimerService):
 
     def _import_all(self, ready: list[tuple[str, Path]]) -> None:
         for duns, path in ready:
+            if self._stopping:
+                return
             self._import_one(duns, path)
+
+    @property
+    def _store_failures(self) -> tuple[type[Exception], ...]:
+        """What the store raises when it, not the delivery, failed."""
+        return (sa.exc.OperationalError, self._engine.dialect.loaded_dbapi.OperationalError)
 
     def _kept(self, path: Path, error: str) -> None:
         """Log a file kept to try again: at error level when it first fails for this reason, at
@@ -179,9 +193,11 @@ class DropDirectories(TimerService):
             # the gateway's key or GnuPG failed, not the file: keep it and try again
             self._kept(path, str(error)[:300])
             return
-        except sa.exc.OperationalError as error:
-            # the store could not be reached or was busy too long: try again next time
-            self._kept(path, str(error.orig)[:200])
+        except self._store_failures as error:
+            # the store could not be reached, was busy too long, or its disk is full or failing
+            # (raised by SQLAlchemy, or by the driver's cursor the load writes with): not the
+            # file's fault, so it stays and is tried again next time
+            self._kept(path, str(getattr(error, "orig", None) or error)[:200])
             return
         except NOT_THE_FILE as error:
             # the gateway failed (a parse worker died, memory or a disk ran out), likely not

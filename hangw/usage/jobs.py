@@ -10,9 +10,12 @@ through the store. The CSV is written under ``usage.jobs_dir`` as ``<id>.csv.par
 to ``<id>.csv`` once complete. It is kept ``usage.job_retention_days``; then a timer deletes the
 file and marks the job expired (the job's list of ESI IDs is dropped with it).
 
-A job that was running when hangwd stopped runs again, from the start, when it starts.
-Only the party that submitted a job sees it, and its result only while that party may still read
-every ESI ID of the job (a revoked grant, a new customer or REP of record withholds it: 403).
+A job that was running when hangwd stopped runs again, from the start, when it starts. When the
+store fails the jobs' work (a database down or locked, at start or while a job is taken or its
+end recorded), it is tried again every ``RETRY_S`` seconds until it succeeds: no job is left
+queued or running for want of a look. Only the party that submitted a job sees it, and its result
+only while that party may still read every ESI ID of the job (a revoked grant, a new customer or
+REP of record withholds it: 403).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import structlog
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -52,6 +55,8 @@ log = structlog.get_logger(__name__)
 
 #: Seconds between looks for expired results.
 EXPIRY_CHECK_S = 3600.0
+#: Seconds after which the jobs' work is tried again when the store failed it.
+RETRY_S = 2.0
 #: Chunks read ahead of the one being written, and the threads reading them.
 READ_AHEAD = 2
 #: ESI IDs a refusal lists in its detail (its ``esiids`` member lists up to 100).
@@ -315,6 +320,11 @@ class JobService:
         self._started = False
         self._wanted = False
         self._loop: Deferred[None] | None = None
+        self._retry: IDelayedCall | None = None
+        #: Jobs left running by an earlier run of the gateway were queued again.
+        self._requeued = False
+        #: Ended jobs whose end is not recorded yet (job_id -> the row's new values).
+        self._ends: dict[str, dict[str, Any]] = {}
         self._progress_due: tuple[str, int, int] | None = None
         self._progress_busy = False
 
@@ -476,17 +486,17 @@ class JobService:
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         for part in self.jobs_dir.glob("*.csv.part"):
             part.unlink(missing_ok=True)
-        again = await self.store.run(_requeue_thd)
-        if again:
-            log.info("usage.job.resumed", jobs=again)
-        if not self._stopping.is_set():
-            self._started = True
-            self.kick()
+        self._requeued = False  # the loop's first step, tried again until the store takes it
+        self._started = True
+        self.kick()
 
     def stop(self) -> Deferred[None]:
         """Interrupt the running job (it runs again on the next start); fires once it let go."""
         self._started = False
         self._stopping.set()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
         running = self._loop or succeed(None)
 
         def stopped(_: object) -> None:
@@ -498,19 +508,37 @@ class JobService:
         """Make sure queued jobs are being worked through."""
         self._wanted = True
         if self._loop is None and self._started:
+            if self._retry is not None and self._retry.active():
+                self._retry.cancel()
+            self._retry = None
             self._loop = Deferred.fromCoroutine(self._work())
-            self._loop.addErrback(
-                lambda failure: log.error("usage.job.loop_failed", error=failure.getErrorMessage())
-            )
+            self._loop.addErrback(self._loop_failed)
             self._loop.addBoth(self._loop_ended)
+
+    def _loop_failed(self, failure: Failure) -> None:
+        """The store failed the jobs' work: look again in ``RETRY_S`` seconds."""
+        log.error(
+            "usage.job.loop_failed",
+            error=(failure.getErrorMessage().splitlines() or [""])[0][:300],
+            error_type=getattr(failure.type, "__name__", "?"),
+            retry_in_s=RETRY_S if self._started else None,
+        )
+        if self._started:
+            self._retry = self._clock.callLater(RETRY_S, self.kick)
 
     def _loop_ended(self, _: object) -> None:
         self._loop = None
 
     async def _work(self) -> None:
+        if not self._requeued:
+            again = await self.store.run(_requeue_thd)
+            self._requeued = True
+            if again:
+                log.info("usage.job.resumed", jobs=again)
         while self._wanted and not self._stopping.is_set():
             self._wanted = False
             while not self._stopping.is_set():
+                await self._record_ends()
                 claimed = await self.store.run(_claim_thd)
                 if claimed is None:
                     break
@@ -530,31 +558,32 @@ class JobService:
         except Exception as error:
             now = self._clock.seconds()
             log.error("usage.job.failed", job_id=job_id, error=str(error)[:300])
-            await self.store.run(
-                _finish_thd,
-                job_id,
-                {
-                    "state": "failed",
-                    "error": f"{type(error).__name__}: {str(error)[:500]}",
-                    "finished_at": now,
-                    "expires_at": now + self._retention_s,
-                },
-            )
-            return
-        now = self._clock.seconds()
-        await self.store.run(
-            _finish_thd,
-            job_id,
-            {
-                "state": "done",
-                "esiids_done": row.esiids,
-                "rows": rows,
-                "result_path": str(path),
+            self._ends[job_id] = {
+                "state": "failed",
+                "error": f"{type(error).__name__}: {str(error)[:500]}",
                 "finished_at": now,
                 "expires_at": now + self._retention_s,
-            },
-        )
+            }
+            await self._record_ends()
+            return
+        now = self._clock.seconds()
+        self._ends[job_id] = {
+            "state": "done",
+            "esiids_done": row.esiids,
+            "rows": rows,
+            "result_path": str(path),
+            "finished_at": now,
+            "expires_at": now + self._retention_s,
+        }
+        await self._record_ends()
         log.info("usage.job.done", job_id=job_id, rows=rows, seconds=round(now - began, 3))
+
+    async def _record_ends(self) -> None:
+        """Record the ends of the jobs that ended (one the store failed to take stays running
+        in the store, and its end here, until this succeeds)."""
+        for job_id, values in list(self._ends.items()):
+            await self.store.run(_finish_thd, job_id, values)
+            del self._ends[job_id]
 
     @property
     def _retention_s(self) -> float:
