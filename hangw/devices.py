@@ -353,15 +353,15 @@ class DeviceService:
         changes only while it may (an HSP whose grant was revoked, a REP no longer of record:
         GET /v1/han-devices/{id} answers them 403, and a webhook must not tell them more)."""
         row = _SELECT_METER.first(conn, {"b_esiid": device.esiid})
-        if row is None:
-            return False
         owner = Party(device.owner_party_id, device.owner_role, "", "")
-        live = self._live_grant(conn, owner, device.esiid)
-        return authz.has_han_access(owner, _meter(row), live_grant=live)
+        return row is not None and self._has_access(conn, owner, _meter(row))
+
+    def _has_access(self, conn: sa.Connection, party: Party, meter: Meter) -> bool:
+        live = self._live_grant(conn, party, meter.esiid)
+        return authz.has_han_access(party, meter, live_grant=live)
 
     def _authorize(self, conn: sa.Connection, party: Party, meter: Meter) -> None:
-        live = self._live_grant(conn, party, meter.esiid)
-        if not authz.has_han_access(party, meter, live_grant=live):
+        if not self._has_access(conn, party, meter):
             raise Forbidden(
                 f"{party.role.value} {party.party_id} has no HAN access to ESI ID {meter.esiid}"
                 + (

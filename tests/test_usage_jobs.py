@@ -226,19 +226,25 @@ async def test_results_are_deleted_after_the_retention(tmp_path: Path) -> None:
         assert await jobs.expire() == 0
 
 
+async def left_running(setup: Setup) -> None:
+    """The daily job J00000000ABCD of both ESI IDs, half done and running, as a gateway that
+    stopped in the middle of it left it."""
+    params = {"from": str(DAYS[0]), "to": str(DAYS[-1]), "channel": 4}
+    params["esiids"] = [E_OWN, E_OTHER_TDSP]  # type: ignore[assignment]
+    row = {
+        "job_id": "J00000000ABCD", "party_id": REP_A, "report": "daily",
+        "params": json.dumps(params), "state": "running", "esiids": 2, "esiids_done": 1,
+        "rows": 3, "created_at": 1.0,
+    }  # fmt: skip
+    await setup.store.run(lambda conn: conn.execute(usage_jobs.insert(), row))
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_job_interrupted_by_a_restart_runs_again_on_start(tmp_path: Path) -> None:
     """A job left running by a stopped gateway runs again, whole, on start."""
     async with usage_service(tmp_path, start=False) as setup:
         await with_usage(setup, [E_OWN, E_OTHER_TDSP])
-        params = {"from": str(DAYS[0]), "to": str(DAYS[-1]), "channel": 4}
-        params["esiids"] = [E_OWN, E_OTHER_TDSP]  # type: ignore[assignment]
-        row = {
-            "job_id": "J00000000ABCD", "party_id": REP_A, "report": "daily",
-            "params": json.dumps(params), "state": "running", "esiids": 2, "esiids_done": 1,
-            "rows": 3, "created_at": 1.0,
-        }  # fmt: skip
-        await setup.store.run(lambda conn: conn.execute(usage_jobs.insert(), row))
+        await left_running(setup)
         jobs_dir = setup.config.usage_jobs_dir
         jobs_dir.mkdir(parents=True)
         (jobs_dir / "J00000000ABCD.csv.part").write_text("ESIID,half a line")
@@ -260,14 +266,7 @@ async def test_a_store_locked_when_the_gateway_starts_delays_jobs_but_loses_none
     left running is run (whole) once the lock is let go, and so is a job submitted after."""
     async with usage_service(tmp_path, start=False) as setup:
         await with_usage(setup, [E_OWN, E_OTHER_TDSP])
-        params = {"from": str(DAYS[0]), "to": str(DAYS[-1]), "channel": 4}
-        params["esiids"] = [E_OWN, E_OTHER_TDSP]  # type: ignore[assignment]
-        row = {
-            "job_id": "J00000000ABCD", "party_id": REP_A, "report": "daily",
-            "params": json.dumps(params), "state": "running", "esiids": 2, "esiids_done": 1,
-            "rows": 3, "created_at": 1.0,
-        }  # fmt: skip
-        await setup.store.run(lambda conn: conn.execute(usage_jobs.insert(), row))
+        await left_running(setup)
         lock = sqlite3.connect(tmp_path / "store.sqlite", isolation_level=None)
         try:
             lock.execute("BEGIN EXCLUSIVE")  # `hangw usage import` writing, say

@@ -227,6 +227,16 @@ def _load_thd(conn: sa.Connection, job_id: str, with_params: bool) -> tuple[Any,
     return row, params
 
 
+def _entitlement_thd(conn: sa.Connection, job_id: str, party: Party) -> tuple[list[str], list[str]]:
+    """reports.entitlement_thd of the job's ESI IDs: those no longer known, and those ``party``
+    may no longer read."""
+    params = conn.execute(
+        sa.select(usage_jobs.c.params).where(usage_jobs.c.job_id == job_id)
+    ).scalar_one_or_none()
+    esiids = [] if params is None else json.loads(params).get("esiids", [])
+    return reports.entitlement_thd(conn, party, esiids)
+
+
 def _claim_thd(conn: sa.Connection) -> tuple[Any, str] | None:
     """The oldest queued job, now running (from the start), with its parameters.
 
@@ -461,9 +471,7 @@ class JobService:
             )
         # read when the job was submitted, but handed out only while the party may still read
         # them: a grant revoked, a new customer or REP of record since withholds the result
-        _, params = await self.reader.run(_load_thd, job_id, True)
-        esiids = [] if params is None else json.loads(params).get("esiids", [])
-        unknown, refused = await self.reader.run(reports.entitlement_thd, party, esiids)
+        unknown, refused = await self.reader.run(_entitlement_thd, job_id, party)
         lost = refused + unknown
         if lost:
             raise Forbidden(
